@@ -1,0 +1,153 @@
+"""Streaming generation: prefill the prompt once, then one token at a time from the KV cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.detokenize import StreamingDetokenizer
+from engine.model import Transformer
+from engine.sampling import Sampler, SamplerSettings
+from engine.stop_strings import StopMatcher
+from engine.tokenizer import Tokenizer
+
+CACHE_STEP = 256  # the KV cache grows in steps of this many positions
+
+
+@dataclass(frozen=True)
+class Alternative:
+    id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token: its id, the text it completed (may be empty while a UTF-8 character or a
+    possible stop string is incomplete), its log-probability under the model and the model's top
+    alternatives at that position (raw, before sampling settings)."""
+
+    id: int
+    text: str
+    logprob: float
+    top: tuple[Alternative, ...]
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first generated token comes out of the prefill; the others each cost one decode step.
+        steps = self.generated_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds else 0.0
+
+
+StopSignal = Callable[[], bool] | threading.Event | None
+
+
+@dataclass
+class Generation:
+    """Iterate over it for `TokenEvent`s. Afterwards `finish_reason` is one of ``eos``, ``stop``
+    (a stop string), ``length`` (max_tokens), ``context`` (the context window is full) or
+    ``cancelled``, and `text` is the whole reply (stop string excluded)."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    prompt_ids: Sequence[int]
+    settings: SamplerSettings = field(default_factory=SamplerSettings)
+    max_tokens: int = 256
+    stop_strings: Sequence[str] = ()
+    should_stop: StopSignal = None
+    top_n: int = 5
+    context_length: int | None = None
+    ids: list[int] = field(default_factory=list, init=False)
+    text: str = field(default="", init=False)
+    finish_reason: str | None = field(default=None, init=False)
+    stats: GenerationStats = field(default_factory=GenerationStats, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        limit = min(self.context_length or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
+        self.context_length = limit
+        if not self.prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(self.prompt_ids) >= limit:
+            raise ValueError(f"the prompt has {len(self.prompt_ids)} tokens; the context holds {limit}")
+
+    def _cancelled(self) -> bool:
+        signal = self.should_stop
+        if signal is None:
+            return False
+        return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
+
+    def _event(self, token: int, logprobs: torch.Tensor, text: str) -> TokenEvent:
+        top = torch.topk(logprobs, min(self.top_n, logprobs.shape[-1]))
+        alternatives = tuple(
+            Alternative(int(i), self.tokenizer.piece(int(i)), float(lp))
+            for lp, i in zip(top.values.tolist(), top.indices.tolist())
+        )
+        return TokenEvent(token, text, float(logprobs[token]), alternatives)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        model, prompt = self.model, list(self.prompt_ids)
+        needed = min(len(prompt) + self.max_tokens, self.context_length)
+        if model.cache_capacity < needed:
+            model.setup_cache(min(-(-needed // CACHE_STEP) * CACHE_STEP, model.cfg.max_seq_len))
+        sampler = Sampler(self.settings, model.device)
+        detok = StreamingDetokenizer(self.tokenizer, skip_special=True)
+        stops = StopMatcher(self.stop_strings)
+        self.stats.prompt_tokens = len(prompt)
+        history = list(prompt)
+
+        with torch.inference_mode():
+            t_step = time.perf_counter()
+            logits = model(torch.tensor([prompt], device=model.device), 0, last_only=True)[0, -1]
+            pos = len(prompt)
+            while True:
+                token, _ = sampler(logits, history)
+                logprobs = torch.log_softmax(logits, dim=-1)
+                # Time spent in the model and sampler only, not in whoever consumes the events.
+                elapsed = time.perf_counter() - t_step
+                if self.ids:
+                    self.stats.decode_seconds += elapsed
+                else:
+                    self.stats.prefill_seconds = elapsed
+                history.append(token)
+                self.ids.append(token)
+                self.stats.generated_tokens = len(self.ids)
+                pos += 1
+                if token in self.tokenizer.eos_ids:
+                    self.finish_reason = "eos"
+                elif len(self.ids) >= self.max_tokens:
+                    self.finish_reason = "length"
+                elif pos >= self.context_length:
+                    self.finish_reason = "context"
+                piece, stopped = stops.push(detok.push(token))
+                if stopped:
+                    self.finish_reason = "stop"
+                elif self.finish_reason:
+                    piece += stops.push(detok.flush())[0] + stops.flush()
+                self.text += piece
+                yield self._event(token, logprobs, piece)
+                if self.finish_reason:
+                    return
+                if self._cancelled():
+                    self.text += stops.push(detok.flush())[0] + stops.flush()
+                    self.finish_reason = "cancelled"
+                    return
+                t_step = time.perf_counter()
+                logits = model(torch.tensor([[token]], device=model.device), pos - 1)[0, -1]

@@ -1,0 +1,163 @@
+"""From a path (GGUF file or Hugging Face folder) to a ready model, tokenizer and chat template."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.chat_template import ChatTemplate
+from engine.config import ModelConfig
+from engine.default_model import default_model_path
+from engine.device import resolve_device, resolve_dtype
+from engine.errors import ModelFileError
+from engine.gguf.reader import GGUFFile, read_gguf
+from engine.memory import check_fits
+from engine.model import Transformer
+from engine.tokenizer import Tokenizer
+from engine.weights.build import build_model
+from engine.weights.from_gguf import gguf_state_dict
+from engine.weights.from_hf import PICKLE_SUFFIXES, SafetensorsSource, hf_state_dict, read_config, read_json
+from engine.weights.from_hf import safetensors_files
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    template: ChatTemplate
+    config: ModelConfig
+    path: Path
+    file_format: str  # "gguf" or "safetensors"
+    weight_types: dict[str, int]  # storage type in the file -> number of tensors
+    context_length: int
+    load_seconds: float
+    memory_estimate: int
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids for a rendered prompt; BOS is added only if the model wants it and the text lacks it."""
+        bos = self.tokenizer.bos_token
+        add_bos = self.tokenizer.add_bos and not (bos and text.startswith(bos))
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+
+def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
+    gguf = read_gguf(path)
+    try:
+        shapes = {name: info.shape for name, info in gguf.tensors.items()}
+        return ModelConfig.from_gguf(gguf.metadata, shapes), gguf
+    except (KeyError, TypeError, ValueError) as e:
+        gguf.close()
+        raise ModelFileError(path, f"unusable model metadata: {e}") from None
+
+
+def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int]):
+    cfg, gguf = _open_gguf(path)
+    with gguf:
+        estimate = fits(cfg)
+        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, str(path))
+        names = set(gguf.tensors)
+
+        def get(name: str) -> torch.Tensor:
+            if name not in names:
+                raise ModelFileError(path, f"missing tensor {name}")
+            return gguf.load_tensor(name)
+
+        model = build_model(cfg, gguf_state_dict(cfg, names, get), path, device, dtype)
+        if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
+            model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
+        template = ChatTemplate(
+            gguf.metadata.get("tokenizer.chat_template"),
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+        )
+        types = Counter(info.ggml_type.name for info in gguf.tensors.values())
+    return cfg, model, tokenizer, template, dict(types.most_common()), estimate, {}
+
+
+def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int]):
+    cfg = read_config(folder)
+    files = safetensors_files(folder)
+    estimate = fits(cfg)
+    tokenizer = Tokenizer.from_hf_folder(folder)
+    source = SafetensorsSource(files)
+    names = source.names()
+    model = build_model(cfg, hf_state_dict(cfg, names, source.get), folder, device, dtype)
+    tok_cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
+    template_path = folder / "chat_template.jinja"
+    source_text = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
+    template = ChatTemplate(
+        source_text or tok_cfg.get("chat_template"),
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+    )
+    gen_path = folder / "generation_config.json"
+    gen = read_json(gen_path) if gen_path.is_file() else {}
+    return cfg, model, tokenizer, template, source.dtype_counts(), estimate, gen
+
+
+def load_model(
+    path: str | Path | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    context_length: int | None = None,
+    check_memory: bool = True,
+) -> LoadedModel:
+    """Load a GGUF file or a Hugging Face safetensors folder (None: the default model).
+
+    Raises `ModelFileError` for unusable files, `OutOfMemoryError` (before allocating) when the
+    estimate exceeds free memory, and `ValueError` for a bad device or dtype name.
+    """
+    t0 = time.perf_counter()
+    path = Path(path) if path is not None else default_model_path()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if not path.exists():
+        raise ModelFileError(path, "no such file or folder")
+
+    def fits(cfg: ModelConfig) -> int:
+        ctx = min(context_length or cfg.max_seq_len, cfg.max_seq_len)
+        return check_fits(cfg, dt, dev, ctx, path.name) if check_memory else 0
+
+    if path.is_dir():
+        cfg, model, tok, template, types, estimate, gen = _load_hf(path, dev, dt, fits)
+        fmt = "safetensors"
+    elif path.suffix in PICKLE_SUFFIXES:
+        raise ModelFileError(path, "a pickle file; Ember never unpickles. Convert the model to safetensors or GGUF.")
+    else:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != GGUF_MAGIC:
+            raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
+        cfg, model, tok, template, types, estimate, gen = _load_gguf(path, dev, dt, fits)
+        fmt = "gguf"
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        template=template,
+        config=cfg,
+        path=path,
+        file_format=fmt,
+        weight_types=types,
+        context_length=min(context_length or cfg.max_seq_len, cfg.max_seq_len),
+        load_seconds=time.perf_counter() - t0,
+        memory_estimate=estimate,
+        generation_defaults=gen,
+    )

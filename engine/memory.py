@@ -1,0 +1,43 @@
+"""Will the model fit? An estimate made before anything is allocated, and a refusal with the numbers."""
+
+from __future__ import annotations
+
+import psutil
+import torch
+
+from engine.config import ModelConfig
+from engine.errors import OutOfMemoryError
+
+MiB = 1 << 20
+# Activations, the rope table and allocator slack, as a fraction of the weights.
+_OVERHEAD = 0.15
+
+
+def estimate_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int) -> int:
+    """Weights in ``dtype`` plus a KV cache for ``context`` positions plus overhead."""
+    size = torch.finfo(dtype).bits // 8
+    weights = cfg.n_params * size
+    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * size
+    return int(weights * (1 + _OVERHEAD)) + kv
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory where the model will live: free VRAM on CUDA, available RAM otherwise."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    return psutil.virtual_memory().available
+
+
+def check_fits(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, context: int, name: str) -> int:
+    """Return the estimate, or raise `OutOfMemoryError` saying how much is needed and free."""
+    need = estimate_bytes(cfg, dtype, context)
+    free = available_bytes(device)
+    if need > free:
+        raise OutOfMemoryError(
+            f"{name} needs about {need / MiB:,.0f} MiB on {device.type} "
+            f"({cfg.n_params / 1e6:,.0f}M parameters in {str(dtype).removeprefix('torch.')}, "
+            f"{context} positions of KV cache) but only {free / MiB:,.0f} MiB is free; "
+            "pick a smaller dtype or context, or close other programs"
+        )
+    return need

@@ -1,0 +1,25 @@
+"""A preallocated key/value cache for one attention layer."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values for positions ``[0, capacity)``, shape ``(B, n_kv_head, capacity, head_dim)``."""
+
+    def __init__(self, batch: int, n_kv_head: int, capacity: int, head_dim: int, *, device, dtype) -> None:
+        shape = (batch, n_kv_head, capacity, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k, v`` (B, nkv, T, hd) at ``start`` and return every key and value up to ``start + T``."""
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]

@@ -1,0 +1,14 @@
+"""The one seam for linear layers.
+
+The model builds every projection through `Linear`. A weight-only quantized layer only has to offer
+the same ``forward(x) -> x @ W.T + b`` contract and ``in_features``/``out_features``; a quantize step
+then swaps instances after loading without touching the model code.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class Linear(nn.Linear):
+    """A dense projection, ``(..., in_features) -> (..., out_features)``."""

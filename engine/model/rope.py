@@ -1,0 +1,60 @@
+"""Rotary position embeddings (the "rotate half" layout of Hugging Face), with linear and llama3 scaling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.config import ModelConfig
+
+
+def inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """The rotary frequencies, ``(rotary_dim // 2,)`` float32, with the config's scaling applied."""
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+class RotaryTable:
+    """cos/sin tables for positions ``[0, n)``, grown on demand, kept per device and dtype."""
+
+    def __init__(self, inv_freq: torch.Tensor) -> None:
+        self.inv_freq = inv_freq
+        self._cos = self._sin = torch.empty(0)
+
+    def get(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
+        """cos, sin of shape ``(length, rotary_dim)`` for positions ``start .. start+length``."""
+        end = start + length
+        if self._cos.shape[0] < end or self._cos.device != device or self._cos.dtype != dtype:
+            n = max(end, 2 * self._cos.shape[0], 256)
+            pos = torch.arange(n, dtype=torch.float32, device="cpu")
+            freqs = torch.outer(pos, self.inv_freq)  # (n, rotary_dim // 2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
+            self._cos = emb.cos().to(device=device, dtype=dtype)
+            self._sin = emb.sin().to(device=device, dtype=dtype)
+        return self._cos[start:end], self._sin[start:end]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``rotary_dim`` features of ``x`` (B, nh, T, hd) by position."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out

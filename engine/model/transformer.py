@@ -1,0 +1,183 @@
+"""A decoder-only transformer covering Llama, Mistral, Qwen2, Qwen3, Phi-3 and GPT-2.
+
+Weights use our own names (see `engine.weights.names`): fused ``wqkv`` and ``w_gate_up`` projections,
+``attn_norm``/``mlp_norm`` per block, ``tok_emb``, ``norm`` and ``lm_head`` at the ends.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.model.kv_cache import KVCache
+from engine.model.linear import Linear
+from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (as the reference implementations do), scale in the model dtype.
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * y
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.layer_norm else RMSNorm(dim, cfg.norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.split = (q_dim, kv_dim, kv_dim)
+        self.wqkv = Linear(cfg.n_embd, q_dim + 2 * kv_dim, bias=cfg.qkv_bias or cfg.linear_bias)
+        self.wo = Linear(q_dim, cfg.n_embd, bias=cfg.linear_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x, rotary, cache: KVCache | None, start: int, mask) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)  # (B, T, nkv, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hd)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, nkv, start+T, hd)
+        gqa = self.n_head != self.n_kv_head
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
+        return self.wo(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        if self.gated:  # SwiGLU: gate and up fused, gate first
+            self.w_gate_up = Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)
+        else:
+            self.w_up = Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.linear_bias)
+        self.w_down = Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.linear_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+            return self.w_down(F.silu(gate) * up)
+        return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg, cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rotary, cache, start, mask) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rotary, cache, start, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """``forward(tokens (B, T), start) -> logits (B, T or 1, vocab)`` in float32.
+
+    With a cache set up (`setup_cache`), tokens are the ones at positions ``start .. start+T`` and
+    earlier positions come from the cache; without one, ``start`` must be 0 and the whole sequence
+    is given.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.n_embd) if cfg.learned_positions else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = make_norm(cfg, cfg.n_embd)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
+        self.caches: list[KVCache] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_emb.weight.dtype
+
+    @property
+    def cache_capacity(self) -> int:
+        return self.caches[0].capacity if self.caches else 0
+
+    def setup_cache(self, capacity: int, batch: int = 1) -> None:
+        """Preallocate the KV cache for ``capacity`` positions (at most the model's context length)."""
+        if capacity > self.cfg.max_seq_len:
+            raise ValueError(f"cache capacity {capacity} exceeds the context length {self.cfg.max_seq_len}")
+        cfg = self.cfg
+        self.caches = [
+            KVCache(batch, cfg.n_kv_head, capacity, cfg.head_dim, device=self.device, dtype=self.dtype)
+            for _ in range(cfg.n_layer)
+        ]
+
+    def drop_cache(self) -> None:
+        self.caches = None
+
+    def _mask(self, start: int, T: int) -> torch.Tensor | None:
+        """None when plain causal attention is right; else a bool (T, start+T) mask of allowed keys."""
+        window = self.cfg.sliding_window
+        if (start == 0 or T == 1) and (window is None or start + T <= window):
+            return None
+        q_pos = torch.arange(start, start + T, device=self.device)[:, None]
+        k_pos = torch.arange(start + T, device=self.device)[None, :]
+        allowed = k_pos <= q_pos
+        if window is not None:
+            allowed &= q_pos - k_pos < window
+        return allowed
+
+    def embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        x = self.tok_emb(tokens)  # (B, T, n_embd)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + tokens.shape[1], device=tokens.device))
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and output projection, ``(B, T, n_embd) -> (B, T, vocab)`` float32."""
+        x = self.norm(x)
+        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, w).float()
+
+    def forward(self, tokens: torch.Tensor, start: int = 0, *, last_only: bool = False) -> torch.Tensor:
+        B, T = tokens.shape
+        if self.caches is None and start != 0:
+            raise ValueError("start > 0 needs a KV cache (call setup_cache first)")
+        if start + T > (self.cache_capacity if self.caches else self.cfg.max_seq_len):
+            raise ValueError(f"positions up to {start + T} exceed the cache or context length")
+        x = self.embed(tokens, start)
+        rotary = None
+        if self.rotary is not None:
+            rotary = self.rotary.get(start, T, x.device, x.dtype)
+        mask = self._mask(start, T)
+        for i, layer in enumerate(self.layers):
+            cache = self.caches[i] if self.caches else None
+            x = layer(x, rotary, cache, start, mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)

@@ -1,0 +1,60 @@
+"""GGUF tensor names (llama.cpp's) to ours, undoing llama.cpp's q/k permutation for Llama models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine.config import ModelConfig
+
+# llama.cpp permutes Llama q/k rows so that rope can rotate adjacent pairs (interleaved layout);
+# NeoX-style archs (Qwen, Phi-3) are stored as Hugging Face has them.
+PERMUTED_QK_ARCHS = ("llama", "mistral")
+
+
+def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Inverse of llama.cpp's ``permute``: interleaved rope rows back to the rotate-half layout."""
+    shape = w.shape
+    w = w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:])  # (nh, hd/2, 2, ...)
+    return w.transpose(1, 2).reshape(shape)  # (nh, 2, hd/2, ...) -> rows
+
+
+def gguf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.Tensor]):
+    """Yield ``(our_name, tensor)`` pairs from GGUF tensor names."""
+    permuted = cfg.arch in PERMUTED_QK_ARCHS
+    yield "tok_emb.weight", get("token_embd.weight")
+    if cfg.learned_positions:
+        yield "pos_emb.weight", get("position_embd.weight")
+    for i in range(cfg.n_layer):
+        p, o = f"blk.{i}.", f"layers.{i}."
+        for suffix in ("weight", "bias") if cfg.layer_norm else ("weight",):
+            yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
+            yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
+        for suffix in ("weight", "bias") if cfg.qkv_bias or cfg.linear_bias else ("weight",):
+            if p + f"attn_qkv.{suffix}" in names:
+                yield o + f"attn.wqkv.{suffix}", get(p + f"attn_qkv.{suffix}")
+                continue
+            q, k, v = (get(p + f"attn_{x}.{suffix}") for x in "qkv")
+            if permuted:
+                q, k = unpermute(q, cfg.n_head), unpermute(k, cfg.n_kv_head)
+            yield o + f"attn.wqkv.{suffix}", torch.cat([q, k, v])
+        if cfg.qk_norm:
+            yield o + "attn.q_norm.weight", get(p + "attn_q_norm.weight")
+            yield o + "attn.k_norm.weight", get(p + "attn_k_norm.weight")
+        yield o + "attn.wo.weight", get(p + "attn_output.weight")
+        if cfg.linear_bias:
+            yield o + "attn.wo.bias", get(p + "attn_output.bias")
+            yield o + "mlp.w_up.weight", get(p + "ffn_up.weight")
+            yield o + "mlp.w_up.bias", get(p + "ffn_up.bias")
+            yield o + "mlp.w_down.bias", get(p + "ffn_down.bias")
+        elif p + "ffn_gate.weight" in names:
+            yield o + "mlp.w_gate_up.weight", torch.cat([get(p + "ffn_gate.weight"), get(p + "ffn_up.weight")])
+        else:  # Phi-3 stores gate and up fused, gate first
+            yield o + "mlp.w_gate_up.weight", get(p + "ffn_up.weight")
+        yield o + "mlp.w_down.weight", get(p + "ffn_down.weight")
+    yield "norm.weight", get("output_norm.weight")
+    if cfg.layer_norm:
+        yield "norm.bias", get("output_norm.bias")
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", get("output.weight")
