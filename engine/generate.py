@@ -73,6 +73,7 @@ class Generation:
     should_stop: StopSignal = None
     top_n: int = 5
     context_length: int | None = None
+    ignore_eos: bool = False  # keep going past end-of-text (benchmarks)
     ids: list[int] = field(default_factory=list, init=False)
     text: str = field(default="", init=False)
     finish_reason: str | None = field(default=None, init=False)
@@ -130,7 +131,7 @@ class Generation:
                 self.ids.append(token)
                 self.stats.generated_tokens = len(self.ids)
                 pos += 1
-                if token in self.tokenizer.eos_ids:
+                if token in self.tokenizer.eos_ids and not self.ignore_eos:
                     self.finish_reason = "eos"
                 elif len(self.ids) >= self.max_tokens:
                     self.finish_reason = "length"

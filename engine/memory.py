@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import psutil
 import torch
 
@@ -41,3 +43,16 @@ def check_fits(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, conte
             "pick a smaller dtype or context, or close other programs"
         )
     return need
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process so far: allocated VRAM on CUDA, else the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:  # Windows
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -28,6 +28,12 @@ class RMSNorm(nn.Module):
         return self.weight * y
 
 
+def make_embedding(n: int, dim: int) -> nn.Embedding:
+    """An embedding table left uninitialised: weights always come from a file, and the random init
+    (normal_) costs about a second on the meta device the first time it runs."""
+    return nn.Embedding(n, dim, _weight=torch.empty(n, dim))
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.layer_norm else RMSNorm(dim, cfg.norm_eps)
 
@@ -107,8 +113,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.n_embd) if cfg.learned_positions else None
+        self.tok_emb = make_embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = make_embedding(cfg.max_seq_len, cfg.n_embd) if cfg.learned_positions else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = make_norm(cfg, cfg.n_embd)
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)

@@ -1,0 +1,215 @@
+"""``ember-cli``: model info, one-shot generation and an interactive terminal chat.
+
+A bad file or flag exits non-zero with a one-line message and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+
+from engine.device import DEVICE_CHOICES, DTYPE_CHOICES
+from engine.errors import EmberError
+from engine.memory import MiB, peak_memory_bytes
+from engine.sampling import SamplerSettings
+
+# flag -> SamplerSettings field
+SAMPLER_FLAGS = {
+    "temperature": ("temperature", float, "0 is greedy; higher is more random"),
+    "top-k": ("top_k", int, "keep the k most likely tokens (0: off)"),
+    "top-p": ("top_p", float, "keep the smallest set whose probability reaches p (1: off)"),
+    "min-p": ("min_p", float, "drop tokens below p times the top token's probability (0: off)"),
+    "typical-p": ("typical_p", float, "locally typical sampling (1: off)"),
+    "repeat-penalty": ("repetition_penalty", float, "penalise recently seen tokens (1: off)"),
+    "repeat-last-n": ("repetition_window", int, "how many recent tokens the penalties see (0: all)"),
+    "presence-penalty": ("presence_penalty", float, "subtract once per token already present"),
+    "frequency-penalty": ("frequency_penalty", float, "subtract per occurrence of a token"),
+    "seed": ("seed", int, "random seed: the same seed gives the same text"),
+}
+
+
+def _model_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("model", nargs="?", help="a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    p.add_argument("--ctx-size", type=int, default=None, help="context length to use (default: the model's)")
+    return p
+
+
+def _generation_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    defaults = {f.name: f.default for f in fields(SamplerSettings)}
+    for flag, (name, kind, help_text) in SAMPLER_FLAGS.items():
+        p.add_argument(f"--{flag}", dest=name, type=kind, default=defaults[name],
+                       help=f"{help_text} (default: {defaults[name]})")
+    p.add_argument("--max-tokens", type=int, default=256, help="stop after this many tokens (default: 256)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--system", help="a system message")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember-cli", description="Run local language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", parents=[_model_options()], help="describe a model file")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    gen = sub.add_parser("generate", parents=[_model_options(), _generation_options()], help="generate text")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--json", action="store_true", help="one JSON object per generated token")
+    gen.add_argument("--stats", action="store_true", help="print timings and memory to stderr at the end")
+    sub.add_parser("chat", parents=[_model_options(), _generation_options()], help="interactive chat")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> SamplerSettings:
+    return SamplerSettings(**{name: getattr(args, name) for name, _, _ in SAMPLER_FLAGS.values()})
+
+
+def _load(args: argparse.Namespace):
+    from engine.loader import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, context_length=args.ctx_size)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    lm = _load(args)
+    cfg = lm.config
+    info = {
+        "file": str(lm.path),
+        "format": lm.file_format,
+        "architecture": cfg.arch,
+        "parameters": cfg.n_params,
+        "layers": cfg.n_layer,
+        "embedding": cfg.n_embd,
+        "heads": cfg.n_head,
+        "kv_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "feed_forward": cfg.intermediate_size,
+        "vocab_size": cfg.vocab_size,
+        "context_length": cfg.max_seq_len,
+        "rope_theta": None if cfg.learned_positions else cfg.rope_theta,
+        "tied_embeddings": cfg.tie_embeddings,
+        "weight_types": lm.weight_types,
+        "chat_template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
+        "device": str(lm.model.device),
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "load_seconds": round(lm.load_seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} x{n}" for k, n in value.items())
+        print(f"{key.replace('_', ' '):<{width}}  {value}")
+
+
+def _messages(system: str | None, user: str) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": user}]
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from engine.generate import Generation
+
+    settings = _settings(args)
+    lm = _load(args)
+    if args.chat or args.system:
+        text = lm.render_chat(_messages(args.system, args.prompt))
+    else:
+        text = args.prompt
+    ids = lm.encode_prompt(text)
+    gen = Generation(lm.model, lm.tokenizer, ids, settings, max_tokens=args.max_tokens,
+                     stop_strings=args.stop, context_length=lm.context_length)
+    for event in gen:
+        if args.json:
+            print(json.dumps({
+                "id": event.id, "text": event.text, "logprob": round(event.logprob, 6),
+                "top": [{"id": a.id, "text": a.text, "logprob": round(a.logprob, 6)} for a in event.top],
+            }, ensure_ascii=False), flush=True)
+        else:
+            print(event.text, end="", flush=True)
+    if not args.json:
+        print()
+    if args.stats:
+        s = gen.stats
+        print(
+            f"load {lm.load_seconds:.2f} s | prompt {s.prompt_tokens} tokens, prefill "
+            f"{s.prefill_tokens_per_second:.1f} tok/s | {s.generated_tokens} generated, decode "
+            f"{s.decode_tokens_per_second:.1f} tok/s | finish: {gen.finish_reason} | "
+            f"peak memory {peak_memory_bytes(lm.model.device) / MiB:.0f} MiB",
+            file=sys.stderr,
+        )
+
+
+def _fit_history(lm, messages: list[dict[str, str]], reserve: int) -> list[int]:
+    """Render the chat, dropping the oldest turns (never the system message) until it fits."""
+    while True:
+        ids = lm.encode_prompt(lm.render_chat(messages))
+        first = 1 if messages[0]["role"] == "system" else 0
+        if len(ids) + reserve <= lm.context_length or len(messages) - first <= 1:
+            return ids
+        del messages[first : first + 2]
+        print("[context full: dropped the oldest exchange]", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from engine.generate import Generation
+
+    settings = _settings(args)
+    lm = _load(args)
+    print(f"Ember chat with {lm.name} on {lm.model.device}. Enter to send, Ctrl+C stops a reply, "
+          "/clear starts over, Ctrl+D or /quit leaves.", file=sys.stderr)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    while True:
+        try:
+            user = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if user in ("/quit", "/exit"):
+            return
+        if user == "/clear":
+            messages = list(system)
+            continue
+        if not user:
+            continue
+        messages.append({"role": "user", "content": user})
+        ids = _fit_history(lm, messages, reserve=min(args.max_tokens, lm.context_length // 2))
+        gen = Generation(lm.model, lm.tokenizer, ids, settings, max_tokens=args.max_tokens,
+                         stop_strings=args.stop, context_length=lm.context_length)
+        t0 = time.perf_counter()
+        try:
+            for event in gen:
+                print(event.text, end="", flush=True)
+        except KeyboardInterrupt:  # the partial reply is kept
+            print(" [stopped]", end="")
+        print(f"\n[{gen.stats.generated_tokens} tokens, {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": gen.text})
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (EmberError, ValueError, OSError) as e:
+        print(f"ember-cli: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
