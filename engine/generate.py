@@ -77,6 +77,7 @@ class Generation:
     ids: list[int] = field(default_factory=list, init=False)
     text: str = field(default="", init=False)
     finish_reason: str | None = field(default=None, init=False)
+    seed: int | None = field(default=None, init=False)  # the seed actually used (replays the reply)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class Generation:
         if model.cache_capacity < needed:
             model.setup_cache(min(-(-needed // CACHE_STEP) * CACHE_STEP, model.cfg.max_seq_len))
         sampler = Sampler(self.settings, model.device)
+        self.seed = sampler.seed
         detok = StreamingDetokenizer(self.tokenizer, skip_special=True)
         stops = StopMatcher(self.stop_strings)
         self.stats.prompt_tokens = len(prompt)

@@ -66,7 +66,7 @@ def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
         raise ModelFileError(path, f"unusable model metadata: {e}") from None
 
 
-def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int]):
+def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress):
     cfg, gguf = _open_gguf(path)
     with gguf:
         estimate = fits(cfg)
@@ -78,7 +78,7 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int]):
                 raise ModelFileError(path, f"missing tensor {name}")
             return gguf.load_tensor(name)
 
-        model = build_model(cfg, gguf_state_dict(cfg, names, get), path, device, dtype)
+        model = build_model(cfg, gguf_state_dict(cfg, names, get), path, device, dtype, progress)
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
         template = ChatTemplate(
@@ -90,14 +90,14 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int]):
     return cfg, model, tokenizer, template, dict(types.most_common()), estimate, {}
 
 
-def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int]):
+def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], progress):
     cfg = read_config(folder)
     files = safetensors_files(folder)
     estimate = fits(cfg)
     tokenizer = Tokenizer.from_hf_folder(folder)
     source = SafetensorsSource(files)
     names = source.names()
-    model = build_model(cfg, hf_state_dict(cfg, names, source.get), folder, device, dtype)
+    model = build_model(cfg, hf_state_dict(cfg, names, source.get), folder, device, dtype, progress)
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
     template_path = folder / "chat_template.jinja"
@@ -112,6 +112,18 @@ def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int]):
     return cfg, model, tokenizer, template, source.dtype_counts(), estimate, gen
 
 
+def peek_config(path: str | Path | None = None) -> ModelConfig:
+    """The model's shape without loading weights (for a memory estimate before loading)."""
+    path = Path(path) if path is not None else default_model_path()
+    if path.is_dir():
+        return read_config(path)
+    if not path.is_file():
+        raise ModelFileError(path, "no such file or folder")
+    cfg, gguf = _open_gguf(path)
+    gguf.close()
+    return cfg
+
+
 def load_model(
     path: str | Path | None = None,
     *,
@@ -119,6 +131,7 @@ def load_model(
     dtype: str = "auto",
     context_length: int | None = None,
     check_memory: bool = True,
+    progress: Callable[[float], None] | None = None,
 ) -> LoadedModel:
     """Load a GGUF file or a Hugging Face safetensors folder (None: the default model).
 
@@ -137,7 +150,7 @@ def load_model(
         return check_fits(cfg, dt, dev, ctx, path.name) if check_memory else 0
 
     if path.is_dir():
-        cfg, model, tok, template, types, estimate, gen = _load_hf(path, dev, dt, fits)
+        cfg, model, tok, template, types, estimate, gen = _load_hf(path, dev, dt, fits, progress)
         fmt = "safetensors"
     elif path.suffix in PICKLE_SUFFIXES:
         raise ModelFileError(path, "a pickle file; Ember never unpickles. Convert the model to safetensors or GGUF.")
@@ -146,7 +159,7 @@ def load_model(
             magic = f.read(4)
         if magic != GGUF_MAGIC:
             raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
-        cfg, model, tok, template, types, estimate, gen = _load_gguf(path, dev, dt, fits)
+        cfg, model, tok, template, types, estimate, gen = _load_gguf(path, dev, dt, fits, progress)
         fmt = "gguf"
     return LoadedModel(
         model=model,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -18,12 +18,19 @@ def build_model(
     path: str | Path,
     device: torch.device,
     dtype: torch.dtype,
+    progress: Callable[[float], None] | None = None,
 ) -> Transformer:
     """No weight is allocated twice: the module tree is built on ``meta`` and the converted
-    tensors (our names) are assigned to it. Shape mismatches become `ModelFileError`."""
+    tensors (our names) are assigned to it. Shape mismatches become `ModelFileError`.
+    ``progress`` is called with the fraction of tensors converted so far."""
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = {name: t.to(device=device, dtype=dtype, copy=True) for name, t in pairs}
+    total = len(model.state_dict())
+    state = {}
+    for name, t in pairs:
+        state[name] = t.to(device=device, dtype=dtype, copy=True)
+        if progress is not None:
+            progress(min(len(state) / total, 1.0))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
