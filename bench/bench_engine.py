@@ -49,8 +49,14 @@ def run_ours(model_path: str, n_prompt: int, n_gen: int) -> dict:
     gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=n_gen, ignore_eos=True)
     text = "".join(e.text for e in gen)
     s = gen.stats
-    return {"load_s": load, "prefill_tps": s.prefill_tokens_per_second, "decode_tps": s.decode_tokens_per_second,
-            "generated": s.generated_tokens, "peak_rss_mib": peak_rss_mib(), "text": text[:80]}
+    return {
+        "load_s": load,
+        "prefill_tps": s.prefill_tokens_per_second,
+        "decode_tps": s.decode_tokens_per_second,
+        "generated": s.generated_tokens,
+        "peak_rss_mib": peak_rss_mib(),
+        "text": text[:80],
+    }
 
 
 def run_transformers(model_path: str, n_prompt: int, n_gen: int) -> dict:
@@ -76,8 +82,14 @@ def run_transformers(model_path: str, n_prompt: int, n_gen: int) -> dict:
         total = time.perf_counter() - t0
     generated = out.shape[1] - ids.shape[1]
     decode = (generated - 1) / max(total - prefill, 1e-9)
-    return {"load_s": load, "prefill_tps": n_prompt / prefill, "decode_tps": decode, "generated": generated,
-            "peak_rss_mib": peak_rss_mib(), "text": tok.decode(out[0, ids.shape[1]:])[:80]}
+    return {
+        "load_s": load,
+        "prefill_tps": n_prompt / prefill,
+        "decode_tps": decode,
+        "generated": generated,
+        "peak_rss_mib": peak_rss_mib(),
+        "text": tok.decode(out[0, ids.shape[1] :])[:80],
+    }
 
 
 ENGINES = {"ember": run_ours, "transformers": run_transformers}
@@ -103,19 +115,37 @@ def main() -> None:
         return
     results = {}
     for engine in ENGINES:
-        cmd = [sys.executable, __file__, "--engine", engine, "--model", args.model, "--threads", str(args.threads),
-               "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--engine",
+            engine,
+            "--model",
+            args.model,
+            "--threads",
+            str(args.threads),
+            "--prompt-tokens",
+            str(args.prompt_tokens),
+            "--gen-tokens",
+            str(args.gen_tokens),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[engine] = json.loads(out.strip().splitlines()[-1])
-    print(f"model {args.model}\nprompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, greedy, "
-          f"{args.threads} threads, CPU, fp32\n")
+    print(
+        f"model {args.model}\nprompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, greedy, "
+        f"{args.threads} threads, CPU, fp32\n"
+    )
     print(f"{'engine':<14}{'load s':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}")
     for name, r in results.items():
-        print(f"{name:<14}{r['load_s']:>9.2f}{r['prefill_tps']:>15.1f}{r['decode_tps']:>14.1f}{r['peak_rss_mib']:>14.0f}")
+        print(
+            f"{name:<14}{r['load_s']:>9.2f}{r['prefill_tps']:>15.1f}{r['decode_tps']:>14.1f}{r['peak_rss_mib']:>14.0f}"
+        )
     a, b = results["ember"], results["transformers"]
-    print(f"\nember / transformers: load {b['load_s'] / a['load_s']:.1f}x faster, prefill "
-          f"{a['prefill_tps'] / b['prefill_tps']:.2f}x, decode {a['decode_tps'] / b['decode_tps']:.2f}x, "
-          f"peak RSS {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
+    print(
+        f"\nember / transformers: load {b['load_s'] / a['load_s']:.1f}x faster, prefill "
+        f"{a['prefill_tps'] / b['prefill_tps']:.2f}x, decode {a['decode_tps'] / b['decode_tps']:.2f}x, "
+        f"peak RSS {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+    )
     for name, r in results.items():
         print(f"{name} text: {r['text']!r}")
 

@@ -84,9 +84,7 @@ def _tojson(
     sort_keys: bool = False,
 ) -> str:
     """transformers' ``tojson``: plain ``json.dumps`` without Jinja's HTML escaping."""
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates use
@@ -322,9 +320,7 @@ class ChatTemplate:
         except Exception as exc:  # a compile-time failure of any other kind is still the template's fault
             raise TemplateError(f"The chat template could not be compiled: {exc}") from None
 
-    def render(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True, **extra: Any
-    ) -> str:
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True, **extra: Any) -> str:
         """Render ``messages`` (dicts with ``role`` and ``content``) into prompt text.
 
         ``extra`` is passed to the template as further variables (``tools``, ``documents``,

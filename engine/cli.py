@@ -45,8 +45,9 @@ def _generation_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     defaults = {f.name: f.default for f in fields(SamplerSettings)}
     for flag, (name, kind, help_text) in SAMPLER_FLAGS.items():
-        p.add_argument(f"--{flag}", dest=name, type=kind, default=defaults[name],
-                       help=f"{help_text} (default: {defaults[name]})")
+        p.add_argument(
+            f"--{flag}", dest=name, type=kind, default=defaults[name], help=f"{help_text} (default: {defaults[name]})"
+        )
     p.add_argument("--max-tokens", type=int, default=256, help="stop after this many tokens (default: 256)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--system", help="a system message")
@@ -126,14 +127,29 @@ def cmd_generate(args: argparse.Namespace) -> None:
     else:
         text = args.prompt
     ids = lm.encode_prompt(text)
-    gen = Generation(lm.model, lm.tokenizer, ids, settings, max_tokens=args.max_tokens,
-                     stop_strings=args.stop, context_length=lm.context_length)
+    gen = Generation(
+        lm.model,
+        lm.tokenizer,
+        ids,
+        settings,
+        max_tokens=args.max_tokens,
+        stop_strings=args.stop,
+        context_length=lm.context_length,
+    )
     for event in gen:
         if args.json:
-            print(json.dumps({
-                "id": event.id, "text": event.text, "logprob": round(event.logprob, 6),
-                "top": [{"id": a.id, "text": a.text, "logprob": round(a.logprob, 6)} for a in event.top],
-            }, ensure_ascii=False), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "id": event.id,
+                        "text": event.text,
+                        "logprob": round(event.logprob, 6),
+                        "top": [{"id": a.id, "text": a.text, "logprob": round(a.logprob, 6)} for a in event.top],
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
         else:
             print(event.text, end="", flush=True)
     if not args.json:
@@ -165,8 +181,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     lm = _load(args)
-    print(f"Ember chat with {lm.name} on {lm.model.device}. Enter to send, Ctrl+C stops a reply, "
-          "/clear starts over, Ctrl+D or /quit leaves.", file=sys.stderr)
+    print(
+        f"Ember chat with {lm.name} on {lm.model.device}. Enter to send, Ctrl+C stops a reply, "
+        "/clear starts over, Ctrl+D or /quit leaves.",
+        file=sys.stderr,
+    )
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     while True:
@@ -184,8 +203,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         messages.append({"role": "user", "content": user})
         ids = _fit_history(lm, messages, reserve=min(args.max_tokens, lm.context_length // 2))
-        gen = Generation(lm.model, lm.tokenizer, ids, settings, max_tokens=args.max_tokens,
-                         stop_strings=args.stop, context_length=lm.context_length)
+        gen = Generation(
+            lm.model,
+            lm.tokenizer,
+            ids,
+            settings,
+            max_tokens=args.max_tokens,
+            stop_strings=args.stop,
+            context_length=lm.context_length,
+        )
         t0 = time.perf_counter()
         try:
             for event in gen:

@@ -88,9 +88,7 @@ class ModelConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4.x or 5.x spelling)."""
         model_type = cfg.get("model_type")
         if model_type not in _HF_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported model_type {model_type!r}; supported: {', '.join(_HF_MODEL_TYPES)}"
-            )
+            raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(_HF_MODEL_TYPES)}")
         arch = _HF_MODEL_TYPES[model_type]
         if arch == "gpt2":
             n_embd = cfg["n_embd"]

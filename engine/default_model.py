@@ -16,9 +16,7 @@ def default_model_path() -> Path:
     """Locate the GGUF file without importing the package (its import pulls in llama.cpp)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError(
-            FILENAME, f"the default model is not installed; install it with: {INSTALL_HINT}"
-        )
+        raise ModelFileError(FILENAME, f"the default model is not installed; install it with: {INSTALL_HINT}")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / FILENAME
         if path.is_file():

@@ -100,7 +100,7 @@ class Generation:
         top = torch.topk(logprobs, min(self.top_n, logprobs.shape[-1]))
         alternatives = tuple(
             Alternative(int(i), self.tokenizer.piece(int(i)), float(lp))
-            for lp, i in zip(top.values.tolist(), top.indices.tolist())
+            for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
         )
         return TokenEvent(token, text, float(logprobs[token]), alternatives)
 

@@ -22,8 +22,14 @@ from engine.model import Transformer
 from engine.tokenizer import Tokenizer
 from engine.weights.build import build_model
 from engine.weights.from_gguf import gguf_state_dict
-from engine.weights.from_hf import PICKLE_SUFFIXES, SafetensorsSource, hf_state_dict, read_config, read_json
-from engine.weights.from_hf import safetensors_files
+from engine.weights.from_hf import (
+    PICKLE_SUFFIXES,
+    SafetensorsSource,
+    hf_state_dict,
+    read_config,
+    read_json,
+    safetensors_files,
+)
 
 GGUF_MAGIC = b"GGUF"
 

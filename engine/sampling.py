@@ -96,9 +96,7 @@ class SamplerSettings:
         return self.temperature == 0
 
 
-def apply_penalties(
-    logits: torch.Tensor, history: Sequence[int] | torch.Tensor, s: SamplerSettings
-) -> torch.Tensor:
+def apply_penalties(logits: torch.Tensor, history: Sequence[int] | torch.Tensor, s: SamplerSettings) -> torch.Tensor:
     """Return float32 logits with the repetition, presence and frequency penalties applied.
 
     Only the last ``s.repetition_window`` tokens of ``history`` count (all of them when 0).  Token ids
@@ -202,9 +200,7 @@ class Sampler:
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed)
 
-    def __call__(
-        self, logits: torch.Tensor, history: Sequence[int] | torch.Tensor
-    ) -> tuple[int, torch.Tensor]:
+    def __call__(self, logits: torch.Tensor, history: Sequence[int] | torch.Tensor) -> tuple[int, torch.Tensor]:
         """Pick the next token from 1-D ``logits`` given the token ``history``.
 
         Returns the token id and the float32 log-probabilities it was drawn from (after penalties and

@@ -137,9 +137,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
         with open(path, "rb") as file:
             buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as error:
-        raise ModelFileError(
-            path, f"cannot open the file: {getattr(error, 'strerror', None) or error}"
-        ) from None
+        raise ModelFileError(path, f"cannot open the file: {getattr(error, 'strerror', None) or error}") from None
     try:
         return _Parser(path, buffer).parse()
     except BaseException:
@@ -172,9 +170,7 @@ class _Parser:
     def _need(self, n: int, what: str) -> None:
         left = self.size - self.pos
         if n > left:
-            raise self._fail(
-                f"truncated file: {what} at offset {self.pos} needs {n} bytes but only {left} are left"
-            )
+            raise self._fail(f"truncated file: {what} at offset {self.pos} needs {n} bytes but only {left} are left")
 
     def _u32(self, what: str) -> int:
         self._need(4, what)
@@ -219,13 +215,11 @@ class _Parser:
         left = self.size - self.pos
         if kv_count > left // MIN_KV_SIZE:
             raise self._fail(
-                f"metadata count {kv_count} cannot fit in the {left} bytes after the header "
-                "(truncated or corrupt)"
+                f"metadata count {kv_count} cannot fit in the {left} bytes after the header (truncated or corrupt)"
             )
         if tensor_count > (left - kv_count * MIN_KV_SIZE) // MIN_TENSOR_INFO_SIZE:
             raise self._fail(
-                f"tensor count {tensor_count} cannot fit in the {left} bytes after the header "
-                "(truncated or corrupt)"
+                f"tensor count {tensor_count} cannot fit in the {left} bytes after the header (truncated or corrupt)"
             )
         return version, tensor_count, kv_count
 
@@ -310,8 +304,7 @@ class _Parser:
                 pos += 8 + length
         except UnicodeDecodeError as error:
             raise self._fail(
-                f"string #{len(strings)} of array {key!r} is not valid UTF-8 "
-                f"(bad byte at position {error.start})"
+                f"string #{len(strings)} of array {key!r} is not valid UTF-8 (bad byte at position {error.start})"
             ) from None
         self.pos = pos
         if len(strings) < count:  # the loop stopped at a string running past the end: report it
@@ -364,9 +357,7 @@ class _Parser:
             )
         return ggml_type, nbytes
 
-    def _place_tensors(
-        self, infos: list[GGUFTensorInfo], data_start: int, alignment: int
-    ) -> dict[str, GGUFTensorInfo]:
+    def _place_tensors(self, infos: list[GGUFTensorInfo], data_start: int, alignment: int) -> dict[str, GGUFTensorInfo]:
         """The infos with absolute offsets, once every tensor's data is aligned, in the file and unshared."""
         if infos and data_start > self.size:
             raise self._fail(
@@ -377,8 +368,7 @@ class _Parser:
         for info in infos:
             if info.offset % alignment:
                 raise self._fail(
-                    f"tensor {info.name!r} data offset {info.offset} is not a multiple of the alignment "
-                    f"{alignment}"
+                    f"tensor {info.name!r} data offset {info.offset} is not a multiple of the alignment {alignment}"
                 )
             start = data_start + info.offset
             if start + info.nbytes > self.size:

@@ -184,9 +184,7 @@ def _oracle(source: str, messages: list[dict[str, str]], add_generation_prompt: 
         bos_token=BOS,
         eos_token=EOS,
     )
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
 
 
 def _ours(source: str, messages: list[dict[str, str]], add_generation_prompt: bool, **extra: object) -> str:
@@ -229,9 +227,7 @@ def test_tools_and_extra_variables_match_transformers(source: str):
     add_generation_prompt=st.booleans(),
 )
 def test_arbitrary_message_text_matches_transformers(contents: list[str], add_generation_prompt: bool):
-    messages = [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(contents)
-    ]
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(contents)]
     for source in (LLAMA3, QWEN3):
         expected = _oracle(source, messages, add_generation_prompt, date_string="x")
         assert _ours(source, messages, add_generation_prompt, date_string="x") == expected
@@ -256,9 +252,7 @@ def test_strftime_now_gives_todays_date():
 
 
 def test_generation_tag_renders_its_body():
-    template = ChatTemplate(
-        "{% for m in messages %}[{% generation %}{{ m.content }}{% endgeneration %}]{% endfor %}"
-    )
+    template = ChatTemplate("{% for m in messages %}[{% generation %}{{ m.content }}{% endgeneration %}]{% endfor %}")
     assert template.render([{"role": "assistant", "content": "hi"}]) == "[hi]"
 
 
@@ -287,12 +281,8 @@ TIME_BOMBS = {
         "{% set r = range(100000) %}"
         "{% for a in r %}{% for b in r %}{% for c in r %}{% endfor %}{% endfor %}{% endfor %}"
     ),
-    "attribute churn": (
-        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a.real }}{% endfor %}{% endfor %}"
-    ),
-    "recursive loop": (
-        "{% for x in [[1, 2]] * 50000 recursive %}{{ loop(x * 2) if x is iterable }}{% endfor %}"
-    ),
+    "attribute churn": ("{% for a in range(100000) %}{% for b in range(100000) %}{{ a.real }}{% endfor %}{% endfor %}"),
+    "recursive loop": ("{% for x in [[1, 2]] * 50000 recursive %}{{ loop(x * 2) if x is iterable }}{% endfor %}"),
 }
 
 

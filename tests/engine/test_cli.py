@@ -27,8 +27,19 @@ def test_info_json(capsys):
 
 
 def test_generate_json_and_stats(capsys):
-    code, out, err = run(capsys, "generate", "--chat", "--prompt", "What is the capital of France?",
-                         "--temperature", "0", "--max-tokens", "12", "--json", "--stats")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--stats",
+    )
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
     assert 1 <= len(events) <= 12
@@ -40,8 +51,19 @@ def test_generate_json_and_stats(capsys):
 
 
 def test_generate_plain_text_with_system_and_seed(capsys):
-    args = ("generate", "--system", "Answer in one word.", "--prompt", "Name a fruit.", "--seed", "3",
-            "--temperature", "0.9", "--max-tokens", "8")
+    args = (
+        "generate",
+        "--system",
+        "Answer in one word.",
+        "--prompt",
+        "Name a fruit.",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.9",
+        "--max-tokens",
+        "8",
+    )
     code, first, _ = run(capsys, *args)
     assert code == 0 and first.strip()
     assert run(capsys, *args)[1] == first
@@ -73,7 +95,8 @@ def test_bad_input_is_one_line_without_traceback(argv, message):
 def test_bad_gguf_exits_cleanly(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (2**63).to_bytes(8, "little") * 2)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "info", str(bad)], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "info", str(bad)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr

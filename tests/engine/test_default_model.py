@@ -47,8 +47,9 @@ def test_describes_itself(smollm):
 
 
 def test_greedy_answer_names_paris(smollm):
-    gen = Generation(smollm.model, smollm.tokenizer, chat_ids(smollm, "What is the capital of France?"),
-                     GREEDY, max_tokens=40)
+    gen = Generation(
+        smollm.model, smollm.tokenizer, chat_ids(smollm, "What is the capital of France?"), GREEDY, max_tokens=40
+    )
     events = list(gen)
     assert "Paris" in gen.text
     assert gen.finish_reason == "eos"
@@ -109,8 +110,9 @@ def test_stops_on_max_tokens_stop_string_and_cancel(smollm):
 
 def test_context_limit_ends_generation(smollm):
     prompt = chat_ids(smollm, "Hello")
-    gen = Generation(smollm.model, smollm.tokenizer, prompt, GREEDY, max_tokens=100,
-                     context_length=len(prompt) + 4, ignore_eos=True)
+    gen = Generation(
+        smollm.model, smollm.tokenizer, prompt, GREEDY, max_tokens=100, context_length=len(prompt) + 4, ignore_eos=True
+    )
     list(gen)
     assert (gen.finish_reason, len(gen.ids)) == ("context", 4)
     with pytest.raises(ValueError, match="context holds"):

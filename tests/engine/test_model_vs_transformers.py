@@ -9,7 +9,6 @@ import torch
 
 from engine.weights.build import build_model
 from engine.weights.from_hf import SafetensorsSource, hf_state_dict, read_config, safetensors_files
-
 from tests.engine.tiny_models import ARCHS, VOCAB
 
 

@@ -133,9 +133,7 @@ def test_repetition_penalty_matches_transformers(penalty: float):
     logits = _logits(11)
     history = [5, 9, 5, 300, 0, 511, 9, 9]
     s = SamplerSettings(repetition_penalty=penalty, repetition_window=0)
-    expected = RepetitionPenaltyLogitsProcessor(penalty)(
-        torch.tensor([history]), logits.unsqueeze(0).clone()
-    )[0]
+    expected = RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor([history]), logits.unsqueeze(0).clone())[0]
     assert torch.equal(apply_penalties(logits, history, s), expected)
     assert torch.equal(apply_penalties(logits, torch.tensor(history, dtype=torch.int32), s), expected)
 
@@ -144,9 +142,7 @@ def test_repetition_window_only_counts_recent_tokens():
     logits = _logits(12)
     history = list(range(100))
     s = SamplerSettings(repetition_penalty=1.5, repetition_window=10)
-    expected = RepetitionPenaltyLogitsProcessor(1.5)(
-        torch.tensor([history[-10:]]), logits.unsqueeze(0).clone()
-    )[0]
+    expected = RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([history[-10:]]), logits.unsqueeze(0).clone())[0]
     assert torch.equal(apply_penalties(logits, history, s), expected)
     assert torch.equal(apply_penalties(logits, history[:90], s)[90:], logits[90:])
 
@@ -209,9 +205,7 @@ def test_greedy_picks_the_argmax_of_the_penalized_logits():
     torch.testing.assert_close(log_probs, torch.log_softmax(logits, -1))
     penalized = Sampler(SamplerSettings.greedy(repetition_penalty=10.0))(logits, [best])[0]
     assert penalized != best
-    assert penalized == int(
-        apply_penalties(logits, [best], SamplerSettings(repetition_penalty=10.0)).argmax()
-    )
+    assert penalized == int(apply_penalties(logits, [best], SamplerSettings(repetition_penalty=10.0)).argmax())
 
 
 def test_returned_log_probs_are_the_filtered_distribution():

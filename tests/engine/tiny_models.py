@@ -10,27 +10,40 @@ from pathlib import Path
 import torch
 
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, max_position_embeddings=128)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+)
 
 
 def _configs():
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
-    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 32}
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
     return {
         "llama": LlamaConfig(**COMMON, num_key_value_heads=2, rope_theta=500.0),
         "llama-tied": LlamaConfig(**COMMON, num_key_value_heads=4, tie_word_embeddings=True),
         "llama-rope-llama3": LlamaConfig(**COMMON, num_key_value_heads=2, rope_scaling=llama3),
-        "llama-rope-linear": LlamaConfig(**COMMON, num_key_value_heads=2,
-                                         rope_scaling={"rope_type": "linear", "factor": 4.0}),
+        "llama-rope-linear": LlamaConfig(
+            **COMMON, num_key_value_heads=2, rope_scaling={"rope_type": "linear", "factor": 4.0}
+        ),
         "mistral-sliding": MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=8),
         "qwen2": Qwen2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=True),
         "qwen3": Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=24),
         "phi3": Phi3Config(**COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                           bos_token_id=1, eos_token_id=2),
+        "gpt2": GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2
+        ),
     }
 
 

@@ -47,11 +47,7 @@ class GGUFBytes:
     def tensor_info(cls, name: str | bytes, dims: list[int], ggml_type: int, offset: int) -> bytes:
         """A tensor info; ``dims`` in GGUF order (innermost first), offset relative to the data section."""
         return (
-            cls.string(name)
-            + cls.u32(len(dims))
-            + b"".join(map(cls.u64, dims))
-            + cls.u32(ggml_type)
-            + cls.u64(offset)
+            cls.string(name) + cls.u32(len(dims)) + b"".join(map(cls.u64, dims)) + cls.u32(ggml_type) + cls.u64(offset)
         )
 
     @classmethod

@@ -105,7 +105,5 @@ def test_real_model_tensors_match_gguf_py(smollm2_path: Path, smollm2_reference)
     with read_gguf(smollm2_path) as ours:
         for refs in picked.values():
             for ref in refs[:3] + refs[-1:]:
-                expected = gguf.quants.dequantize(ref.data, ref.tensor_type).reshape(
-                    ours.tensors[ref.name].shape
-                )
+                expected = gguf.quants.dequantize(ref.data, ref.tensor_type).reshape(ours.tensors[ref.name].shape)
                 assert torch.equal(ours.load_tensor(ref.name), torch.from_numpy(np.array(expected)))

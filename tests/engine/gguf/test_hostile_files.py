@@ -49,10 +49,7 @@ VALID_HEADER = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
 
 CASES: dict[str, tuple[Build, str]] = {
     "empty": (lambda b: b"", "empty"),
-    **{
-        f"prefix-{n}": (lambda b, n=n: VALID_HEADER[:n], "not a GGUF" if n < 4 else "truncated")
-        for n in range(1, 24)
-    },
+    **{f"prefix-{n}": (lambda b, n=n: VALID_HEADER[:n], "not a GGUF" if n < 4 else "truncated") for n in range(1, 24)},
     "bad-magic": (lambda b: b"GGML" + VALID_HEADER[4:], "not a GGUF"),
     "zeros": (lambda b: bytes(100), "not a GGUF"),
     "text": (lambda b: b"this is a text file, not a model at all\n", "not a GGUF"),
@@ -66,9 +63,7 @@ CASES: dict[str, tuple[Build, str]] = {
     "kv-count-2^63": (lambda b: b.file(kv_count=2**63) + bytes(64), "metadata count"),
     "kv-count-2^64-1": (lambda b: b.file(kv_count=2**64 - 1) + bytes(64), "metadata count"),
     "tensor-info-cut-in-dims": (
-        lambda b: (
-            b.header(2, 0) + b.tensor_info("a", [8], GGMLType.F32, 0) + b.string("b") + b.u32(1) + bytes(4)
-        ),
+        lambda b: b.header(2, 0) + b.tensor_info("a", [8], GGMLType.F32, 0) + b.string("b") + b.u32(1) + bytes(4),
         "truncated.*dimensions of tensor 'b'",
     ),
     "key-length-past-eof": (lambda b: b.file(kv_count=1) + b.u64(1000) + b"abc" + bytes(10), "truncated"),

@@ -44,9 +44,7 @@ def _assert_same_value(ours, field) -> None:
 
 def test_type_tables_match_gguf_py() -> None:
     assert {t.name: t.value for t in GGMLType} == {t.name: t.value for t in gguf.GGMLQuantizationType}
-    assert {t.name: s for t, s in BLOCK_SIZES.items()} == {
-        t.name: s for t, s in gguf.GGML_QUANT_SIZES.items()
-    }
+    assert {t.name: s for t, s in BLOCK_SIZES.items()} == {t.name: s for t, s in gguf.GGML_QUANT_SIZES.items()}
     assert {t.name: t.value for t in GGUFValueType} == {t.name: t.value for t in gguf.GGUFValueType}
 
 
@@ -134,9 +132,7 @@ def _write_all_value_types(path: Path) -> dict[str, object]:
     writer.add_tensor("vec", rng.standard_normal(11).astype(np.float32))
     q8 = gguf.quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
     writer.add_tensor("q8_0", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    q4 = gguf.quants.quantize(
-        rng.standard_normal((2, 3, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q4_1
-    )
+    q4 = gguf.quants.quantize(rng.standard_normal((2, 3, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q4_1)
     writer.add_tensor("q4_1_3d", q4, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,0 +1,164 @@
+"""The engine on a worker thread: loading and generation never run on the UI thread.
+
+`EngineWorker` is a QObject moved to its own QThread. The UI asks for work through queued signals
+(`requestLoad`, `requestGenerate`) and cancels through a `threading.Event` it sets directly; the worker
+answers with plain-data signals. Tokens are batched: at most one `tokens` signal per ~33 ms.
+
+Signals:
+    loadStarted(str path)
+    loadProgress(int percent)
+    loaded(dict info)            -- model facts for the UI
+    loadFailed(str message)      -- the previous model stays loaded and usable
+    generationStarted(dict info) -- prompt tokens, context length
+    tokens(list batch)           -- [{"id", "text", "logprob"}], in order
+    generationFinished(dict)     -- text, finish_reason, stats
+    generationFailed(str message)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from engine.errors import EmberError
+from engine.generate import Generation
+from engine.loader import LoadedModel, load_model
+from engine.sampling import SamplerSettings
+
+BATCH_SECONDS = 1 / 30
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap identity for a model file or folder: sizes, plus SHA-256 of the first and last MiB of
+    each weight file (hashing gigabytes on every load would take longer than the load)."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(size - (1 << 20), 0))
+            digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def model_info(lm: LoadedModel) -> dict[str, Any]:
+    cfg = lm.config
+    return {
+        "path": str(lm.path),
+        "name": lm.name,
+        "format": lm.file_format,
+        "architecture": cfg.arch,
+        "parameters": cfg.n_params,
+        "layers": cfg.n_layer,
+        "context_length": lm.context_length,
+        "weight_types": lm.weight_types,
+        "device": str(lm.model.device),
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "load_seconds": lm.load_seconds,
+        "template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
+        "memory_estimate": lm.memory_estimate,
+        "fingerprint": fingerprint(lm.path),
+    }
+
+
+class EngineWorker(QObject):
+    requestLoad = Signal(str, str, str)  # path ("" = default model), device, dtype
+    requestGenerate = Signal(list, dict, dict)  # prompt ids, sampler settings, options
+
+    loadStarted = Signal(str)
+    loadProgress = Signal(int)
+    loaded = Signal(dict)
+    loadFailed = Signal(str)
+    generationStarted = Signal(dict)
+    tokens = Signal(list)
+    generationFinished = Signal(dict)
+    generationFailed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_flag = threading.Event()
+        self._model: LoadedModel | None = None
+        self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
+        self.requestLoad.connect(self._on_load)
+        self.requestGenerate.connect(self._on_generate)
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The loaded model; the UI thread may use its tokenizer and template (never its weights)."""
+        with self._lock:
+            return self._model
+
+    def cancel(self) -> None:
+        """Thread-safe: the running generation stops after the current token."""
+        self.cancel_flag.set()
+
+    @Slot(str, str, str)
+    def _on_load(self, path: str, device: str, dtype: str) -> None:
+        self.loadStarted.emit(path)
+        last = [-1]
+
+        def progress(fraction: float) -> None:
+            percent = int(fraction * 100)
+            if percent != last[0]:
+                last[0] = percent
+                self.loadProgress.emit(percent)
+
+        try:
+            lm = load_model(path or None, device=device, dtype=dtype, progress=progress)
+        except (EmberError, ValueError, OSError, RuntimeError) as e:
+            self.loadFailed.emit(str(e))
+            return
+        with self._lock:
+            self._model = lm
+        self.loaded.emit(model_info(lm))
+
+    @Slot(list, dict, dict)
+    def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:
+        lm = self.model
+        if lm is None:
+            self.generationFailed.emit("No model is loaded.")
+            return
+        self.cancel_flag.clear()
+        try:
+            gen = Generation(
+                lm.model,
+                lm.tokenizer,
+                prompt_ids,
+                SamplerSettings(**settings),
+                max_tokens=options.get("max_tokens", 512),
+                stop_strings=options.get("stop", ()),
+                should_stop=self.cancel_flag,
+                context_length=lm.context_length,
+            )
+            self.generationStarted.emit({"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
+            batch: list[dict] = []
+            last_emit = time.monotonic()
+            for event in gen:
+                batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
+                if time.monotonic() - last_emit >= BATCH_SECONDS:
+                    self.tokens.emit(batch)
+                    batch, last_emit = [], time.monotonic()
+            if batch:
+                self.tokens.emit(batch)
+        except (EmberError, ValueError, RuntimeError) as e:
+            self.generationFailed.emit(str(e))
+            return
+        s = gen.stats
+        self.generationFinished.emit(
+            {
+                "text": gen.text,
+                "finish_reason": gen.finish_reason,
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "prefill_tps": s.prefill_tokens_per_second,
+                "decode_tps": s.decode_tokens_per_second,
+                "seed": gen.seed,
+            }
+        )

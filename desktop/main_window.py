@@ -1,0 +1,565 @@
+"""The main window: conversations sidebar, the chat, and the Prompts, Sampling and Model panels.
+
+It owns the store (SQLite), the settings, and the engine worker on its QThread, and ties them together:
+a sent message is saved, the prompt is rendered and fitted to the context, the reply streams in from the
+worker, and the finished (or stopped) reply is saved with what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QThread, Slot
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QInputDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.chat_view import ChatView
+from desktop.engine_worker import EngineWorker
+from desktop.panels.model import ModelPanel
+from desktop.panels.prompts import PromptsPanel
+from desktop.panels.sampling import SamplingPanel
+from desktop.paths import DataDirs
+from desktop.presets import Presets, resources_dir
+from desktop.prompt_fit import fit_prompt
+from desktop.settings import Settings
+from desktop.store import Store
+from desktop.theme import THEMES, apply_theme, code_background, is_dark
+
+SAVE_PARTIAL_SECONDS = 2.0  # a streaming reply is written to disk at most this often
+ROLE = Qt.ItemDataRole.UserRole
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, dirs: DataDirs, *, load_model_on_start: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("Ember")
+        self.dirs = dirs
+        self.settings = Settings(dirs.settings_file)
+        self.store = Store(dirs.database)
+        self.cid: int | None = None
+        self.model_info: dict[str, Any] | None = None
+        self._stream: dict[str, Any] | None = None  # the reply being written
+
+        self.chat = ChatView()
+        self.setCentralWidget(self.chat)
+        self.sampling = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", dirs.sampling_presets))
+        self.prompts = PromptsPanel(Presets(resources_dir() / "presets" / "prompts.json", dirs.prompt_presets))
+        self.model_panel = ModelPanel(
+            self.settings.get("model/recent"), self.settings.get("model/device"), self.settings.get("model/dtype")
+        )
+        self.search = QLineEdit(
+            placeholderText="Search conversations (Ctrl+F)",
+            accessibleName="Search conversations",
+            clearButtonEnabled=True,
+        )
+        self.conversation_list = QListWidget(accessibleName="Conversations")
+        self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        sidebar = QWidget()
+        side_layout = QVBoxLayout(sidebar)
+        side_layout.addWidget(self.search)
+        side_layout.addWidget(self.conversation_list)
+        self.docks = {
+            "conversations": self._dock("Conversations", sidebar, left=True),
+            "prompts": self._dock("Prompts", self.prompts),
+            "sampling": self._dock("Sampling", self.sampling),
+            "model": self._dock("Model", self.model_panel),
+        }
+        self.tabifyDockWidget(self.docks["prompts"], self.docks["sampling"])
+        self.tabifyDockWidget(self.docks["sampling"], self.docks["model"])
+        self.docks["prompts"].raise_()
+        self._build_menus()
+
+        self.thread = QThread(self)
+        self.thread.setObjectName("engine")
+        self.worker = EngineWorker()
+        self.worker.moveToThread(self.thread)
+        self.thread.start()
+        self._connect()
+
+        self.chat.set_policy(self.settings.get("chat/context_policy"))
+        preset = self.settings.get("sampling/preset")
+        self.sampling.preset_box.setCurrentText(preset)
+        self.sampling.set_settings(self.sampling.presets.get(preset) or {})
+        self.resize(1280, 820)
+        if (geometry := self.settings.geometry("geometry")) is not None:
+            self.restoreGeometry(geometry)
+        if (state := self.settings.geometry("state")) is not None:
+            self.restoreState(state)
+        self._apply_theme()
+        self._refresh_conversations()
+        last = self.settings.get("chat/last_conversation")
+        ids = [c.id for c in self.store.conversations()]
+        self.open_conversation(last if last in ids else (ids[0] if ids else None))
+        if load_model_on_start:
+            self.model_panel.request(self.settings.get("model/path"))
+
+    # Construction
+
+    def _dock(self, title: str, widget: QWidget, left: bool = False) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock_{title.lower()}")
+        dock.setWidget(widget)
+        area = Qt.DockWidgetArea.LeftDockWidgetArea if left else Qt.DockWidgetArea.RightDockWidgetArea
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
+        action = menu.addAction(text)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        self._action(file, "&New chat", self.new_conversation, QKeySequence.StandardKey.New)
+        self._action(file, "&Open model…", self.model_panel._on_open_file, QKeySequence.StandardKey.Open)
+        file.addSeparator()
+        self._action(file, "Export as &Markdown…", lambda: self.export_conversation("md"))
+        self._action(file, "Export as &JSON…", lambda: self.export_conversation("json"))
+        self._action(file, "&Import JSON…", self.import_conversation)
+        file.addSeparator()
+        self._action(file, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        chat = bar.addMenu("&Chat")
+        self._action(chat, "&Stop", self.stop_generation, "Esc")
+        self._action(chat, "&Regenerate last reply", self.regenerate_last, "Ctrl+R")
+        self._action(chat, "&Search conversations", self._focus_search, QKeySequence.StandardKey.Find)
+        self._action(chat, "Focus &input", self.chat.input.setFocus, "Ctrl+L")
+        view = bar.addMenu("&View")
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        view.addSeparator()
+        theme = view.addMenu("&Theme")
+        group = QActionGroup(self)
+        for name in THEMES:
+            action = theme.addAction(name.capitalize())
+            action.setCheckable(True)
+            action.setChecked(name == self.settings.get("ui/theme"))
+            action.triggered.connect(lambda _=False, n=name: self.set_theme(n))
+            group.addAction(action)
+        self._action(view, "&Larger text", lambda: self.change_font(+1), QKeySequence.StandardKey.ZoomIn)
+        self._action(view, "&Smaller text", lambda: self.change_font(-1), QKeySequence.StandardKey.ZoomOut)
+
+    def _connect(self) -> None:
+        w = self.worker
+        self.model_panel.loadRequested.connect(self._on_load_requested)
+        w.loadStarted.connect(self.model_panel.on_load_started)
+        w.loadProgress.connect(self.model_panel.on_load_progress)
+        w.loaded.connect(self.model_panel.on_loaded)
+        w.loaded.connect(self._on_loaded)
+        w.loadFailed.connect(self.model_panel.on_load_failed)
+        w.loadFailed.connect(self._on_load_failed)
+        w.generationStarted.connect(self._on_generation_started)
+        w.tokens.connect(self._on_tokens)
+        w.generationFinished.connect(self._on_generation_finished)
+        w.generationFailed.connect(self._on_generation_failed)
+        c = self.chat
+        c.sendRequested.connect(self.send)
+        c.stopRequested.connect(self.stop_generation)
+        c.regenerateRequested.connect(self.regenerate)
+        c.continueRequested.connect(self.continue_reply)
+        c.editRequested.connect(self.edit_and_resend)
+        c.deleteRequested.connect(self.delete_turn)
+        c.variantRequested.connect(self.select_variant)
+        c.inputChanged.connect(lambda _text: self.refresh_preview())
+        c.policy.currentIndexChanged.connect(lambda _i: self.refresh_preview())
+        self.sampling.changed.connect(self._on_sampling_changed)
+        self.sampling.presetChosen.connect(lambda name: self.settings.set("sampling/preset", name))
+        self.prompts.systemPromptChanged.connect(self._on_system_prompt)
+        self.search.textChanged.connect(self._refresh_conversations)
+        self.conversation_list.itemActivated.connect(self._on_conversation_item)
+        self.conversation_list.itemClicked.connect(self._on_conversation_item)
+        self.conversation_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.conversation_list.customContextMenuRequested.connect(self._on_conversation_menu)
+
+    # Theme and fonts
+
+    def _apply_theme(self) -> None:
+        apply_theme(QApplication.instance(), self.settings.get("ui/theme"), self.settings.get("ui/font_size"))
+        self.chat.code_background = code_background(is_dark(self.settings.get("ui/theme")))
+        self._reload_messages()
+
+    def set_theme(self, name: str) -> None:
+        self.settings.set("ui/theme", name)
+        self._apply_theme()
+
+    def change_font(self, step: int) -> None:
+        self.settings.set("ui/font_size", max(7, min(28, self.settings.get("ui/font_size") + step)))
+        self._apply_theme()
+
+    # Conversations
+
+    def _refresh_conversations(self, *_args) -> None:
+        query = self.search.text().strip()
+        self.conversation_list.clear()
+        if query:
+            for hit in self.store.search(query):
+                item = QListWidgetItem(f"{hit.title}\n   {hit.snippet}")
+                item.setData(ROLE, hit.conversation_id)
+                self.conversation_list.addItem(item)
+            return
+        for c in self.store.conversations():
+            item = QListWidgetItem(c.title)
+            item.setData(ROLE, c.id)
+            self.conversation_list.addItem(item)
+            if c.id == self.cid:
+                self.conversation_list.setCurrentItem(item)
+
+    def _focus_search(self) -> None:
+        self.docks["conversations"].show()
+        self.search.setFocus()
+        self.search.selectAll()
+
+    @Slot(QListWidgetItem)
+    def _on_conversation_item(self, item: QListWidgetItem) -> None:
+        cid = item.data(ROLE)
+        if cid != self.cid:
+            self.open_conversation(cid)
+
+    def _on_conversation_menu(self, pos) -> None:
+        item = self.conversation_list.itemAt(pos)
+        if item is None:
+            return
+        cid = item.data(ROLE)
+        menu = QMenu(self)
+        menu.addAction("Rename…", lambda: self.rename_conversation(cid))
+        menu.addAction("Delete", lambda: self.delete_conversation(cid))
+        menu.exec(self.conversation_list.mapToGlobal(pos))
+
+    def new_conversation(self) -> None:
+        if self._stream:
+            return
+        self.cid = self.store.create_conversation(
+            system_prompt=self.prompts.system_prompt(), settings=self.sampling.settings()
+        )
+        self.settings.set("chat/last_conversation", self.cid)
+        self._refresh_conversations()
+        self._reload_messages()
+        self.chat.input.setFocus()
+
+    def open_conversation(self, cid: int | None) -> None:
+        if self._stream:
+            return
+        self.cid = cid
+        if cid is not None:
+            c = self.store.conversation(cid)
+            self.prompts.set_system_prompt(c.system_prompt)
+            if c.settings:
+                self.sampling.set_settings(c.settings)
+            self.settings.set("chat/last_conversation", cid)
+        self._reload_messages()
+        self._refresh_conversations()
+
+    def rename_conversation(self, cid: int) -> None:
+        title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", text=self.store.conversation(cid).title)
+        if ok and title.strip():
+            self.store.update_conversation(cid, title=title.strip())
+            self._refresh_conversations()
+
+    def delete_conversation(self, cid: int) -> None:
+        if self._stream and cid == self.cid:
+            return
+        title = self.store.conversation(cid).title
+        if (
+            QMessageBox.question(self, "Delete conversation", f"Delete “{title}” and all its messages?")
+            != QMessageBox.StandardButton.Yes
+        ):
+            return
+        self.store.delete_conversation(cid)
+        if cid == self.cid:
+            self.cid = None
+            self._reload_messages()
+        self._refresh_conversations()
+
+    def _reload_messages(self) -> None:
+        self.chat.set_messages(self.store.messages(self.cid) if self.cid is not None else [])
+        self.refresh_preview()
+
+    def export_conversation(self, kind: str) -> None:
+        if self.cid is None:
+            return
+        title = self.store.conversation(self.cid).title
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export conversation", f"{title}.{kind}", "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
+        )
+        if not path:
+            return
+        text = (
+            self.store.export_markdown(self.cid)
+            if kind == "md"
+            else json.dumps(self.store.export_json(self.cid), indent=2, ensure_ascii=False)
+        )
+        try:
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as e:
+            QMessageBox.warning(self, "Export failed", f"Could not write {path}: {e}")
+
+    def import_conversation(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
+        if not path:
+            return
+        try:
+            cid = self.store.import_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            QMessageBox.warning(self, "Import failed", f"{Path(path).name} is not a conversation Ember can read: {e}")
+            return
+        self.open_conversation(cid)
+
+    # Settings that belong to the conversation
+
+    @Slot(dict)
+    def _on_sampling_changed(self, values: dict) -> None:
+        if self.cid is not None:
+            self.store.update_conversation(self.cid, settings=values)
+
+    @Slot(str)
+    def _on_system_prompt(self, text: str) -> None:
+        if self.cid is not None:
+            self.store.update_conversation(self.cid, system_prompt=text)
+        self.refresh_preview()
+
+    # The model
+
+    @Slot(str, str, str)
+    def _on_load_requested(self, path: str, device: str, dtype: str) -> None:
+        if self._stream:
+            self.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
+            return
+        self.settings.set("model/device", device)
+        self.settings.set("model/dtype", dtype)
+        self.worker.requestLoad.emit(path, device, dtype)
+
+    @Slot(dict)
+    def _on_loaded(self, info: dict) -> None:
+        self.model_info = info
+        self.settings.set("model/path", self.model_panel.path)
+        self.settings.set("model/recent", self.model_panel.recent_paths())
+        self.statusBar().showMessage(f"{info['name']} ready on {info['device']}", 5000)
+        self.setWindowTitle(f"Ember — {info['name']}")
+        self.refresh_preview()
+
+    @Slot(str)
+    def _on_load_failed(self, message: str) -> None:
+        QMessageBox.warning(self, "Could not load the model", message)
+
+    # The prompt
+
+    def _history(self, upto_turn: int | None = None) -> list[dict[str, str]]:
+        messages = self.store.messages(self.cid) if self.cid is not None else []
+        if upto_turn is not None:
+            messages = [m for m in messages if m.turn < upto_turn]
+        system = self.prompts.system_prompt().strip()
+        head = [{"role": "system", "content": system}] if system else []
+        return head + [{"role": m.role, "content": m.content} for m in messages]
+
+    def _fit(self, messages: list[dict[str, str]], reserve: int):
+        lm = self.worker.model
+        return fit_prompt(lm, messages, reserve, self.chat.policy_key())
+
+    def refresh_preview(self) -> None:
+        lm = self.worker.model
+        if lm is None or self._stream is not None:
+            return
+        messages = self._history()
+        pending = self.chat.input.toPlainText().strip()
+        if pending:
+            messages.append({"role": "user", "content": pending})
+        fit = self._fit(messages, self.settings.get("chat/max_tokens"))
+        self.prompts.show_preview(fit.text, len(fit.ids), lm.context_length)
+        self.chat.set_context_note(fit.note)
+
+    # Generation
+
+    def _start(self, messages: list[dict[str, str]], turn: int | None, prefix: str = "") -> None:
+        """Generate a reply to ``messages``: a new turn, a new variant of ``turn``, or (with ``prefix``)
+        a continuation of the reply at ``turn``."""
+        if self.worker.model is None:
+            QMessageBox.information(self, "No model", "Wait for the model to finish loading.")
+            return
+        max_tokens = self.settings.get("chat/max_tokens")
+        fit = self._fit(messages, max_tokens)
+        if fit.refused:
+            QMessageBox.warning(self, "Conversation too long", fit.note)
+            return
+        ids = fit.ids + (self.worker.model.tokenizer.encode(prefix, add_bos=False) if prefix else [])
+        settings = self.sampling.settings()
+        meta = self._provenance(settings)
+        if prefix:
+            message_id = self.store.messages(self.cid)[-1].id
+        else:
+            message_id = self.store.add_message(self.cid, "assistant", "", status="interrupted", meta=meta, turn=turn)
+        self._stream = {
+            "id": message_id,
+            "prefix": prefix,
+            "text": "",
+            "meta": meta,
+            "tokens": 0,
+            "t0": time.monotonic(),
+            "saved": time.monotonic(),
+            "prompt_tokens": len(ids),
+            "dropped": fit.note,
+        }
+        if prefix:
+            self._reload_messages()
+            self.chat.widgets[-1].deleteLater()
+            self.chat.widgets.pop()
+        message = self.store.messages(self.cid)[-1]
+        self.chat.begin_stream(message)
+        self.chat.set_busy(True)
+        self.worker.requestGenerate.emit(ids, settings, {"max_tokens": max_tokens})
+
+    def _provenance(self, settings: dict) -> dict:
+        info = self.model_info or {}
+        return {
+            "model": info.get("path"),
+            "model_fingerprint": info.get("fingerprint"),
+            "template": info.get("template"),
+            "settings": settings,
+        }
+
+    def send(self, text: str) -> None:
+        if self._stream:
+            return
+        if self.cid is None:
+            self.new_conversation()
+        conversation = self.store.conversation(self.cid)
+        if conversation.title == "New chat":
+            self.store.update_conversation(self.cid, title=text.splitlines()[0][:48])
+        self.store.add_message(self.cid, "user", text)
+        self._reload_messages()
+        self._refresh_conversations()
+        self._start(self._history(), None)
+
+    def regenerate(self, turn: int) -> None:
+        if self._stream:
+            return
+        self.store.truncate(self.cid, turn + 1)
+        self._reload_messages()
+        self.chat.widgets[-1].deleteLater()
+        self.chat.widgets.pop()
+        self._start(self._history(upto_turn=turn), turn)
+
+    def regenerate_last(self) -> None:
+        messages = self.store.messages(self.cid) if self.cid is not None else []
+        if messages and messages[-1].role == "assistant":
+            self.regenerate(messages[-1].turn)
+
+    def continue_reply(self, turn: int) -> None:
+        if self._stream:
+            return
+        messages = self.store.messages(self.cid)
+        if not messages or messages[-1].turn != turn:
+            self.statusBar().showMessage("Only the last reply can be continued.", 5000)
+            return
+        self._start(self._history(upto_turn=turn), turn, prefix=messages[-1].content)
+
+    def edit_and_resend(self, turn: int, text: str) -> None:
+        if self._stream:
+            return
+        self.store.truncate(self.cid, turn)
+        self.store.add_message(self.cid, "user", text)
+        self._reload_messages()
+        self._start(self._history(), None)
+
+    def delete_turn(self, turn: int) -> None:
+        if self._stream:
+            return
+        self.store.delete_turn(self.cid, turn)
+        self._reload_messages()
+
+    def select_variant(self, turn: int, variant: int) -> None:
+        if self._stream:
+            return
+        self.store.select_variant(self.cid, turn, variant)
+        self._reload_messages()
+
+    def stop_generation(self) -> None:
+        if self._stream:
+            self.worker.cancel()
+
+    @Slot(dict)
+    def _on_generation_started(self, info: dict) -> None:
+        self._stream["context"] = info["context_length"]
+
+    @Slot(list)
+    def _on_tokens(self, batch: list) -> None:
+        s = self._stream
+        if s is None:
+            return
+        s["text"] += "".join(t["text"] for t in batch)
+        s["tokens"] += len(batch)
+        self.chat.stream_text(s["prefix"] + s["text"])
+        elapsed = max(time.monotonic() - s["t0"], 1e-6)
+        used = s["prompt_tokens"] + s["tokens"]
+        self.chat.set_readout(f"{s['tokens'] / elapsed:.1f} tokens/s · context {used:,}/{s.get('context', 0):,}")
+        if time.monotonic() - s["saved"] > SAVE_PARTIAL_SECONDS:
+            self.store.update_message(s["id"], content=s["prefix"] + s["text"])
+            s["saved"] = time.monotonic()
+
+    @Slot(dict)
+    def _on_generation_finished(self, result: dict) -> None:
+        s = self._stream
+        if s is None:
+            return
+        status = "stopped" if result["finish_reason"] == "cancelled" else "complete"
+        meta = {
+            **s["meta"],
+            "seed": result["seed"],
+            "finish_reason": result["finish_reason"],
+            "prompt_tokens": result["prompt_tokens"],
+            "generated_tokens": result["generated_tokens"],
+            "decode_tps": round(result["decode_tps"], 2),
+        }
+        self._finish(s["prefix"] + result["text"], status, meta)
+        self.chat.set_readout(
+            f"{result['generated_tokens']} tokens · {result['decode_tps']:.1f} tokens/s · {result['finish_reason']}"
+        )
+
+    @Slot(str)
+    def _on_generation_failed(self, message: str) -> None:
+        s = self._stream
+        if s is not None:
+            self._finish(s["prefix"] + s["text"], "interrupted", s["meta"])
+        QMessageBox.warning(self, "Generation failed", message)
+
+    def _finish(self, text: str, status: str, meta: dict) -> None:
+        self.store.update_message(self._stream["id"], content=text, status=status, meta=meta)
+        self._stream = None
+        self.chat.set_busy(False)
+        self._reload_messages()
+
+    # Closing
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        """Cancel a running reply, wait for the worker, save the partial reply and the layout."""
+        self.worker.cancel()
+        self.thread.quit()
+        self.thread.wait(30_000)
+        if self._stream is not None:
+            s = self._stream
+            self.store.update_message(s["id"], content=s["prefix"] + s["text"], status="stopped", meta=s["meta"])
+            self._stream = None
+        self.settings.set_geometry("geometry", self.saveGeometry())
+        self.settings.set_geometry("state", self.saveState())
+        self.settings.set("chat/context_policy", self.chat.policy_key())
+        self.settings.sync()
+        self.store.close()
+        super().closeEvent(event)

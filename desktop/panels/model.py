@@ -1,0 +1,187 @@
+"""The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, device and dtype,
+the memory estimate before loading, a progress bar while loading, and the model's facts.
+
+Signals:
+    loadRequested(str path, str device, str dtype) -- path "" means the default model
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
+from engine.errors import EmberError
+from engine.loader import peek_config
+from engine.memory import MiB, available_bytes, estimate_bytes
+
+MAX_RECENT = 8
+
+
+def describe_estimate(path: str, device: str, dtype: str) -> str:
+    """ "~520 MiB needed, 20,000 MiB free" for the model at ``path``, read without loading weights."""
+    try:
+        cfg = peek_config(path or None)
+        dev = resolve_device(device)
+        need = estimate_bytes(cfg, resolve_dtype(dtype, dev), cfg.max_seq_len)
+        free = available_bytes(dev)
+    except (EmberError, ValueError, OSError) as e:
+        return f"Cannot read this model: {e}"
+    verdict = "fits" if need <= free else "does NOT fit"
+    return (
+        f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters: about {need / MiB:,.0f} MiB needed, "
+        f"{free / MiB:,.0f} MiB free on {dev.type} — {verdict}"
+    )
+
+
+class ModelPanel(QWidget):
+    loadRequested = Signal(str, str, str)
+
+    def __init__(self, recent: list[str], device: str, dtype: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.path = ""
+        self.open_file = QPushButton("Open GGUF file…", accessibleName="Open GGUF model file")
+        self.open_folder = QPushButton("Open HF folder…", accessibleName="Open Hugging Face model folder")
+        self.use_default = QPushButton("Default model", accessibleName="Load the default model")
+        buttons = QHBoxLayout()
+        for b in (self.open_file, self.open_folder, self.use_default):
+            buttons.addWidget(b)
+        self.recent = QListWidget(accessibleName="Recent models")
+        self.recent.setToolTip("Double-click to load again")
+        self.recent.setMaximumHeight(110)
+        self.device = QComboBox(accessibleName="Device")
+        self.device.addItems(DEVICE_CHOICES)
+        self.device.setCurrentText(device)
+        self.device.setToolTip("auto picks a CUDA GPU, then Apple's Metal, then the CPU")
+        self.dtype = QComboBox(accessibleName="Precision")
+        self.dtype.addItems(DTYPE_CHOICES)
+        self.dtype.setCurrentText(dtype)
+        self.dtype.setToolTip("auto: bfloat16 on CUDA, float16 on Metal, float32 on the CPU")
+        self.estimate = QLabel(wordWrap=True, accessibleName="Memory estimate")
+        self.progress = QProgressBar(accessibleName="Loading progress")
+        self.progress.setVisible(False)
+        self.status = QLabel(wordWrap=True, accessibleName="Model status")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.facts = QLabel(wordWrap=True, accessibleName="Model facts")
+        self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form = QFormLayout()
+        form.addRow("Device", self.device)
+        form.addRow("Precision", self.dtype)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addWidget(QLabel("Recent (or drop a .gguf file or model folder here):"))
+        layout.addWidget(self.recent)
+        layout.addLayout(form)
+        layout.addWidget(self.estimate)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.facts)
+        layout.addStretch(1)
+        self.set_recent(recent)
+
+        self.open_file.clicked.connect(self._on_open_file)
+        self.open_folder.clicked.connect(self._on_open_folder)
+        self.use_default.clicked.connect(lambda: self.request(""))
+        self.recent.itemActivated.connect(lambda item: self.request(item.data(Qt.ItemDataRole.UserRole)))
+        self.device.currentTextChanged.connect(self._refresh_estimate)
+        self.dtype.currentTextChanged.connect(self._refresh_estimate)
+
+    def set_recent(self, paths: list[str]) -> None:
+        self.recent.clear()
+        for p in paths[:MAX_RECENT]:
+            item = QListWidgetItem(Path(p).name or p)
+            item.setToolTip(p)
+            item.setData(Qt.ItemDataRole.UserRole, p)
+            self.recent.addItem(item)
+
+    def recent_paths(self) -> list[str]:
+        return [self.recent.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.recent.count())]
+
+    def request(self, path: str) -> None:
+        """Show the estimate, then ask for the load (the main window runs it on the worker)."""
+        self.path = path
+        self._refresh_estimate()
+        self.loadRequested.emit(path, self.device.currentText(), self.dtype.currentText())
+
+    @Slot()
+    def _refresh_estimate(self) -> None:
+        self.estimate.setText(describe_estimate(self.path, self.device.currentText(), self.dtype.currentText()))
+
+    @Slot()
+    def _on_open_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.request(path)
+
+    @Slot()
+    def _on_open_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
+        if path:
+            self.request(path)
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        urls = event.mimeData().urls()
+        if urls and urls[0].isLocalFile():
+            self.request(urls[0].toLocalFile())
+
+    # Slots for the worker's signals
+
+    @Slot(str)
+    def on_load_started(self, path: str) -> None:
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.status.setText(f"Loading {Path(path).name if path else 'the default model'}…")
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+            w.setEnabled(False)
+
+    @Slot(int)
+    def on_load_progress(self, percent: int) -> None:
+        self.progress.setValue(percent)
+
+    def _load_done(self) -> None:
+        self.progress.setVisible(False)
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+            w.setEnabled(True)
+
+    @Slot(dict)
+    def on_loaded(self, info: dict[str, Any]) -> None:
+        self._load_done()
+        self.status.setText(f"Loaded {info['name']} in {info['load_seconds']:.1f} s")
+        types = ", ".join(f"{k} ×{n}" for k, n in info["weight_types"].items())
+        self.facts.setText(
+            f"<b>{info['name']}</b><br>Architecture: {info['architecture']}<br>"
+            f"Parameters: {info['parameters'] / 1e6:,.1f}M in {info['layers']} layers<br>"
+            f"Weights: {types}<br>Context: {info['context_length']:,} tokens<br>"
+            f"Running on {info['device']} in {info['dtype']}<br>Chat template: {info['template']}"
+        )
+        if self.path:
+            self.set_recent([self.path] + [p for p in self.recent_paths() if p != self.path])
+
+    @Slot(str)
+    def on_load_failed(self, message: str) -> None:
+        self._load_done()
+        self.status.setText(
+            f"<span style='color:#c0392b'>Could not load: {html.escape(message)}</span><br>"
+            "The previous model is still loaded."
+        )

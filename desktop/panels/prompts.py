@@ -1,0 +1,112 @@
+"""Prompts: the system prompt, saved prompt presets, and a preview of the exact rendered prompt.
+
+Signals:
+    systemPromptChanged(str)
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.presets import Presets
+
+
+class PromptsPanel(QWidget):
+    systemPromptChanged = Signal(str)
+
+    def __init__(self, presets: Presets, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.presets = presets
+        self._updating = False
+        self.system = QPlainTextEdit(accessibleName="System prompt")
+        self.system.setPlaceholderText("System prompt: how the assistant should behave (optional)")
+        self.system.setMaximumHeight(120)
+        self.preset_box = QComboBox(accessibleName="Prompt preset")
+        self.preset_box.setToolTip("Pick a saved system prompt")
+        use = QPushButton("Use", accessibleName="Use prompt preset")
+        save = QPushButton("Save as…", accessibleName="Save prompt preset")
+        self.delete_button = QPushButton("Delete", accessibleName="Delete prompt preset")
+        row = QHBoxLayout()
+        row.addWidget(self.preset_box, 1)
+        for b in (use, save, self.delete_button):
+            row.addWidget(b)
+        self.preview = QPlainTextEdit(readOnly=True, accessibleName="Rendered prompt preview")
+        self.preview.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.preview.setToolTip("The exact text the model receives: its chat template applied to the conversation")
+        self.token_count = QLabel(accessibleName="Prompt token count")
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("System prompt"))
+        layout.addWidget(self.system)
+        layout.addLayout(row)
+        layout.addWidget(QLabel("Prompt preview (the model's chat template applied)"))
+        layout.addWidget(self.preview, 1)
+        layout.addWidget(self.token_count)
+        self._fill()
+        self.system.textChanged.connect(self._on_text)
+        use.clicked.connect(self._on_use)
+        save.clicked.connect(self._on_save)
+        self.delete_button.clicked.connect(self._on_delete)
+        self.preset_box.currentTextChanged.connect(
+            lambda name: self.delete_button.setEnabled(bool(name) and not self.presets.is_builtin(name))
+        )
+
+    def _fill(self, select: str | None = None) -> None:
+        self.preset_box.clear()
+        self.preset_box.addItems(self.presets.names())
+        if select:
+            self.preset_box.setCurrentText(select)
+
+    def system_prompt(self) -> str:
+        return self.system.toPlainText()
+
+    def set_system_prompt(self, text: str) -> None:
+        self._updating = True
+        self.system.setPlainText(text)
+        self._updating = False
+
+    @Slot(str, int, int)
+    def show_preview(self, text: str, n_tokens: int, context: int) -> None:
+        self.preview.setPlainText(text)
+        self.token_count.setText(f"{n_tokens:,} tokens of {context:,} in the context")
+
+    @Slot()
+    def _on_text(self) -> None:
+        if not self._updating:
+            self.systemPromptChanged.emit(self.system_prompt())
+
+    @Slot()
+    def _on_use(self) -> None:
+        name = self.preset_box.currentText()
+        if name:
+            self.system.setPlainText(self.presets.get(name))
+
+    @Slot()
+    def _on_save(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save prompt preset", "Preset name:")
+        if ok and name.strip():
+            self.presets.save(name.strip(), self.system_prompt())
+            self._fill(select=name.strip())
+
+    @Slot()
+    def _on_delete(self) -> None:
+        name = self.preset_box.currentText()
+        if (
+            name
+            and not self.presets.is_builtin(name)
+            and QMessageBox.question(self, "Delete preset", f"Delete the prompt preset “{name}”?")
+            == QMessageBox.StandardButton.Yes
+        ):
+            self.presets.delete(name)
+            self._fill()

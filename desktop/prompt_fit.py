@@ -1,0 +1,51 @@
+"""Fitting a conversation into the model's context window, with a visible policy.
+
+``drop_oldest`` leaves out the oldest turns (never the system prompt) until the prompt plus room for
+the reply fits; ``stop`` refuses to send. Either way the note says what happens, before sending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class Fit:
+    text: str
+    ids: list[int]
+    dropped: int  # messages left out
+    refused: bool
+    note: str
+
+
+def fit_prompt(lm: LoadedModel, messages: list[dict[str, str]], reserve: int, policy: str) -> Fit:
+    """Render ``messages`` with the model's template; ``reserve`` tokens are kept free for the reply."""
+    reserve = min(reserve, lm.context_length // 2)
+    budget = lm.context_length - reserve
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    kept = list(messages)
+    dropped = 0
+    while True:
+        text = lm.render_chat(kept)
+        ids = lm.encode_prompt(text)
+        if len(ids) <= budget:
+            break
+        if policy == "stop" or len(kept) - first <= 1:
+            return Fit(
+                text,
+                ids,
+                dropped,
+                True,
+                f"The conversation needs {len(ids):,} tokens but only {budget:,} fit with room for the "
+                "reply. Start a new chat, shorten the message, or choose to drop the oldest turns.",
+            )
+        del kept[first]
+        dropped += 1
+    note = (
+        f"The {dropped} oldest message{'s' if dropped != 1 else ''} will be left out to fit the context."
+        if dropped
+        else ""
+    )
+    return Fit(text, ids, dropped, False, note)

@@ -1,0 +1,74 @@
+"""Light and dark themes (Fusion palettes) that follow the system unless the user picks one."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication
+
+THEMES = ("system", "light", "dark")
+
+_DARK = {
+    QPalette.ColorRole.Window: "#202124",
+    QPalette.ColorRole.WindowText: "#e8eaed",
+    QPalette.ColorRole.Base: "#171717",
+    QPalette.ColorRole.AlternateBase: "#2a2b2e",
+    QPalette.ColorRole.Text: "#e8eaed",
+    QPalette.ColorRole.Button: "#2d2e31",
+    QPalette.ColorRole.ButtonText: "#e8eaed",
+    QPalette.ColorRole.Highlight: "#e8703a",
+    QPalette.ColorRole.HighlightedText: "#ffffff",
+    QPalette.ColorRole.ToolTipBase: "#2d2e31",
+    QPalette.ColorRole.ToolTipText: "#e8eaed",
+    QPalette.ColorRole.PlaceholderText: "#9aa0a6",
+    QPalette.ColorRole.Link: "#f29b6b",
+}
+_LIGHT = {
+    QPalette.ColorRole.Window: "#f6f6f4",
+    QPalette.ColorRole.WindowText: "#1f1f1f",
+    QPalette.ColorRole.Base: "#ffffff",
+    QPalette.ColorRole.AlternateBase: "#f0efeb",
+    QPalette.ColorRole.Text: "#1f1f1f",
+    QPalette.ColorRole.Button: "#ecebe7",
+    QPalette.ColorRole.ButtonText: "#1f1f1f",
+    QPalette.ColorRole.Highlight: "#d9622b",
+    QPalette.ColorRole.HighlightedText: "#ffffff",
+    QPalette.ColorRole.ToolTipBase: "#ffffe8",
+    QPalette.ColorRole.ToolTipText: "#1f1f1f",
+    QPalette.ColorRole.PlaceholderText: "#80868b",
+    QPalette.ColorRole.Link: "#b4491a",
+}
+_STYLE = """
+QFrame#userMessage {{ background: {user}; border-radius: 8px; }}
+QFrame#assistantMessage {{ background: {assistant}; border-radius: 8px; }}
+QLabel#contextNote {{ color: {note}; }}
+"""
+
+
+def is_dark(choice: str) -> bool:
+    if choice == "system":
+        return QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
+    return choice == "dark"
+
+
+def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
+    dark = is_dark(choice)
+    app.setStyle("Fusion")
+    palette = QPalette()
+    for role, color in (_DARK if dark else _LIGHT).items():
+        palette.setColor(role, QColor(color))
+    app.setPalette(palette)
+    font = QFont(app.font())
+    font.setPointSize(font_size)
+    app.setFont(font)
+    app.setStyleSheet(
+        _STYLE.format(
+            user="#2b3a4a" if dark else "#e6eef7",
+            assistant="#26272a" if dark else "#ffffff",
+            note="#f2b36b" if dark else "#a15c00",
+        )
+    )
+
+
+def code_background(dark: bool) -> str:
+    return "#111214" if dark else "#efeee9"
