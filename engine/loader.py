@@ -72,7 +72,11 @@ def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
         raise ModelFileError(path, f"unusable model metadata: {e}") from None
 
 
-def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress):
+def _template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:
+    return ChatTemplate(source, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+
+
+def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress) -> LoadedModel:
     cfg, gguf = _open_gguf(path)
     with gguf:
         estimate = fits(cfg)
@@ -87,35 +91,38 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
         model = build_model(cfg, gguf_state_dict(cfg, names, get), path, device, dtype, progress)
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
-        template = ChatTemplate(
-            gguf.metadata.get("tokenizer.chat_template"),
-            bos_token=tokenizer.bos_token or "",
-            eos_token=tokenizer.eos_token or "",
-        )
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
-    return cfg, model, tokenizer, template, dict(types.most_common()), estimate, {}
+        template = _template(gguf.metadata.get("tokenizer.chat_template"), tokenizer)
+    return LoadedModel(
+        model, tokenizer, template, cfg, path, "gguf", dict(types.most_common()), cfg.max_seq_len, 0.0, estimate
+    )
 
 
-def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], progress):
+def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], progress) -> LoadedModel:
     cfg = read_config(folder)
     files = safetensors_files(folder)
     estimate = fits(cfg)
     tokenizer = Tokenizer.from_hf_folder(folder)
     source = SafetensorsSource(files)
-    names = source.names()
-    model = build_model(cfg, hf_state_dict(cfg, names, source.get), folder, device, dtype, progress)
+    model = build_model(cfg, hf_state_dict(cfg, source.names(), source.get), folder, device, dtype, progress)
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
-    template_path = folder / "chat_template.jinja"
-    source_text = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
-    template = ChatTemplate(
-        source_text or tok_cfg.get("chat_template"),
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
-    )
+    template_path = folder / "chat_template.jinja"  # newer transformers save the template on its own
+    template_source = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     gen_path = folder / "generation_config.json"
-    gen = read_json(gen_path) if gen_path.is_file() else {}
-    return cfg, model, tokenizer, template, source.dtype_counts(), estimate, gen
+    return LoadedModel(
+        model,
+        tokenizer,
+        _template(template_source or tok_cfg.get("chat_template"), tokenizer),
+        cfg,
+        folder,
+        "safetensors",
+        source.dtype_counts(),
+        cfg.max_seq_len,
+        0.0,
+        estimate,
+        read_json(gen_path) if gen_path.is_file() else {},
+    )
 
 
 def peek_config(path: str | Path | None = None) -> ModelConfig:
@@ -156,8 +163,7 @@ def load_model(
         return check_fits(cfg, dt, dev, ctx, path.name) if check_memory else 0
 
     if path.is_dir():
-        cfg, model, tok, template, types, estimate, gen = _load_hf(path, dev, dt, fits, progress)
-        fmt = "safetensors"
+        lm = _load_hf(path, dev, dt, fits, progress)
     elif path.suffix in PICKLE_SUFFIXES:
         raise ModelFileError(path, "a pickle file; Ember never unpickles. Convert the model to safetensors or GGUF.")
     else:
@@ -165,18 +171,7 @@ def load_model(
             magic = f.read(4)
         if magic != GGUF_MAGIC:
             raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
-        cfg, model, tok, template, types, estimate, gen = _load_gguf(path, dev, dt, fits, progress)
-        fmt = "gguf"
-    return LoadedModel(
-        model=model,
-        tokenizer=tok,
-        template=template,
-        config=cfg,
-        path=path,
-        file_format=fmt,
-        weight_types=types,
-        context_length=min(context_length or cfg.max_seq_len, cfg.max_seq_len),
-        load_seconds=time.perf_counter() - t0,
-        memory_estimate=estimate,
-        generation_defaults=gen,
-    )
+        lm = _load_gguf(path, dev, dt, fits, progress)
+    lm.context_length = min(context_length or lm.config.max_seq_len, lm.config.max_seq_len)
+    lm.load_seconds = time.perf_counter() - t0
+    return lm
