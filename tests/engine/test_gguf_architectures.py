@@ -34,7 +34,7 @@ def gguf_tensors(arch: str, cfg, sd: dict[str, torch.Tensor]):
             "mlp.c_fc": "ffn_up",
             "mlp.c_proj": "ffn_down",
         }
-        for i in range(cfg.n_layer):
+        for i in range(cfg.num_hidden_layers):
             for hf, ours in names.items():
                 w = sd[f"transformer.h.{i}.{hf}.weight"]
                 yield f"blk.{i}.{ours}.weight", w if hf.startswith("ln") else w.t()
@@ -103,17 +103,12 @@ def write_gguf(arch: str, reference, path) -> None:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     sd = reference.state_dict()
-    for name, tensor in gguf_tensors(arch, reference.config if arch != "gpt2" else _Gpt2(cfg), sd):
+    for name, tensor in gguf_tensors(arch, cfg, sd):
         w.add_tensor(name, tensor.detach().float().contiguous().numpy().astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-class _Gpt2:
-    def __init__(self, cfg) -> None:
-        self.n_layer = cfg.n_layer
 
 
 @pytest.mark.parametrize("arch", ARCHS)
