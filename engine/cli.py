@@ -32,6 +32,13 @@ SAMPLER_FLAGS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ember-cli: error: {message} (see --help)\n")
+
+
 def _model_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("model", nargs="?", help="a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
@@ -55,7 +62,7 @@ def _generation_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ember-cli", description="Run local language models.")
+    parser = _Parser(prog="ember-cli", description="Run local language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", parents=[_model_options()], help="describe a model file")
     info.add_argument("--json", action="store_true", help="print JSON")

@@ -92,6 +92,16 @@ def test_bad_input_is_one_line_without_traceback(argv, message):
     assert message in proc.stderr and proc.stderr.startswith("ember-cli: error:")
 
 
+def test_bad_flag_is_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "generate", "--prompt", "x", "--dtype", "int3"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "invalid choice: 'int3'" in proc.stderr
+
+
 def test_bad_gguf_exits_cleanly(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (2**63).to_bytes(8, "little") * 2)
