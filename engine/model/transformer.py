@@ -49,7 +49,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x, rotary, cache: KVCache | None, start: int, mask) -> torch.Tensor:
+    def project(self, x: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, nh, T, hd), keys and values (B, nkv, T, hd), normed and rotated."""
         B, T, _ = x.shape
         q, k, v = self.wqkv(x).split(self.split, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
@@ -61,15 +62,23 @@ class Attention(nn.Module):
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """Merge heads and project: (B, nh, T, hd) -> (B, T, n_embd)."""
+        B, _, T, _ = y.shape
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x, rotary, cache: KVCache | None, start: int, mask) -> torch.Tensor:
+        q, k, v = self.project(x, rotary)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, nkv, start+T, hd)
         gqa = self.n_head != self.n_kv_head
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
-        return self.wo(y)
+        return self.output(y)
 
 
 class MLP(nn.Module):
@@ -146,17 +155,21 @@ class Transformer(nn.Module):
     def drop_cache(self) -> None:
         self.caches = None
 
-    def _mask(self, start: int, T: int) -> torch.Tensor | None:
-        """None when plain causal attention is right; else a bool (T, start+T) mask of allowed keys."""
-        window = self.cfg.sliding_window
-        if (start == 0 or T == 1) and (window is None or start + T <= window):
-            return None
+    def allowed_keys(self, start: int, T: int) -> torch.Tensor:
+        """Bool (T, start+T): which keys each query may attend to (causal, and the sliding window)."""
         q_pos = torch.arange(start, start + T, device=self.device)[:, None]
         k_pos = torch.arange(start + T, device=self.device)[None, :]
         allowed = k_pos <= q_pos
-        if window is not None:
-            allowed &= q_pos - k_pos < window
+        if self.cfg.sliding_window is not None:
+            allowed &= q_pos - k_pos < self.cfg.sliding_window
         return allowed
+
+    def _mask(self, start: int, T: int) -> torch.Tensor | None:
+        """None when plain causal attention is right (the fused kernel's own masking), else `allowed_keys`."""
+        window = self.cfg.sliding_window
+        if (start == 0 or T == 1) and (window is None or start + T <= window):
+            return None
+        return self.allowed_keys(start, T)
 
     def embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         x = self.tok_emb(tokens)  # (B, T, n_embd)
