@@ -1,0 +1,392 @@
+"""The inspector: the tokens of a message with their probabilities, the alternatives the model
+weighed (click one on a reply to fork the conversation there), attention maps and the logit lens.
+
+Signals:
+    inspectRequested()                 -- inspect the conversation up to the selected reply
+    cancelRequested()
+    forkRequested(int position, int token_id)  -- replace the token at `position` of the inspected
+                                          sequence with `token_id` and continue from there
+    lensRequested(int position)        -- the worker answers with `show_lens`
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import torch
+from PySide6.QtCore import QUrl, Signal, Slot
+from PySide6.QtGui import QColor, QCursor
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QTextBrowser,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.attention_maps import AttentionGrid, AttentionHeatmap
+from engine.inspect import Candidate, Inspection
+
+ROLE = 0x0100  # Qt.ItemDataRole.UserRole
+
+
+def visible(piece: str) -> str:
+    """Show whitespace in a token: spaces as ·, newlines as ↵, tabs as →."""
+    return piece.replace(" ", "·").replace("\n", "↵").replace("\t", "→") or "∅"
+
+
+def probability_color(logprob: float | None) -> str:
+    """Green for likely tokens through yellow to red for surprising ones; grey when unknown."""
+    if logprob is None:
+        return "#9e9e9e"
+    p = math.exp(logprob)
+    hue = int(120 * p)  # 0 red .. 120 green
+    return QColor.fromHsv(hue, 150, 235).name()
+
+
+def percent(logprob: float) -> str:
+    p = math.exp(logprob) * 100
+    return f"{p:.1f}%" if p >= 0.1 else "<0.1%"
+
+
+def alternatives_html(raw: list[Candidate], sampled: list[Candidate]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(visible(c.text))}</td><td align='right'>{percent(c.logprob)}</td></tr>" for c in raw
+    )
+    after = ", ".join(f"{html.escape(visible(c.text))} {percent(c.logprob)}" for c in sampled) or "—"
+    return f"<b>The model's top choices here</b><table>{rows}</table><br><b>After sampling settings:</b> {after}"
+
+
+class InspectorPanel(QWidget):
+    inspectRequested = Signal()
+    cancelRequested = Signal()
+    forkRequested = Signal(int, int)
+    lensRequested = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.result: Inspection | None = None
+        self.reply_start = 0  # first position of the inspected reply (forking is allowed from there)
+        self.position: int | None = None
+
+        self.inspect_button = QPushButton("Inspect conversation", accessibleName="Inspect conversation")
+        self.inspect_button.setToolTip("Run the model over the conversation and keep what it saw (Ctrl+I)")
+        self.cancel_button = QPushButton("Cancel", accessibleName="Cancel inspection", enabled=False)
+        self.progress = QProgressBar(accessibleName="Inspection progress", visible=False)
+        self.summary = QLabel(wordWrap=True, accessibleName="Inspection summary")
+        top = QHBoxLayout()
+        top.addWidget(self.inspect_button)
+        top.addWidget(self.cancel_button)
+        top.addWidget(self.progress, 1)
+
+        # Tokens
+        self.show_ids = QCheckBox("Show token ids", accessibleName="Show token ids")
+        self.tokens = QTextBrowser(accessibleName="Tokens coloured by probability", openLinks=False)
+        self.tokens.setMouseTracking(True)
+        self.legend = QLabel(
+            "Colour: how likely the model found each token given the ones before it — "
+            "<span style='background:#7be07b'>&nbsp;likely&nbsp;</span> "
+            "<span style='background:#ebe27b'>&nbsp;unsure&nbsp;</span> "
+            "<span style='background:#eb7b7b'>&nbsp;surprising&nbsp;</span>. "
+            "Hover a token for the alternatives; click it to select.",
+            wordWrap=True,
+        )
+        self.alternatives = QListWidget(accessibleName="Alternatives for the selected token", wordWrap=True)
+        self.alternatives.setToolTip("Double-click an alternative on the reply to fork the conversation with it")
+        self.fork_button = QPushButton("Fork with this token", accessibleName="Fork with this token", enabled=False)
+        self.selected_label = QLabel(wordWrap=True, accessibleName="Selected token")
+        side = QVBoxLayout()
+        side.addWidget(self.selected_label)
+        side.addWidget(self.alternatives, 1)
+        side.addWidget(self.fork_button)
+        side_host = QWidget()
+        side_host.setLayout(side)
+        split = QSplitter()
+        split.addWidget(self.tokens)
+        split.addWidget(side_host)
+        split.setSizes([420, 200])
+        tokens_tab = QWidget()
+        tl = QVBoxLayout(tokens_tab)
+        tl.addWidget(self.legend)
+        tl.addWidget(self.show_ids)
+        tl.addWidget(split, 1)
+
+        # Attention
+        self.layer = QSpinBox(accessibleName="Layer")
+        self.head = QComboBox(accessibleName="Head")
+        self.heatmap = AttentionHeatmap()
+        self.grid = AttentionGrid()
+        grid_scroll = QScrollArea(widgetResizable=True)
+        grid_scroll.setWidget(self.grid)
+        self.attention_text = QTextBrowser(accessibleName="Where the selected token looks", openLinks=False)
+        self.attention_text.setMaximumHeight(120)
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Layer"))
+        controls.addWidget(self.layer)
+        controls.addWidget(QLabel("Head"))
+        controls.addWidget(self.head)
+        controls.addStretch(1)
+        attention_tabs = QTabWidget()
+        attention_tabs.addTab(self.heatmap, "Heatmap")
+        attention_tabs.addTab(grid_scroll, "All layers × heads")
+        attention_tab = QWidget()
+        al = QVBoxLayout(attention_tab)
+        al.addLayout(controls)
+        al.addWidget(attention_tabs, 1)
+        al.addWidget(
+            QLabel(
+                "Where the selected token looks (stronger orange = more attention; the first token, "
+                "where many heads rest, is not counted in the scale):",
+                wordWrap=True,
+            )
+        )
+        al.addWidget(self.attention_text)
+
+        # Logit lens
+        self.lens_label = QLabel("Select a token to see what each layer predicts after it.", wordWrap=True)
+        self.lens = QTableWidget(accessibleName="Logit lens")
+        lens_tab = QWidget()
+        ll = QVBoxLayout(lens_tab)
+        ll.addWidget(self.lens_label)
+        ll.addWidget(self.lens, 1)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(tokens_tab, "Tokens")
+        self.tabs.addTab(attention_tab, "Attention")
+        self.tabs.addTab(lens_tab, "Logit lens")
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.tabs, 1)
+
+        self.inspect_button.clicked.connect(self.inspectRequested)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.show_ids.toggled.connect(lambda _on: self._render_tokens())
+        self.tokens.anchorClicked.connect(self._on_token_clicked)
+        self.tokens.highlighted.connect(self._on_token_hovered)
+        self.alternatives.itemDoubleClicked.connect(lambda _item: self._on_fork())
+        self.alternatives.currentItemChanged.connect(lambda item, _prev: self._update_fork_button(item))
+        self.fork_button.clicked.connect(self._on_fork)
+        self.layer.valueChanged.connect(self._show_heatmap)
+        self.head.currentIndexChanged.connect(self._show_heatmap)
+        self.grid.picked.connect(self._on_grid_picked)
+        self.heatmap.rowPicked.connect(self.select)
+
+    # Input from the main window
+
+    def set_busy(self, busy: bool) -> None:
+        self.inspect_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.progress.setVisible(busy)
+        if busy:
+            self.progress.setValue(0)
+
+    @Slot(int)
+    def set_progress(self, percent_done: int) -> None:
+        self.progress.setValue(percent_done)
+
+    def show_input_tokens(self, pieces: list[str], ids: list[int]) -> None:
+        """The text being typed, tokenized (no model pass): chips without probabilities."""
+        self.result = None
+        self.position = None
+        self.summary.setText(f"Your message so far: <b>{len(ids)}</b> tokens.")
+        self._chips([(visible(p), i, None, False) for p, i in zip(pieces, ids, strict=True)])
+
+    def show_inspection(self, result: Inspection, reply_start: int) -> None:
+        self.result = result
+        self.reply_start = reply_start
+        self.position = None
+        n = len(result.ids)
+        known = [lp for lp in result.token_logprobs[1:] if lp is not None]
+        mean = sum(known) / len(known) if known else 0.0
+        self.summary.setText(
+            f"{n} tokens; average probability per token {math.exp(mean) * 100:.0f}% "
+            f"(perplexity {math.exp(-mean):.1f}). Tokens of the reply start at #{reply_start}."
+        )
+        layers = sorted(result.attention)
+        self.layer.blockSignals(True)
+        self.layer.setRange(layers[0] if layers else 0, layers[-1] if layers else 0)
+        self.layer.blockSignals(False)
+        n_head = result.attention[layers[0]].shape[0] if layers else 0
+        self.head.blockSignals(True)
+        self.head.clear()
+        self.head.addItem("mean of heads", -1)
+        for h in range(n_head):
+            self.head.addItem(f"head {h}", h)
+        self.head.blockSignals(False)
+        self._render_tokens()
+        self.grid.show_maps(result.attention)
+        self._show_heatmap()
+
+    def show_lens(self, position: int, rows: list[list[Candidate]]) -> None:
+        if position != self.position:
+            return
+        k = max((len(r) for r in rows), default=0)
+        self.lens.clear()
+        self.lens.setRowCount(len(rows))
+        self.lens.setColumnCount(k)
+        self.lens.setHorizontalHeaderLabels([f"#{i + 1}" for i in range(k)])
+        self.lens.setVerticalHeaderLabels([f"layer {i}" for i in range(len(rows))])
+        for r, row in enumerate(rows):
+            for c, cand in enumerate(row):
+                item = QTableWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}")
+                item.setBackground(QColor(probability_color(cand.logprob)))
+                item.setForeground(QColor("#111111"))
+                self.lens.setItem(r, c, item)
+        self.lens.resizeColumnsToContents()
+        self.lens.scrollToBottom()
+
+    # Tokens
+
+    def _chips(self, chips: list[tuple[str, int, float | None, bool]]) -> None:
+        parts = []
+        for pos, (text, token_id, logprob, special) in enumerate(chips):
+            bg = probability_color(logprob)
+            label = html.escape(text)
+            if special:
+                label = f"<i>{label}</i>"
+            if pos == self.position:  # the selected token: bold, underlined, blue text
+                label = f"<b><u><span style='color:#0b57d0'>{label}</span></u></b>"
+            ids = f"<sub style='color:#555'>{token_id}</sub>" if self.show_ids.isChecked() else ""
+            parts.append(
+                f"<a href='tok:{pos}' style='text-decoration:none;color:#111111'>"
+                f"<span style='background-color:{bg}'>&nbsp;{label}{ids}&nbsp;</span></a>"
+            )
+        self.tokens.setHtml(" ".join(parts))
+
+    def _render_tokens(self) -> None:
+        r = self.result
+        if r is None:
+            return
+        self._chips(
+            [(visible(p), i, lp, s) for p, i, lp, s in zip(r.pieces, r.ids, r.token_logprobs, r.special, strict=True)]
+        )
+
+    @Slot(QUrl)
+    def _on_token_clicked(self, url: QUrl) -> None:
+        position = int(url.toString().partition(":")[2] or -1)
+        if position >= 0:
+            self.select(position)
+
+    @Slot(QUrl)
+    def _on_token_hovered(self, url: QUrl) -> None:
+        r = self.result
+        position = int(url.toString().partition(":")[2] or -1) if url.toString() else -1
+        if r is None or position <= 0:
+            QToolTip.hideText()
+            return
+        text = (
+            f"<b>{html.escape(visible(r.pieces[position]))}</b> (id {r.ids[position]}), "
+            f"probability {percent(r.token_logprobs[position])}<br>"
+            + alternatives_html(r.top_raw[position - 1], r.top_sampled[position - 1])
+        )
+        QToolTip.showText(QCursor.pos(), text, self.tokens)
+
+    @Slot(int)
+    def select(self, position: int) -> None:
+        r = self.result
+        if r is None or not 0 <= position < len(r.ids):
+            return
+        self.position = position
+        self._render_tokens()
+        self.alternatives.clear()
+        chosen = r.pieces[position]
+        if position == 0:
+            self.selected_label.setText(f"<b>{html.escape(visible(chosen))}</b>: the first token has no prediction.")
+        else:
+            self.selected_label.setText(
+                f"<b>{html.escape(visible(chosen))}</b> (id {r.ids[position]}) had probability "
+                f"{percent(r.token_logprobs[position])}. The model's alternatives here:"
+            )
+            sampled = {c.id: c.logprob for c in r.top_sampled[position - 1]}
+            for cand in r.top_raw[position - 1]:
+                after = (
+                    f" → {percent(sampled[cand.id])} after sampling" if cand.id in sampled else " (sampling drops it)"
+                )
+                item = QListWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}{after}")
+                item.setData(ROLE, cand.id)
+                item.setBackground(QColor(probability_color(cand.logprob)))
+                item.setForeground(QColor("#111111"))
+                self.alternatives.addItem(item)
+        self._update_fork_button(self.alternatives.currentItem())
+        self._show_attention_row()
+        self.heatmap.mark_row(position)
+        self.lens_label.setText(
+            f"What each layer predicts after <b>{html.escape(visible(chosen))}</b> "
+            "(the last row is the model's answer):"
+        )
+        self.lensRequested.emit(position)
+
+    def _update_fork_button(self, item: QListWidgetItem | None) -> None:
+        can = (
+            item is not None
+            and self.position is not None
+            and self.position >= self.reply_start
+            and self.result is not None
+            and item.data(ROLE) != self.result.ids[self.position]
+        )
+        self.fork_button.setEnabled(bool(can))
+        self.fork_button.setToolTip("" if can else "Pick a different token of the reply to fork from")
+
+    @Slot()
+    def _on_fork(self) -> None:
+        item = self.alternatives.currentItem()
+        self._update_fork_button(item)
+        if self.fork_button.isEnabled():
+            self.forkRequested.emit(self.position, item.data(ROLE))
+
+    # Attention
+
+    def _weights(self) -> torch.Tensor | None:
+        r = self.result
+        layer = self.layer.value()
+        if r is None or layer not in r.attention:
+            return None
+        w = r.attention[layer]  # (n_head, T, T)
+        head = self.head.currentData()
+        return w.float().mean(0) if head in (None, -1) else w[head]
+
+    @Slot()
+    def _show_heatmap(self, *_args) -> None:
+        w = self._weights()
+        if w is not None:
+            self.heatmap.show_map(w, [visible(p) for p in self.result.pieces])
+            self._show_attention_row()
+
+    @Slot(int, int)
+    def _on_grid_picked(self, layer: int, head: int) -> None:
+        self.layer.setValue(layer)
+        self.head.setCurrentIndex(head + 1)
+
+    def _show_attention_row(self) -> None:
+        w = self._weights()
+        if w is None or self.position is None:
+            self.attention_text.clear()
+            return
+        row = w[self.position].float()
+        # Scaled to the strongest target other than the first token, which most heads use as a resting
+        # place ("attention sink") and would otherwise wash everything else out.
+        peak = float(row[1 : self.position + 1].max()) if self.position > 0 else float(row[0])
+        r = self.result
+        parts = []
+        for pos, piece in enumerate(r.pieces):
+            alpha = min(1.0, float(row[pos]) / max(peak, 1e-6)) if pos <= self.position else 0.0
+            label = html.escape(visible(piece))
+            if pos == self.position:
+                label = f"<b><u>{label}</u></b>"
+            parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
+        self.attention_text.setHtml(" ".join(parts))
