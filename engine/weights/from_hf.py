@@ -30,8 +30,12 @@ def read_config(folder: Path) -> ModelConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise ModelFileError(folder, "no config.json: not a Hugging Face model folder")
+    cfg = read_json(path)
+    if "auto_map" in cfg or cfg.get("trust_remote_code"):
+        raise ModelFileError(path, "the model asks to run its own Python code (auto_map); Ember never runs code "
+                                   "from model files. Use a model whose architecture Ember supports.")
     try:
-        return ModelConfig.from_hf(read_json(path))
+        return ModelConfig.from_hf(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(path, f"unusable config: {e}") from None
 
