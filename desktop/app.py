@@ -6,25 +6,50 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from PySide6.QtWidgets import QApplication
-
-from desktop.main_window import MainWindow
+from desktop import crash
 from desktop.paths import APP_AUTHOR, APP_NAME, data_dirs
+from desktop.presets import resources_dir
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ember", description="Chat with local language models.")
     p.add_argument("--data-dir", help="keep all user data (conversations, settings) in this folder")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check this installation offscreen in a temporary folder: load the default model, write a short "
+        "reply, inspect it; exit 0 when all works",
+    )
+    p.add_argument("--screenshot", metavar="PATH", help="with --self-test: save a picture of the window to PATH")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.self_test:
+        from desktop import self_test
+
+        return self_test.run(screenshot=args.screenshot)
+    if args.screenshot:
+        print("ember: --screenshot goes with --self-test", file=sys.stderr)
+        return 2
     dirs = data_dirs(args.data_dir).create()
+    crash.install(dirs.logs)
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.main_window import MainWindow
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName(APP_AUTHOR)
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName(APP_NAME)
+    app.setDesktopFileName("ember")  # Wayland and the docks match the window to resources/ember.desktop
+    icon = QIcon()
+    for size in (16, 24, 32, 48, 64, 128, 256, 512):
+        icon.addFile(str(resources_dir() / "icons" / f"ember-{size}.png"))
+    app.setWindowIcon(icon)
+    crash.attach_dialog()
     window = MainWindow(dirs)
     window.show()
     return app.exec()

