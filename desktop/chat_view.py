@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -33,7 +34,11 @@ from PySide6.QtWidgets import (
 from desktop.markdown import COPY_SCHEME, render
 from desktop.store import Message
 
-CONTEXT_POLICIES = {"drop_oldest": "Drop oldest turns (keep system prompt)", "stop": "Refuse to send"}
+# key: (label, tooltip)
+CONTEXT_POLICIES = {
+    "drop_oldest": ("Drop oldest turns", "Leave the oldest messages out (never the system prompt) until it fits"),
+    "stop": ("Refuse to send", "Send nothing, and say how much is too much"),
+}
 
 
 class MessageWidget(QFrame):
@@ -81,7 +86,7 @@ class MessageWidget(QFrame):
         self.body.setWordWrap(True)
         self.body.setTextFormat(Qt.TextFormat.RichText)
         self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        self.body.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+        self.body.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.body.linkActivated.connect(self._on_link)
         layout = QVBoxLayout(self)
         layout.addLayout(header)
@@ -156,6 +161,7 @@ class ChatView(QWidget):
         self.empty = QLabel(
             "Start the conversation below. Enter sends, Shift+Enter adds a line, Esc stops.",
             alignment=Qt.AlignmentFlag.AlignCenter,
+            wordWrap=True,
         )
         self.list_layout.insertWidget(0, self.empty)
 
@@ -170,23 +176,38 @@ class ChatView(QWidget):
             accessibleName="Context policy",
             toolTip="What happens when the conversation no longer fits in the model's context window",
         )
-        for key, label in CONTEXT_POLICIES.items():
+        for key, (label, tip) in CONTEXT_POLICIES.items():
             self.policy.addItem(label, key)
+            self.policy.setItemData(self.policy.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.max_tokens = QSpinBox(
+            accessibleName="Maximum reply length",
+            toolTip="The longest reply the model may write, in tokens; room for it is kept in the context",
+            suffix=" tokens",
+            minimum=1,
+            maximum=32768,
+            singleStep=64,
+        )
         self.readout = QLabel(accessibleName="Generation readout")
+        self.readout.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         buttons = QVBoxLayout()
         buttons.addWidget(self.send)
         buttons.addWidget(self.stop)
+        buttons.addStretch(1)
         row = QHBoxLayout()
         row.addWidget(self.input, 1)
         row.addLayout(buttons)
         bottom = QHBoxLayout()
         bottom.addWidget(QLabel("When full:"))
         bottom.addWidget(self.policy)
+        bottom.addWidget(QLabel("Reply up to:"))
+        bottom.addWidget(self.max_tokens)
         bottom.addStretch(1)
-        bottom.addWidget(self.readout)
+        status = QHBoxLayout()
+        status.addWidget(self.context_note, 1)
+        status.addWidget(self.readout)
         layout = QVBoxLayout(self)
         layout.addWidget(self.scroll, 1)
-        layout.addWidget(self.context_note)
+        layout.addLayout(status)
         layout.addLayout(row)
         layout.addLayout(bottom)
 
@@ -210,14 +231,19 @@ class ChatView(QWidget):
         self.stop.setEnabled(busy)
 
     def set_messages(self, messages: list[Message]) -> None:
-        for w in self.widgets:
-            w.deleteLater()
-        self.widgets = []
+        while self.widgets:
+            self.drop_last()
         self.streaming = None
         for m in messages:
             self._add(m)
         self.empty.setVisible(not messages)
         self._follow = True
+
+    def drop_last(self) -> None:
+        """Take the last message off the view at once (its deletion waits: a button of it may be calling)."""
+        w = self.widgets.pop()
+        w.hide()
+        w.deleteLater()
 
     def _add(self, message: Message) -> MessageWidget:
         w = MessageWidget(self, message)
@@ -237,11 +263,6 @@ class ChatView(QWidget):
             bar = self.scroll.verticalScrollBar()
             self._follow = bar.value() >= bar.maximum() - 4
             self.streaming.set_content(text, "streaming")
-
-    def end_stream(self, status: str) -> None:
-        if self.streaming is not None:
-            self.streaming.set_content(self.streaming.message.content, status)
-            self.streaming = None
 
     def set_readout(self, text: str) -> None:
         self.readout.setText(text)

@@ -1,8 +1,9 @@
 """The engine on a worker thread: loading and generation never run on the UI thread.
 
 `EngineWorker` is a QObject moved to its own QThread. The UI asks for work through queued signals
-(`requestLoad`, `requestGenerate`) and cancels through a `threading.Event` it sets directly; the worker
-answers with plain-data signals. Tokens are batched: at most one `tokens` signal per ~33 ms.
+(`requestLoad`, and `requestGenerate` through `generate()`) and cancels through a `threading.Event` it
+sets directly; the worker answers with plain-data signals. Tokens are batched: at most one `tokens`
+signal per ~33 ms.
 
 Signals:
     loadStarted(str path)
@@ -95,6 +96,12 @@ class EngineWorker(QObject):
         with self._lock:
             return self._model
 
+    def generate(self, prompt_ids: list, settings: dict, options: dict) -> None:
+        """Called on the UI thread: queue a generation. The cancel flag is cleared here, not when the
+        worker starts, so a Stop pressed before the worker picks the request up still counts."""
+        self.cancel_flag.clear()
+        self.requestGenerate.emit(prompt_ids, settings, options)
+
     def cancel(self) -> None:
         """Thread-safe: the running generation stops after the current token."""
         self.cancel_flag.set()
@@ -125,7 +132,6 @@ class EngineWorker(QObject):
         if lm is None:
             self.generationFailed.emit("No model is loaded.")
             return
-        self.cancel_flag.clear()
         try:
             gen = Generation(
                 lm.model,

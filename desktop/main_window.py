@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThread, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, Slot
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
+    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -36,13 +37,20 @@ from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir
-from desktop.prompt_fit import fit_prompt
+from desktop.prompt_fit import Fit, fit_prompt
 from desktop.settings import Settings
 from desktop.store import Store
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 
 SAVE_PARTIAL_SECONDS = 2.0  # a streaming reply is written to disk at most this often
 ROLE = Qt.ItemDataRole.UserRole
+FINISHED = {  # the engine's finish_reason, for the readout
+    "eos": "done",
+    "stop": "hit a stop string",
+    "length": "reached the reply length",
+    "context": "context full",
+    "cancelled": "stopped",
+}
 
 
 class MainWindow(QMainWindow):
@@ -55,6 +63,8 @@ class MainWindow(QMainWindow):
         self.cid: int | None = None
         self.model_info: dict[str, Any] | None = None
         self._stream: dict[str, Any] | None = None  # the reply being written
+        self._loading = False  # a model load is under way: prompts tokenized now could be for the wrong model
+        self._closed = False  # the store is closed
 
         self.chat = ChatView()
         self.setCentralWidget(self.chat)
@@ -71,8 +81,10 @@ class MainWindow(QMainWindow):
         self.conversation_list = QListWidget(accessibleName="Conversations")
         self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.new_chat = QPushButton("New chat", accessibleName="New chat", toolTip="Start a new conversation (Ctrl+N)")
         sidebar = QWidget()
         side_layout = QVBoxLayout(sidebar)
+        side_layout.addWidget(self.new_chat)
         side_layout.addWidget(self.search)
         side_layout.addWidget(self.conversation_list)
         self.docks = {
@@ -94,6 +106,7 @@ class MainWindow(QMainWindow):
         self._connect()
 
         self.chat.set_policy(self.settings.get("chat/context_policy"))
+        self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
         preset = self.settings.get("sampling/preset")
         self.sampling.preset_box.setCurrentText(preset)
         self.sampling.set_settings(self.sampling.presets.get(preset) or {})
@@ -181,9 +194,11 @@ class MainWindow(QMainWindow):
         c.variantRequested.connect(self.select_variant)
         c.inputChanged.connect(lambda _text: self.refresh_preview())
         c.policy.currentIndexChanged.connect(lambda _i: self.refresh_preview())
+        c.max_tokens.valueChanged.connect(self._on_max_tokens)
         self.sampling.changed.connect(self._on_sampling_changed)
         self.sampling.presetChosen.connect(lambda name: self.settings.set("sampling/preset", name))
         self.prompts.systemPromptChanged.connect(self._on_system_prompt)
+        self.new_chat.clicked.connect(self.new_conversation)
         self.search.textChanged.connect(self._refresh_conversations)
         self.conversation_list.itemActivated.connect(self._on_conversation_item)
         self.conversation_list.itemClicked.connect(self._on_conversation_item)
@@ -195,7 +210,8 @@ class MainWindow(QMainWindow):
     def _apply_theme(self) -> None:
         apply_theme(QApplication.instance(), self.settings.get("ui/theme"), self.settings.get("ui/font_size"))
         self.chat.code_background = code_background(is_dark(self.settings.get("ui/theme")))
-        self._reload_messages()
+        if self._stream is None:  # a reply being written is redrawn in the new colours when it ends
+            self._reload_messages()
 
     def set_theme(self, name: str) -> None:
         self.settings.set("ui/theme", name)
@@ -345,10 +361,12 @@ class MainWindow(QMainWindow):
             return
         self.settings.set("model/device", device)
         self.settings.set("model/dtype", dtype)
+        self._loading = True
         self.worker.requestLoad.emit(path, device, dtype)
 
     @Slot(dict)
     def _on_loaded(self, info: dict) -> None:
+        self._loading = False
         self.model_info = info
         self.settings.set("model/path", self.model_panel.path)
         self.settings.set("model/recent", self.model_panel.recent_paths())
@@ -358,6 +376,7 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
+        self._loading = False
         QMessageBox.warning(self, "Could not load the model", message)
 
     # The prompt
@@ -370,40 +389,50 @@ class MainWindow(QMainWindow):
         head = [{"role": "system", "content": system}] if system else []
         return head + [{"role": m.role, "content": m.content} for m in messages]
 
-    def _fit(self, messages: list[dict[str, str]], reserve: int):
-        lm = self.worker.model
-        return fit_prompt(lm, messages, reserve, self.chat.policy_key())
+    def _fit(self, messages: list[dict[str, str]]) -> Fit:
+        return fit_prompt(self.worker.model, messages, self.chat.max_tokens.value(), self.chat.policy_key())
+
+    @Slot(int)
+    def _on_max_tokens(self, value: int) -> None:
+        self.settings.set("chat/max_tokens", value)
+        self.refresh_preview()
 
     def refresh_preview(self) -> None:
         lm = self.worker.model
-        if lm is None or self._stream is not None:
+        if lm is None or self._stream is not None or self._closed:  # closed: a late typing timer
             return
         messages = self._history()
         pending = self.chat.input.toPlainText().strip()
         if pending:
             messages.append({"role": "user", "content": pending})
-        fit = self._fit(messages, self.settings.get("chat/max_tokens"))
+        fit = self._fit(messages)
         self.prompts.show_preview(fit.text, len(fit.ids), lm.context_length)
         self.chat.set_context_note(fit.note)
 
     # Generation
 
-    def _start(self, messages: list[dict[str, str]], turn: int | None, prefix: str = "") -> None:
-        """Generate a reply to ``messages``: a new turn, a new variant of ``turn``, or (with ``prefix``)
-        a continuation of the reply at ``turn``."""
-        if self.worker.model is None:
+    def _ready(self, messages: list[dict[str, str]]) -> Fit | None:
+        """``messages`` rendered and fitted to the context, or None (the user is told why) when they cannot
+        be sent. Checked before anything is saved or deleted, so a refusal changes nothing."""
+        if self.worker.model is None or self._loading:
             QMessageBox.information(self, "No model", "Wait for the model to finish loading.")
-            return
-        max_tokens = self.settings.get("chat/max_tokens")
-        fit = self._fit(messages, max_tokens)
+            return None
+        fit = self._fit(messages)
         if fit.refused:
-            QMessageBox.warning(self, "Conversation too long", fit.note)
-            return
+            QMessageBox.warning(self, "Cannot send", fit.note)
+            return None
+        return fit
+
+    def _start(self, fit: Fit, turn: int | None, prefix: str = "") -> None:
+        """Generate a reply to the fitted prompt: a new turn, a new variant of ``turn``, or (with ``prefix``)
+        a continuation of the reply at ``turn``."""
+        max_tokens = self.chat.max_tokens.value()
         ids = fit.ids + (self.worker.model.tokenizer.encode(prefix, add_bos=False) if prefix else [])
         settings = self.sampling.settings()
         meta = self._provenance(settings)
         if prefix:
             message_id = self.store.messages(self.cid)[-1].id
+            self.store.update_message(message_id, status="interrupted")  # until it is complete again
         else:
             message_id = self.store.add_message(self.cid, "assistant", "", status="interrupted", meta=meta, turn=turn)
         self._stream = {
@@ -419,12 +448,11 @@ class MainWindow(QMainWindow):
         }
         if prefix:
             self._reload_messages()
-            self.chat.widgets[-1].deleteLater()
-            self.chat.widgets.pop()
+            self.chat.drop_last()
         message = self.store.messages(self.cid)[-1]
         self.chat.begin_stream(message)
         self.chat.set_busy(True)
-        self.worker.requestGenerate.emit(ids, settings, {"max_tokens": max_tokens})
+        self.worker.generate(ids, settings, {"max_tokens": max_tokens})
 
     def _provenance(self, settings: dict) -> dict:
         info = self.model_info or {}
@@ -438,6 +466,10 @@ class MainWindow(QMainWindow):
     def send(self, text: str) -> None:
         if self._stream:
             return
+        fit = self._ready(self._history() + [{"role": "user", "content": text}])
+        if fit is None:
+            self.chat.input.setPlainText(text)  # nothing was sent: give the text back
+            return
         if self.cid is None:
             self.new_conversation()
         conversation = self.store.conversation(self.cid)
@@ -446,16 +478,29 @@ class MainWindow(QMainWindow):
         self.store.add_message(self.cid, "user", text)
         self._reload_messages()
         self._refresh_conversations()
-        self._start(self._history(), None)
+        self._start(fit, None)
 
     def regenerate(self, turn: int) -> None:
         if self._stream:
             return
+        later = sum(m.turn > turn for m in self.store.messages(self.cid))
+        if later and (
+            QMessageBox.question(
+                self,
+                "Regenerate reply",
+                f"Writing another version of this reply deletes the {later} message{'s' if later != 1 else ''} "
+                "after it. Go on?",
+            )
+            != QMessageBox.StandardButton.Yes
+        ):
+            return
+        fit = self._ready(self._history(upto_turn=turn))
+        if fit is None:
+            return
         self.store.truncate(self.cid, turn + 1)
         self._reload_messages()
-        self.chat.widgets[-1].deleteLater()
-        self.chat.widgets.pop()
-        self._start(self._history(upto_turn=turn), turn)
+        self.chat.drop_last()
+        self._start(fit, turn)
 
     def regenerate_last(self) -> None:
         messages = self.store.messages(self.cid) if self.cid is not None else []
@@ -469,15 +514,20 @@ class MainWindow(QMainWindow):
         if not messages or messages[-1].turn != turn:
             self.statusBar().showMessage("Only the last reply can be continued.", 5000)
             return
-        self._start(self._history(upto_turn=turn), turn, prefix=messages[-1].content)
+        fit = self._ready(self._history(upto_turn=turn))
+        if fit is not None:
+            self._start(fit, turn, prefix=messages[-1].content)
 
     def edit_and_resend(self, turn: int, text: str) -> None:
         if self._stream:
             return
+        fit = self._ready(self._history(upto_turn=turn) + [{"role": "user", "content": text}])
+        if fit is None:
+            return
         self.store.truncate(self.cid, turn)
         self.store.add_message(self.cid, "user", text)
         self._reload_messages()
-        self._start(self._history(), None)
+        self._start(fit, None)
 
     def delete_turn(self, turn: int) -> None:
         if self._stream:
@@ -497,7 +547,8 @@ class MainWindow(QMainWindow):
 
     @Slot(dict)
     def _on_generation_started(self, info: dict) -> None:
-        self._stream["context"] = info["context_length"]
+        if self._stream is not None:
+            self._stream["context"] = info["context_length"]
 
     @Slot(list)
     def _on_tokens(self, batch: list) -> None:
@@ -530,7 +581,8 @@ class MainWindow(QMainWindow):
         }
         self._finish(s["prefix"] + result["text"], status, meta)
         self.chat.set_readout(
-            f"{result['generated_tokens']} tokens · {result['decode_tps']:.1f} tokens/s · {result['finish_reason']}"
+            f"{result['generated_tokens']} tokens · {result['decode_tps']:.1f} tokens/s · "
+            + FINISHED.get(result["finish_reason"], result["finish_reason"])
         )
 
     @Slot(str)
@@ -553,6 +605,9 @@ class MainWindow(QMainWindow):
         self.worker.cancel()
         self.thread.quit()
         self.thread.wait(30_000)
+        # Hand what the worker sent before it stopped (the last tokens, the stopped reply) to the slots now:
+        # after this the store is closed.
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)
         if self._stream is not None:
             s = self._stream
             self.store.update_message(s["id"], content=s["prefix"] + s["text"], status="stopped", meta=s["meta"])
@@ -562,4 +617,5 @@ class MainWindow(QMainWindow):
         self.settings.set("chat/context_policy", self.chat.policy_key())
         self.settings.sync()
         self.store.close()
+        self._closed = True
         super().closeEvent(event)

@@ -1,13 +1,15 @@
 """Fitting a conversation into the model's context window, with a visible policy.
 
-``drop_oldest`` leaves out the oldest turns (never the system prompt) until the prompt plus room for
-the reply fits; ``stop`` refuses to send. Either way the note says what happens, before sending.
+``drop_oldest`` leaves out the oldest exchanges (never the system prompt) until the prompt plus room for
+the reply fits; ``stop`` refuses to send. Either way the note says what happens, before sending. What is
+kept still starts with a user message, as strict chat templates (Llama 2, Mistral) require.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import TemplateError
 from engine.loader import LoadedModel
 
 
@@ -28,21 +30,28 @@ def fit_prompt(lm: LoadedModel, messages: list[dict[str, str]], reserve: int, po
     kept = list(messages)
     dropped = 0
     while True:
-        text = lm.render_chat(kept)
+        try:
+            text = lm.render_chat(kept)
+        except TemplateError as e:
+            return Fit("", [], dropped, True, f"The model's chat template cannot render this conversation. {e}")
         ids = lm.encode_prompt(text)
         if len(ids) <= budget:
             break
         if policy == "stop" or len(kept) - first <= 1:
+            advice = "or choose to drop the oldest turns" if policy == "stop" else "or lower the reply length"
             return Fit(
                 text,
                 ids,
                 dropped,
                 True,
                 f"The conversation needs {len(ids):,} tokens but only {budget:,} fit with room for the "
-                "reply. Start a new chat, shorten the message, or choose to drop the oldest turns.",
+                f"reply. Start a new chat, shorten the message, {advice}.",
             )
         del kept[first]
         dropped += 1
+        while len(kept) - first > 1 and kept[first]["role"] != "user":
+            del kept[first]
+            dropped += 1
     note = (
         f"The {dropped} oldest message{'s' if dropped != 1 else ''} will be left out to fit the context."
         if dropped

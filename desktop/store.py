@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "ember-conversation"
+STATUSES = ("complete", "stopped", "interrupted")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -242,7 +244,8 @@ class Store:
     # Search, export, import
 
     def search(self, query: str, limit: int = 50) -> list[SearchHit]:
-        terms = " ".join('"' + t.replace('"', '""') + '"' for t in query.split())
+        """Messages holding every word of ``query``; the words are prefixes ("Par" finds "Paris")."""
+        terms = " ".join('"' + t.replace('"', '""') + '"*' for t in query.split())
         if not terms:
             return []
         rows = self.db.execute(
@@ -296,31 +299,65 @@ class Store:
         messages = data.get("messages")
         if not isinstance(messages, list):
             raise ValueError("the export has no message list")
+        rows = [_imported_message(m) for m in messages]
+        keys = [(r["turn"], r["variant"]) for r in rows]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two messages in the export have the same turn and version")
+        shown = Counter(r["turn"] for r in rows if r["active"])
+        if any(shown[turn] != 1 for turn, _ in keys):
+            raise ValueError("a turn in the export does not have exactly one shown version")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in settings.values()
+        ):
+            raise ValueError("the export's sampling settings are not an object of numbers")
         with self._tx():
             cid = self.create_conversation(
-                str(data.get("title", "Imported chat")),
-                str(data.get("system_prompt", "")),
-                data.get("settings") if isinstance(data.get("settings"), dict) else {},
+                str(data.get("title", "Imported chat")), str(data.get("system_prompt", "")), settings
             )
-            for m in messages:
-                if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-                    raise ValueError("a message in the export has no valid role")
+            for r in rows:
                 self.db.execute(
                     "INSERT INTO messages(conversation_id, turn, variant, active, role, content, status, meta, created)"
                     " VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         cid,
-                        int(m["turn"]),
-                        int(m.get("variant", 0)),
-                        int(bool(m.get("active", True))),
-                        m["role"],
-                        str(m.get("content", "")),
-                        str(m.get("status", "complete")),
-                        json.dumps(m.get("meta", {})),
+                        r["turn"],
+                        r["variant"],
+                        int(r["active"]),
+                        r["role"],
+                        r["content"],
+                        r["status"],
+                        json.dumps(r["meta"]),
                         time.time(),
                     ),
                 )
         return cid
+
+
+def _imported_message(m: Any) -> dict[str, Any]:
+    """One exported message, checked field by field (ValueError), with the defaults filled in."""
+    if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+        raise ValueError("a message in the export has no valid role")
+    turn, variant = m.get("turn"), m.get("variant", 0)
+    for name, value in (("turn", turn), ("variant", variant)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+            raise ValueError(f"a message in the export has no valid {name}: {value!r}")
+    content, status, meta = m.get("content", ""), m.get("status", "complete"), m.get("meta", {})
+    if not isinstance(content, str):
+        raise ValueError("a message in the export has content that is not text")
+    if status not in STATUSES:
+        raise ValueError(f"a message in the export has an unknown status: {status!r}")
+    if not isinstance(meta, dict):
+        raise ValueError("a message in the export has metadata that is not an object")
+    return {
+        "turn": turn,
+        "variant": variant,
+        "active": bool(m.get("active", True)),
+        "role": m["role"],
+        "content": content,
+        "status": status,
+        "meta": meta,
+    }
 
 
 class _Transaction:

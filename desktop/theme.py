@@ -38,7 +38,13 @@ _LIGHT = {
     QPalette.ColorRole.PlaceholderText: "#80868b",
     QPalette.ColorRole.Link: "#b4491a",
 }
+# Text on disabled controls (a Send button while a reply is written), which must look disabled.
+_DISABLED_TEXT = {True: "#6f7379", False: "#a2a29e"}
+_DISABLED_ROLES = (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText)
+# The size is in the style sheet too: with a style sheet set, QApplication.setFont alone does not reach
+# the widgets that already exist (the whole window, at start-up).
 _STYLE = """
+QWidget {{ font-size: {size}pt; }}
 QFrame#userMessage {{ background: {user}; border-radius: 8px; }}
 QFrame#assistantMessage {{ background: {assistant}; border-radius: 8px; }}
 QLabel#contextNote {{ color: {note}; }}
@@ -57,12 +63,15 @@ def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
     palette = QPalette()
     for role, color in (_DARK if dark else _LIGHT).items():
         palette.setColor(role, QColor(color))
+    for role in _DISABLED_ROLES:
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(_DISABLED_TEXT[dark]))
     app.setPalette(palette)
     font = QFont(app.font())
     font.setPointSize(font_size)
     app.setFont(font)
     app.setStyleSheet(
         _STYLE.format(
+            size=font_size,
             user="#2b3a4a" if dark else "#e6eef7",
             assistant="#26272a" if dark else "#ffffff",
             note="#f2b36b" if dark else "#a15c00",

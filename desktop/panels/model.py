@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
+    QGridLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -60,9 +60,10 @@ class ModelPanel(QWidget):
         self.open_file = QPushButton("Open GGUF file…", accessibleName="Open GGUF model file")
         self.open_folder = QPushButton("Open HF folder…", accessibleName="Open Hugging Face model folder")
         self.use_default = QPushButton("Default model", accessibleName="Load the default model")
-        buttons = QHBoxLayout()
-        for b in (self.open_file, self.open_folder, self.use_default):
-            buttons.addWidget(b)
+        buttons = QGridLayout()
+        buttons.addWidget(self.open_file, 0, 0)
+        buttons.addWidget(self.open_folder, 0, 1)
+        buttons.addWidget(self.use_default, 1, 0)
         self.recent = QListWidget(accessibleName="Recent models")
         self.recent.setToolTip("Double-click to load again")
         self.recent.setMaximumHeight(110)
@@ -81,12 +82,14 @@ class ModelPanel(QWidget):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.facts = QLabel(wordWrap=True, accessibleName="Model facts")
         self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        for label in (self.status, self.facts):  # room for a last glyph that overhangs a line that just fits
+            label.setContentsMargins(0, 0, 4, 0)
         form = QFormLayout()
         form.addRow("Device", self.device)
         form.addRow("Precision", self.dtype)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
-        layout.addWidget(QLabel("Recent (or drop a .gguf file or model folder here):"))
+        layout.addWidget(QLabel("Recent (or drop a .gguf file or model folder here):", wordWrap=True))
         layout.addWidget(self.recent)
         layout.addLayout(form)
         layout.addWidget(self.estimate)

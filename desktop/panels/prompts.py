@@ -35,13 +35,18 @@ class PromptsPanel(QWidget):
         self.system.setMaximumHeight(120)
         self.preset_box = QComboBox(accessibleName="Prompt preset")
         self.preset_box.setToolTip("Pick a saved system prompt")
+        self.preset_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_box.setMinimumContentsLength(10)
         use = QPushButton("Use", accessibleName="Use prompt preset")
         save = QPushButton("Save as…", accessibleName="Save prompt preset")
         self.delete_button = QPushButton("Delete", accessibleName="Delete prompt preset")
         row = QHBoxLayout()
         row.addWidget(self.preset_box, 1)
-        for b in (use, save, self.delete_button):
-            row.addWidget(b)
+        row.addWidget(use)
+        manage = QHBoxLayout()
+        manage.addStretch(1)
+        manage.addWidget(save)
+        manage.addWidget(self.delete_button)
         self.preview = QPlainTextEdit(readOnly=True, accessibleName="Rendered prompt preview")
         self.preview.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.preview.setToolTip("The exact text the model receives: its chat template applied to the conversation")
@@ -50,7 +55,8 @@ class PromptsPanel(QWidget):
         layout.addWidget(QLabel("System prompt"))
         layout.addWidget(self.system)
         layout.addLayout(row)
-        layout.addWidget(QLabel("Prompt preview (the model's chat template applied)"))
+        layout.addLayout(manage)
+        layout.addWidget(QLabel("Prompt preview (the model's chat template applied)", wordWrap=True))
         layout.addWidget(self.preview, 1)
         layout.addWidget(self.token_count)
         self._fill()
@@ -58,15 +64,18 @@ class PromptsPanel(QWidget):
         use.clicked.connect(self._on_use)
         save.clicked.connect(self._on_save)
         self.delete_button.clicked.connect(self._on_delete)
-        self.preset_box.currentTextChanged.connect(
-            lambda name: self.delete_button.setEnabled(bool(name) and not self.presets.is_builtin(name))
-        )
+        self.preset_box.currentTextChanged.connect(self._on_preset)
 
     def _fill(self, select: str | None = None) -> None:
         self.preset_box.clear()
         self.preset_box.addItems(self.presets.names())
         if select:
             self.preset_box.setCurrentText(select)
+        self._on_preset(self.preset_box.currentText())
+
+    @Slot(str)
+    def _on_preset(self, name: str) -> None:
+        self.delete_button.setEnabled(bool(name) and not self.presets.is_builtin(name))
 
     def system_prompt(self) -> str:
         return self.system.toPlainText()

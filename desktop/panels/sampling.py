@@ -153,6 +153,7 @@ class SamplingPanel(QWidget):
         self.preset_box.addItems(self.presets.names())
         if select:
             self.preset_box.setCurrentText(select)
+        self.delete_button.setEnabled(not self.presets.is_builtin(self.preset_box.currentText()))
         self._updating = False
 
     def settings(self) -> dict[str, Any]:
@@ -162,7 +163,8 @@ class SamplingPanel(QWidget):
         return values
 
     def set_settings(self, values: dict[str, Any]) -> None:
-        """Show ``values`` (missing fields keep the engine's defaults) without emitting per field."""
+        """Show ``values`` (missing fields take the engine's defaults). Emits nothing: showing a
+        conversation's settings is no edit."""
         merged = {**vars(SamplerSettings()), **{k: v for k, v in values.items() if k in vars(SamplerSettings())}}
         self._updating = True
         for name, box in self.inputs.items():
@@ -171,7 +173,6 @@ class SamplingPanel(QWidget):
         if merged["seed"] is not None:
             self.seed.setValue(merged["seed"])
         self._updating = False
-        self.changed.emit(self.settings())
 
     @Slot()
     def _on_edit(self, *_args) -> None:
@@ -185,6 +186,7 @@ class SamplingPanel(QWidget):
         self.delete_button.setEnabled(not self.presets.is_builtin(name))
         seed = None if self.random_seed.isChecked() else self.seed.value()
         self.set_settings({**self.presets.get(name), "seed": seed})
+        self.changed.emit(self.settings())
         self.presetChosen.emit(name)
 
     @Slot()

@@ -1,0 +1,95 @@
+"""Screenshots of the app, to look at: the main window in light and dark, each panel, and a conversation
+with a code block.
+
+    .venv/bin/python scripts/screenshots.py [--out out/screenshots]
+
+Runs offscreen (no display needed) in a temporary data directory with the default model, greedy, so the
+conversation is the same every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+QUESTIONS = ("What is the capital of France?", "Write a Python function that reverses a string.")
+SIZE = (1280, 820)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("out/screenshots"), help="folder for the PNG files")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.main_window import MainWindow
+    from desktop.paths import data_dirs
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+
+    def settle(until: Callable[[], bool] = lambda: True, timeout: float = 120.0) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            app.processEvents()
+            # Outside app.exec() nothing else deletes what deleteLater() was asked to.
+            QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+            if until():
+                break
+            if time.monotonic() > end:
+                raise TimeoutError("the app did not get there in time")
+            time.sleep(0.01)
+        for _ in range(5):  # let layouts and repaints catch up
+            app.processEvents()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    saved: list[Path] = []
+
+    def save(widget, name: str) -> None:
+        path = args.out / f"{name}.png"
+        if not widget.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        saved.append(path)
+
+    with tempfile.TemporaryDirectory(prefix="ember-screenshots-") as tmp:
+        window = MainWindow(data_dirs(tmp).create())
+        window.set_theme("light")
+        window.resize(*SIZE)
+        window.show()
+        settle(lambda: window.model_info is not None)
+        window.sampling.inputs["temperature"].setValue(0)
+        window.chat.max_tokens.setValue(160)
+        for question in QUESTIONS:
+            window.chat.input.setPlainText(question)
+            window.chat.send.click()
+            settle(lambda: window._stream is None)
+        window.chat.input.setPlainText("Thanks! Can you also")
+        settle(lambda: window.prompts.preview.toPlainText().rstrip().endswith("assistant"))
+
+        for theme in ("light", "dark"):
+            window.set_theme(theme)
+            settle()
+            save(window, f"main-{theme}")
+            save(window.chat, f"conversation-code-{theme}")
+            for key, dock in window.docks.items():
+                dock.show()
+                dock.raise_()
+                settle()
+                save(dock, f"panel-{key}-{theme}")
+            window.docks["prompts"].raise_()
+        window.close()
+    for path in saved:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The engine runs off the UI thread: the UI keeps processing events while a reply streams, the worker
+batches tokens, and closing the window mid-reply cancels, waits and saves the partial reply."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from PySide6.QtCore import QThread, QTimer
+
+from desktop import engine_worker
+from desktop.store import Store
+from tests.desktop.helpers import greedy, type_and_send, wait_idle
+
+pytestmark = pytest.mark.gui
+
+PROMPT = "Write a long story about a dragon who learns to bake bread."
+MAX_GAP_S = 0.25
+
+
+def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, monkeypatch):
+    greedy(window, 64)
+    ticks: list[float] = []
+    timer = QTimer(interval=20)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    batches: list[int] = []
+    on_tokens = window._on_tokens
+    monkeypatch.setattr(window, "_on_tokens", lambda batch: (batches.append(len(batch)), on_tokens(batch)))
+    threads: set[QThread] = set()
+    worker_generate = window.worker._on_generate
+
+    def generate(*args):
+        threads.add(QThread.currentThread())
+        worker_generate(*args)
+
+    monkeypatch.setattr(window.worker, "_on_generate", generate)
+
+    timer.start()
+    type_and_send(qtbot, window, PROMPT)
+    start = time.monotonic()
+    wait_idle(qtbot, window)
+    end = time.monotonic()
+    timer.stop()
+
+    reply = window.store.messages(window.cid)[-1]
+    assert reply.meta["generated_tokens"] >= 32, "too short a reply to measure anything"
+    assert threads == {window.thread} and window.thread is not QThread.currentThread()
+    during = [t for t in ticks if start <= t <= end]
+    gaps = [b - a for a, b in zip([start, *during], [*during, end], strict=True)]
+    assert len(during) >= (end - start) / 0.1, f"only {len(during)} ticks in {end - start:.2f} s"
+    assert max(gaps) < MAX_GAP_S, f"the UI thread stalled for {max(gaps) * 1000:.0f} ms"
+    # Tokens arrive batched (at most ~30 updates a second), and every token is in the reply.
+    assert sum(batches) == reply.meta["generated_tokens"]
+    assert len(batches) <= (end - start) * 30 + 2
+
+
+def test_closing_mid_reply_cancels_waits_and_saves_the_partial_reply(qtbot, window, dirs):
+    greedy(window, 400)
+    type_and_send(qtbot, window, PROMPT)
+    qtbot.waitUntil(lambda: len(window.chat.streaming.message.content) > 20, timeout=60_000)
+    shown = window.chat.streaming.message.content
+    cid = window.cid
+
+    window.close()
+
+    assert window.thread.isFinished()
+    assert window._stream is None
+    store = Store(dirs.database)
+    reply = store.messages(cid)[-1]
+    store.close()
+    assert reply.role == "assistant" and reply.status == "stopped"
+    assert reply.content.startswith(shown)  # everything the worker sent before it stopped
+    assert reply.meta["finish_reason"] == "cancelled" and reply.meta["generated_tokens"] < 400
+    qtbot.wait(50)  # nothing left queued for the closed window raises (pytest-qt fails the test if it does)
+
+
+def test_stop_before_the_worker_starts_still_counts(qtbot, window):
+    """Stop right after Enter: the cancel is not lost when the worker picks the request up."""
+    greedy(window, 400)
+    type_and_send(qtbot, window, PROMPT)
+    window.stop_generation()
+    wait_idle(qtbot, window)
+    reply = window.store.messages(window.cid)[-1]
+    assert reply.status == "stopped" and reply.meta["generated_tokens"] <= 2
+
+
+def test_a_failed_generation_warns_and_keeps_the_message(qtbot, window, dialogs, monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise ValueError("the prompt has 9000 tokens; the context holds 8192")
+
+    monkeypatch.setattr(engine_worker, "Generation", fail)
+    type_and_send(qtbot, window, "Hi")
+    qtbot.waitUntil(lambda: dialogs.titles("warning") == ["Generation failed"])
+    assert "the context holds 8192" in dialogs.texts("warning")[0]
+    assert window._stream is None and window.chat.send.isEnabled()
+    [user, reply] = window.store.messages(window.cid)
+    assert user.content == "Hi" and (reply.content, reply.status) == ("", "interrupted")
+    assert window.chat.widgets[-1].tag.text() == "<i>(interrupted)</i>"
+
+
+def test_closing_right_after_typing_is_clean(qtbot, window):
+    window.new_conversation()
+    qtbot.keyClicks(window.chat.input, "Half a thought")  # the preview refresh waits 250 ms for more typing
+    window.close()
+    qtbot.wait(400)  # the late refresh finds the store closed and does nothing (no exception)
