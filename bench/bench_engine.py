@@ -1,13 +1,15 @@
 """Ember's engine against `transformers` on the same GGUF, same prompt, same lengths, in one run.
 
-Each engine runs in its own subprocess (so peak RSS is its own); prints a table and the ratios.
-    python bench/bench_engine.py [--model PATH] [--prompt-tokens 500] [--gen-tokens 256] [--threads 2]
+Each engine runs in its own subprocess (so peak RSS is its own), interleaved over several rounds;
+prints the medians and the ratios.
+    python bench/bench_engine.py [--model PATH] [--prompt-tokens 500] [--gen-tokens 256] [--threads 2] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -101,6 +103,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=500)
     p.add_argument("--gen-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
@@ -113,27 +116,32 @@ def main() -> None:
     if args.engine:
         print(json.dumps(ENGINES[args.engine](args.model, args.prompt_tokens, args.gen_tokens)))
         return
-    results = {}
-    for engine in ENGINES:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--engine",
-            engine,
-            "--model",
-            args.model,
-            "--threads",
-            str(args.threads),
-            "--prompt-tokens",
-            str(args.prompt_tokens),
-            "--gen-tokens",
-            str(args.gen_tokens),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[engine] = json.loads(out.strip().splitlines()[-1])
+    runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
+    for _ in range(args.rounds):
+        for engine in ENGINES:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--engine",
+                engine,
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+                "--prompt-tokens",
+                str(args.prompt_tokens),
+                "--gen-tokens",
+                str(args.gen_tokens),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[engine].append(json.loads(out.strip().splitlines()[-1]))
+    results = {
+        engine: {key: rs[0][key] if key == "text" else statistics.median(r[key] for r in rs) for key in rs[0]}
+        for engine, rs in runs.items()
+    }
     print(
         f"model {args.model}\nprompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, greedy, "
-        f"{args.threads} threads, CPU, fp32\n"
+        f"{args.threads} threads, CPU, fp32, medians of {args.rounds} interleaved rounds\n"
     )
     print(f"{'engine':<14}{'load s':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}")
     for name, r in results.items():
