@@ -9,6 +9,7 @@ Signals (ChatView):
     deleteRequested(int turn)
     variantRequested(int turn, int variant)
     inputChanged(str)
+    inspectRequested(int turn)     -- open the inspector on the conversation up to `turn`
 """
 
 from __future__ import annotations
@@ -65,23 +66,35 @@ class MessageWidget(QFrame):
             self.variant_label = QLabel(f"{message.variant + 1}/{message.variants}", accessibleName="Version")
             for w in (prev, self.variant_label, nxt):
                 header.addWidget(w)
-        header.addWidget(
+        # Actions sit under the message, so a narrow chat (the inspector open beside it) never clips them.
+        actions = QHBoxLayout()
+        actions.addWidget(
             self._button("Copy", "Copy this message", lambda: QGuiApplication.clipboard().setText(self.message.content))
         )
         if message.role == "user":
-            header.addWidget(self._button("Edit", "Edit and resend from here", self._edit))
+            actions.addWidget(self._button("Edit", "Edit and resend from here", self._edit))
         else:
-            header.addWidget(
+            actions.addWidget(
                 self._button(
                     "Regenerate",
                     "Write another version of this reply",
                     lambda: view.regenerateRequested.emit(message.turn),
                 )
             )
-            header.addWidget(
+            actions.addWidget(
                 self._button("Continue", "Continue this reply", lambda: view.continueRequested.emit(message.turn))
             )
-        header.addWidget(self._button("Delete", "Delete this message", lambda: view.deleteRequested.emit(message.turn)))
+        actions.addWidget(
+            self._button(
+                "Inspect",
+                "See the tokens, probabilities and attention up to this message",
+                lambda: view.inspectRequested.emit(message.turn),
+            )
+        )
+        actions.addWidget(
+            self._button("Delete", "Delete this message", lambda: view.deleteRequested.emit(message.turn))
+        )
+        actions.addStretch(1)
         self.body = QLabel(accessibleName=f"{message.role} message")
         self.body.setWordWrap(True)
         self.body.setTextFormat(Qt.TextFormat.RichText)
@@ -91,6 +104,7 @@ class MessageWidget(QFrame):
         layout = QVBoxLayout(self)
         layout.addLayout(header)
         layout.addWidget(self.body)
+        layout.addLayout(actions)
         self.set_content(message.content, message.status)
 
     def _button(self, text: str, tip: str, slot) -> QToolButton:
@@ -146,6 +160,7 @@ class ChatView(QWidget):
     deleteRequested = Signal(int)
     variantRequested = Signal(int, int)
     inputChanged = Signal(str)
+    inspectRequested = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -156,6 +171,7 @@ class ChatView(QWidget):
         self.list_layout = QVBoxLayout(self.list_host)
         self.list_layout.addStretch(1)
         self.scroll = QScrollArea(widgetResizable=True, accessibleName="Conversation")
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(self.list_host)
         self.scroll.verticalScrollBar().rangeChanged.connect(self._on_range)
         self.empty = QLabel(

@@ -1,7 +1,8 @@
-"""The engine on a worker thread: loading and generation never run on the UI thread.
+"""The engine on a worker thread: loading, generation and inspection never run on the UI thread.
 
 `EngineWorker` is a QObject moved to its own QThread. The UI asks for work through queued signals
-(`requestLoad`, and `requestGenerate` through `generate()`) and cancels through a `threading.Event` it
+(`requestLoad`, `requestLens`, and `requestGenerate` / `requestInspect` through `generate()` /
+`inspect()`) and cancels through a `threading.Event` it
 sets directly; the worker answers with plain-data signals. Tokens are batched: at most one `tokens`
 signal per ~33 ms.
 
@@ -14,6 +15,10 @@ Signals:
     tokens(list batch)           -- [{"id", "text", "logprob"}], in order
     generationFinished(dict)     -- text, finish_reason, stats
     generationFailed(str message)
+    inspectionProgress(int percent)
+    inspected(Inspection)        -- tokens, log-probs, candidates, attention (CPU tensors)
+    inspectionFailed(str message)
+    lens(int position, list)     -- the logit lens at a position of the last inspection
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import EmberError
 from engine.generate import Generation
+from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplerSettings
 
@@ -81,6 +87,12 @@ class EngineWorker(QObject):
     tokens = Signal(list)
     generationFinished = Signal(dict)
     generationFailed = Signal(str)
+    requestInspect = Signal(list, dict)  # token ids, sampler settings
+    requestLens = Signal(int)  # position in the last inspection
+    inspectionProgress = Signal(int)
+    inspected = Signal(object)  # engine.inspect.Inspection (lists and CPU tensors, no model reference)
+    inspectionFailed = Signal(str)
+    lens = Signal(int, list)  # position, per layer [Candidate]
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,6 +101,9 @@ class EngineWorker(QObject):
         self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
         self.requestLoad.connect(self._on_load)
         self.requestGenerate.connect(self._on_generate)
+        self.requestInspect.connect(self._on_inspect)
+        self.requestLens.connect(self._on_lens)
+        self._inspection: Inspection | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -101,6 +116,11 @@ class EngineWorker(QObject):
         worker starts, so a Stop pressed before the worker picks the request up still counts."""
         self.cancel_flag.clear()
         self.requestGenerate.emit(prompt_ids, settings, options)
+
+    def inspect(self, ids: list, settings: dict) -> None:
+        """Called on the UI thread: queue an inspection pass (cancelled by `cancel`)."""
+        self.cancel_flag.clear()
+        self.requestInspect.emit(ids, settings)
 
     def cancel(self) -> None:
         """Thread-safe: the running generation stops after the current token."""
@@ -125,6 +145,36 @@ class EngineWorker(QObject):
         with self._lock:
             self._model = lm
         self.loaded.emit(model_info(lm))
+
+    @Slot(list, dict)
+    def _on_inspect(self, ids: list, settings: dict) -> None:
+        lm = self.model
+        if lm is None:
+            self.inspectionFailed.emit("No model is loaded.")
+            return
+        try:
+            result = inspect(
+                lm.model,
+                lm.tokenizer,
+                ids,
+                settings=SamplerSettings(**settings),
+                should_stop=self.cancel_flag,
+                progress=lambda f: self.inspectionProgress.emit(int(f * 100)),
+            )
+        except InspectionCancelled:
+            self.inspectionFailed.emit("Inspection cancelled.")
+            return
+        except (EmberError, ValueError, RuntimeError) as e:
+            self.inspectionFailed.emit(str(e))
+            return
+        self._inspection = result
+        self.inspected.emit(result)
+
+    @Slot(int)
+    def _on_lens(self, position: int) -> None:
+        lm, result = self.model, self._inspection
+        if lm is not None and result is not None and 0 <= position < len(result.ids):
+            self.lens.emit(position, logit_lens(lm.model, lm.tokenizer, result, position))
 
     @Slot(list, dict, dict)
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:

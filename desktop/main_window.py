@@ -32,6 +32,8 @@ from PySide6.QtWidgets import (
 
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
+from desktop.inspector_controller import InspectorController
+from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
@@ -87,14 +89,17 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.new_chat)
         side_layout.addWidget(self.search)
         side_layout.addWidget(self.conversation_list)
+        self.inspector_panel = InspectorPanel()
         self.docks = {
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
             "model": self._dock("Model", self.model_panel),
+            "inspector": self._dock("Inspector", self.inspector_panel),
         }
         self.tabifyDockWidget(self.docks["prompts"], self.docks["sampling"])
         self.tabifyDockWidget(self.docks["sampling"], self.docks["model"])
+        self.tabifyDockWidget(self.docks["model"], self.docks["inspector"])
         self.docks["prompts"].raise_()
         self._build_menus()
 
@@ -104,6 +109,7 @@ class MainWindow(QMainWindow):
         self.worker.moveToThread(self.thread)
         self.thread.start()
         self._connect()
+        self.inspector = InspectorController(self, self.inspector_panel)
 
         self.chat.set_policy(self.settings.get("chat/context_policy"))
         self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
@@ -156,6 +162,7 @@ class MainWindow(QMainWindow):
         self._action(chat, "&Regenerate last reply", self.regenerate_last, "Ctrl+R")
         self._action(chat, "&Search conversations", self._focus_search, QKeySequence.StandardKey.Find)
         self._action(chat, "Focus &input", self.chat.input.setFocus, "Ctrl+L")
+        self._action(chat, "&Inspect conversation", lambda: self.inspector.inspect_last(), "Ctrl+I")
         view = bar.addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
@@ -423,18 +430,29 @@ class MainWindow(QMainWindow):
             return None
         return fit
 
-    def _start(self, fit: Fit, turn: int | None, prefix: str = "") -> None:
-        """Generate a reply to the fitted prompt: a new turn, a new variant of ``turn``, or (with ``prefix``)
-        a continuation of the reply at ``turn``."""
+    @property
+    def generating(self) -> bool:
+        return self._stream is not None
+
+    def _start(
+        self, fit: Fit, turn: int | None, prefix_ids: list[int] | None = None, extend_last: bool = False
+    ) -> None:
+        """Generate a reply to the fitted prompt: a new turn, or a new variant of ``turn``. With ``prefix_ids``
+        the reply starts with those tokens (a fork from the inspector); with ``extend_last`` it continues the
+        last reply, whose text they are."""
         max_tokens = self.chat.max_tokens.value()
-        ids = fit.ids + (self.worker.model.tokenizer.encode(prefix, add_bos=False) if prefix else [])
+        prefix_ids = prefix_ids or []
+        prefix = self.worker.model.tokenizer.decode(prefix_ids, skip_special=True)
+        ids = fit.ids + prefix_ids
         settings = self.sampling.settings()
         meta = self._provenance(settings)
-        if prefix:
+        if extend_last:
             message_id = self.store.messages(self.cid)[-1].id
             self.store.update_message(message_id, status="interrupted")  # until it is complete again
         else:
-            message_id = self.store.add_message(self.cid, "assistant", "", status="interrupted", meta=meta, turn=turn)
+            message_id = self.store.add_message(
+                self.cid, "assistant", prefix, status="interrupted", meta=meta, turn=turn
+            )
         self._stream = {
             "id": message_id,
             "prefix": prefix,
@@ -446,7 +464,7 @@ class MainWindow(QMainWindow):
             "prompt_tokens": len(ids),
             "dropped": fit.note,
         }
-        if prefix:
+        if extend_last or turn is not None:
             self._reload_messages()
             self.chat.drop_last()
         message = self.store.messages(self.cid)[-1]
@@ -498,9 +516,28 @@ class MainWindow(QMainWindow):
         if fit is None:
             return
         self.store.truncate(self.cid, turn + 1)
-        self._reload_messages()
-        self.chat.drop_last()
         self._start(fit, turn)
+
+    def fork(self, turn: int, prefix_ids: list[int]) -> None:
+        """A new version of the reply at ``turn`` that starts with ``prefix_ids`` (the reply's tokens up to
+        a point, then the one the user picked in the inspector) and continues from there."""
+        if self._stream:
+            return
+        later = sum(m.turn > turn for m in self.store.messages(self.cid))
+        if later and (
+            QMessageBox.question(
+                self,
+                "Fork reply",
+                f"Forking this reply deletes the {later} message{'s' if later != 1 else ''} after it. Go on?",
+            )
+            != QMessageBox.StandardButton.Yes
+        ):
+            return
+        fit = self._ready(self._history(upto_turn=turn))
+        if fit is None:
+            return
+        self.store.truncate(self.cid, turn + 1)
+        self._start(fit, turn, prefix_ids=prefix_ids)
 
     def regenerate_last(self) -> None:
         messages = self.store.messages(self.cid) if self.cid is not None else []
@@ -516,7 +553,8 @@ class MainWindow(QMainWindow):
             return
         fit = self._ready(self._history(upto_turn=turn))
         if fit is not None:
-            self._start(fit, turn, prefix=messages[-1].content)
+            content = self.worker.model.tokenizer.encode(messages[-1].content, add_bos=False)
+            self._start(fit, turn, prefix_ids=content, extend_last=True)
 
     def edit_and_resend(self, turn: int, text: str) -> None:
         if self._stream:

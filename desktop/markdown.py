@@ -10,11 +10,12 @@ COPY_SCHEME = "copy"
 
 
 def render(text: str, code_background: str = "#efeee9") -> tuple[str, list[str]]:
-    """Returns the HTML and the code blocks; the link ``copy:N`` stands for block N.
+    """Returns the HTML and the code blocks; the link ``copy:N`` stands for block N. Single newlines
+    are kept as line breaks, as chat users expect (a poem, a list without blank lines).
 
     Raw HTML in the text is escaped, never interpreted (model output is untrusted).
     """
-    md = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough")
+    md = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table").enable("strikethrough")
     blocks: list[str] = []
 
     def fence(renderer, tokens, idx, options, env):

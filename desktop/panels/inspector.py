@@ -7,6 +7,7 @@ Signals:
     forkRequested(int position, int token_id)  -- replace the token at `position` of the inspected
                                           sequence with `token_id` and continue from there
     lensRequested(int position)        -- the worker answers with `show_lens`
+    inputTokensRequested()             -- show the tokens of the message being typed
 """
 
 from __future__ import annotations
@@ -71,11 +72,23 @@ def alternatives_html(raw: list[Candidate], sampled: list[Candidate]) -> str:
     return f"<b>The model's top choices here</b><table>{rows}</table><br><b>After sampling settings:</b> {after}"
 
 
+def attention_shades(row: torch.Tensor, position: int) -> list[float]:
+    """Opacity in [0, 1] for each token, from the attention ``row`` of the token at ``position``.
+
+    Scaled to the strongest target other than the first token, which most heads use as a resting place
+    ("attention sink") and would otherwise wash everything else out; tokens after ``position`` get 0.
+    """
+    row = row.float()
+    peak = float(row[1 : position + 1].max()) if position > 0 else float(row[0])
+    return [min(1.0, float(row[p]) / max(peak, 1e-6)) if p <= position else 0.0 for p in range(row.shape[0])]
+
+
 class InspectorPanel(QWidget):
     inspectRequested = Signal()
     cancelRequested = Signal()
     forkRequested = Signal(int, int)
     lensRequested = Signal(int)
+    inputTokensRequested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -88,6 +101,13 @@ class InspectorPanel(QWidget):
         self.cancel_button = QPushButton("Cancel", accessibleName="Cancel inspection", enabled=False)
         self.progress = QProgressBar(accessibleName="Inspection progress", visible=False)
         self.summary = QLabel(wordWrap=True, accessibleName="Inspection summary")
+        self.input_count = QLabel("Your message: 0 tokens", accessibleName="Token count of the message being typed")
+        show_input = QPushButton("Show its tokens", accessibleName="Show the tokens of the message being typed")
+        show_input.clicked.connect(self.inputTokensRequested)
+        input_row = QHBoxLayout()
+        input_row.addWidget(self.input_count)
+        input_row.addWidget(show_input)
+        input_row.addStretch(1)
         top = QHBoxLayout()
         top.addWidget(self.inspect_button)
         top.addWidget(self.cancel_button)
@@ -170,6 +190,7 @@ class InspectorPanel(QWidget):
         self.tabs.addTab(lens_tab, "Logit lens")
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addLayout(input_row)
         layout.addWidget(self.summary)
         layout.addWidget(self.tabs, 1)
 
@@ -198,6 +219,19 @@ class InspectorPanel(QWidget):
     @Slot(int)
     def set_progress(self, percent_done: int) -> None:
         self.progress.setValue(percent_done)
+
+    def mark_stale(self) -> None:
+        """The conversation changed: keep showing the old pass, but no forking from it."""
+        if self.result is not None:
+            self.reply_start = len(self.result.ids)
+            self._update_fork_button(self.alternatives.currentItem())
+            self.summary.setText(
+                "<b>Out of date:</b> the conversation changed since this inspection. "
+                "Press “Inspect conversation” to look again."
+            )
+
+    def set_input_count(self, n: int) -> None:
+        self.input_count.setText(f"Your message: {n:,} token{'s' if n != 1 else ''}")
 
     def show_input_tokens(self, pieces: list[str], ids: list[int]) -> None:
         """The text being typed, tokenized (no model pass): chips without probabilities."""
@@ -377,14 +411,11 @@ class InspectorPanel(QWidget):
         if w is None or self.position is None:
             self.attention_text.clear()
             return
-        row = w[self.position].float()
-        # Scaled to the strongest target other than the first token, which most heads use as a resting
-        # place ("attention sink") and would otherwise wash everything else out.
-        peak = float(row[1 : self.position + 1].max()) if self.position > 0 else float(row[0])
         r = self.result
         parts = []
-        for pos, piece in enumerate(r.pieces):
-            alpha = min(1.0, float(row[pos]) / max(peak, 1e-6)) if pos <= self.position else 0.0
+        for pos, (piece, alpha) in enumerate(
+            zip(r.pieces, attention_shades(w[self.position], self.position), strict=True)
+        ):
             label = html.escape(visible(piece))
             if pos == self.position:
                 label = f"<b><u>{label}</u></b>"

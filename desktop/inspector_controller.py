@@ -1,0 +1,113 @@
+"""Ties the inspector panel to the live chat: which tokens to inspect, the worker that inspects them,
+and forking a reply at a token the user picked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, Slot
+
+from desktop.panels.inspector import InspectorPanel
+from engine.inspect import Inspection
+
+if TYPE_CHECKING:
+    from desktop.main_window import MainWindow
+
+
+class InspectorController(QObject):
+    def __init__(self, window: MainWindow, panel: InspectorPanel) -> None:
+        super().__init__(window)
+        self.window = window
+        self.panel = panel
+        self.cid: int | None = None  # the conversation inspected, and the turn it was inspected up to
+        self.turn: int | None = None
+        self.ids: list[int] = []
+        self.reply_start = 0
+        self.busy = False
+        worker = window.worker
+        panel.inspectRequested.connect(self.inspect_last)
+        panel.cancelRequested.connect(worker.cancel)
+        panel.lensRequested.connect(worker.requestLens)
+        panel.forkRequested.connect(self._on_fork)
+        panel.inputTokensRequested.connect(self._on_input_tokens)
+        window.chat.inspectRequested.connect(self.inspect_turn)
+        window.chat.inputChanged.connect(self._on_input_changed)
+        worker.inspectionProgress.connect(panel.set_progress)
+        worker.inspected.connect(self._on_inspected)
+        worker.inspectionFailed.connect(self._on_failed)
+        worker.lens.connect(panel.show_lens)
+        # A bound slot of this UI-thread object, not a lambda: a lambda would run on the worker's thread.
+        worker.generationFinished.connect(self._on_generation_finished)
+
+    def inspect_last(self) -> None:
+        messages = self.window.store.messages(self.window.cid) if self.window.cid is not None else []
+        if messages:
+            self.inspect_turn(messages[-1].turn)
+        else:
+            self.panel.summary.setText("Nothing to inspect yet: send a message first.")
+
+    @Slot(int)
+    def inspect_turn(self, turn: int) -> None:
+        """Inspect the conversation up to and including ``turn``; forking is possible in its reply."""
+        w = self.window
+        lm = w.worker.model
+        if lm is None or w.generating or self.busy:
+            w.statusBar().showMessage("The inspector needs a loaded model and no reply being written.", 5000)
+            return
+        history = w._history(upto_turn=turn + 1)
+        full = lm.encode_prompt(lm.render_chat(history, add_generation_prompt=False))
+        self.reply_start = len(full)
+        if history and history[-1]["role"] == "assistant":
+            prompt = lm.encode_prompt(lm.render_chat(history[:-1], add_generation_prompt=True))
+            if full[: len(prompt)] == prompt:
+                self.reply_start = len(prompt)
+        if len(full) > lm.context_length:
+            w.statusBar().showMessage(f"{len(full)} tokens are more than the model's context holds.", 5000)
+            return
+        self.cid, self.turn, self.ids, self.busy = w.cid, turn, full, True
+        w.docks["inspector"].show()
+        w.docks["inspector"].raise_()
+        self.panel.set_busy(True)
+        self.panel.summary.setText(f"Inspecting {len(full)} tokens…")
+        w.worker.inspect(full, w.sampling.settings())
+
+    @Slot(object)
+    def _on_inspected(self, result: Inspection) -> None:
+        self.busy = False
+        self.panel.set_busy(False)
+        self.panel.show_inspection(result, self.reply_start)
+        if self.reply_start < len(result.ids):
+            self.panel.select(self.reply_start)
+
+    @Slot(dict)
+    def _on_generation_finished(self, _result: dict) -> None:
+        self.panel.mark_stale()
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self.busy = False
+        self.panel.set_busy(False)
+        self.panel.summary.setText(message)
+
+    @Slot(int, int)
+    def _on_fork(self, position: int, token_id: int) -> None:
+        if self.cid != self.window.cid:
+            self.panel.mark_stale()
+            return
+        if self.turn is None or not self.reply_start <= position < len(self.ids):
+            return
+        self.window.fork(self.turn, self.ids[self.reply_start : position] + [token_id])
+
+    @Slot(str)
+    def _on_input_changed(self, text: str) -> None:
+        lm = self.window.worker.model
+        if lm is not None:
+            self.panel.set_input_count(len(lm.tokenizer.encode(text, add_bos=False)) if text.strip() else 0)
+
+    @Slot()
+    def _on_input_tokens(self) -> None:
+        lm = self.window.worker.model
+        if lm is not None:
+            ids = lm.tokenizer.encode(self.window.chat.input.toPlainText(), add_bos=False)
+            self.panel.show_input_tokens([lm.tokenizer.piece(i) for i in ids], ids)

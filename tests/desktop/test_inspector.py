@@ -1,0 +1,131 @@
+"""The inspector on the live chat with the real default model: inspect a reply, hover and fork from an
+alternative, open a layer/head map, select a token and see where it attends, read the logit lens."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from PySide6.QtCore import QUrl
+
+from desktop.panels.inspector import attention_shades
+from tests.desktop.helpers import button, click, greedy, send_and_wait, wait_idle
+
+pytestmark = pytest.mark.gui
+INSPECT_TIMEOUT_MS = 60_000
+
+
+def chip_positions(html: str) -> set[int]:
+    """The token positions that have a chip (a link) in the tokens view."""
+    return {int(p) for p in re.findall(r"tok:(\d+)", html)}
+
+
+@pytest.fixture
+def inspected(qtbot, window):
+    greedy(window, max_tokens=12)
+    send_and_wait(qtbot, window, "What is the capital of France?")
+    click(qtbot, button(window.chat.widgets[-1], "See the tokens, probabilities and attention up to this message"))
+    qtbot.waitUntil(lambda: window.inspector_panel.result is not None, timeout=INSPECT_TIMEOUT_MS)
+    return window
+
+
+def test_inspecting_a_reply_shows_its_tokens_with_probabilities(inspected):
+    panel, ctl = inspected.inspector_panel, inspected.inspector
+    lm = inspected.worker.model
+    result = panel.result
+    assert result.ids == ctl.ids
+    reply = lm.tokenizer.decode(result.ids[ctl.reply_start :], skip_special=True)
+    assert reply.strip().startswith(inspected.store.messages(inspected.cid)[-1].content.strip()[:20])
+    html = panel.tokens.toHtml()
+    assert chip_positions(html) == set(range(len(result.ids)))
+    assert "Paris" in html
+    assert panel.position == ctl.reply_start  # the first token of the reply is selected
+    # Under greedy decoding every reply token is the model's first choice.
+    for p in range(ctl.reply_start, len(result.ids) - 2):
+        assert result.top_raw[p - 1][0].id == result.ids[p]
+
+
+def test_hover_shows_alternatives(qtbot, inspected, monkeypatch):
+    panel = inspected.inspector_panel
+    shown = []
+    monkeypatch.setattr("desktop.panels.inspector.QToolTip.showText", lambda _pos, text, *_a: shown.append(text))
+    position = inspected.inspector.reply_start + 2
+    panel.tokens.highlighted.emit(QUrl(f"tok:{position}"))
+    assert shown and "top choices" in shown[0]
+    best = panel.result.top_raw[position - 1][0]
+    assert f"{math.exp(best.logprob) * 100:.1f}%" in shown[0]
+
+
+def test_clicking_an_alternative_forks_the_reply(qtbot, inspected):
+    panel, ctl = inspected.inspector_panel, inspected.inspector
+    position = ctl.reply_start + 1
+    panel.tokens.anchorClicked.emit(QUrl(f"tok:{position}"))
+    assert panel.position == position and panel.alternatives.count() >= 2
+    panel.alternatives.setCurrentRow(1)
+    chosen = panel.alternatives.currentItem().data(0x0100)
+    assert chosen != panel.result.ids[position]
+    kept = panel.result.ids[ctl.reply_start : position]
+    click(qtbot, panel.fork_button)
+    wait_idle(qtbot, inspected)
+    messages = inspected.store.messages(inspected.cid)
+    reply = messages[-1]
+    assert (reply.variant, reply.variants) == (1, 2)  # the fork is a new version; the old one stays
+    lm = inspected.worker.model
+    assert reply.content.startswith(lm.tokenizer.decode(kept + [chosen], skip_special=True))
+    assert "Out of date" in panel.summary.text() and not panel.fork_button.isEnabled()
+
+
+def test_fork_is_refused_on_the_prompt(inspected):
+    panel = inspected.inspector_panel
+    panel.select(3)  # a token of the system prompt, not the reply
+    panel.alternatives.setCurrentRow(1)
+    assert not panel.fork_button.isEnabled()
+
+
+def test_attention_map_grid_and_row(qtbot, inspected):
+    panel = inspected.inspector_panel
+    result = panel.result
+    n_layer, n_head = len(result.attention), result.attention[0].shape[0]
+    assert panel.grid.pixmap().height() >= n_layer * 40 and panel.grid.pixmap().width() >= n_head * 40
+    panel.grid.picked.emit(5, 2)  # as a click on the map of layer 5, head 2
+    assert panel.layer.value() == 5 and panel.head.currentData() == 2
+    shown = panel.heatmap.image.image
+    expected = result.attention[5][2].float().sqrt().numpy()
+    assert shown.shape == expected.shape and abs(shown - expected).max() < 1e-6
+    position = inspected.inspector.reply_start + 3
+    panel.heatmap.rowPicked.emit(position)
+    assert panel.position == position
+    shades = attention_shades(result.attention[5][2][position], position)
+    assert max(shades[1:]) == 1.0 and all(a == 0.0 for a in shades[position + 1 :])
+    assert "rgba(255,110,30," in panel.attention_text.toHtml()
+
+
+def test_logit_lens_for_the_selected_token(qtbot, inspected):
+    panel = inspected.inspector_panel
+    position = inspected.inspector.reply_start + 2
+    panel.select(position)
+    qtbot.waitUntil(lambda: panel.lens.rowCount() == inspected.worker.model.config.n_layer, timeout=10_000)
+    last = panel.lens.item(panel.lens.rowCount() - 1, 0).text()
+    best = panel.result.top_raw[position][0]  # the lens's last layer is the model's own prediction
+    assert last.startswith(best.text.replace(" ", "·"))
+
+
+def test_input_token_count_updates_while_typing(qtbot, window):
+    panel = window.inspector_panel
+    qtbot.keyClicks(window.chat.input, "Hello there, world")
+    n = len(window.worker.model.tokenizer.encode("Hello there, world", add_bos=False))
+    qtbot.waitUntil(lambda: panel.input_count.text() == f"Your message: {n} tokens", timeout=5_000)
+    panel.inputTokensRequested.emit()
+    assert chip_positions(panel.tokens.toHtml()) == set(range(n))
+
+
+def test_cancel_inspection(qtbot, window):
+    greedy(window, max_tokens=8)
+    send_and_wait(qtbot, window, "Hi")
+    window.inspector.inspect_last()
+    window.inspector_panel.cancelRequested.emit()
+    qtbot.waitUntil(lambda: not window.inspector.busy, timeout=INSPECT_TIMEOUT_MS)
+    # Either it finished before the cancel arrived or it says it was cancelled; the window works on.
+    assert window.inspector_panel.result is not None or "cancelled" in window.inspector_panel.summary.text()
+    assert window.inspector_panel.inspect_button.isEnabled()
