@@ -99,10 +99,10 @@ class AttentionHeatmap(pg.PlotWidget):
         data = weights.float().sqrt().numpy()
         self.image.setImage(data, levels=(0.0, max(float(data.max()), 1e-6)))
         self.getAxis("bottom").setTicks(
-            [[(i + 0.5, labels[i][:6]) for i in range(0, len(labels), max(1, len(labels) // 10))]]
+            [[(i + 0.5, labels[i][:6]) for i in range(0, len(labels), max(1, len(labels) // 6))]]
         )
         self.getAxis("left").setTicks(
-            [[(i + 0.5, labels[i][:10]) for i in range(0, len(labels), max(1, len(labels) // 30))]]
+            [[(i + 0.5, labels[i][:10]) for i in range(0, len(labels), max(1, len(labels) // 16))]]
         )
 
     def mark_row(self, row: int | None) -> None:

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
     from PySide6.QtCore import QCoreApplication, QEvent
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QTabWidget
 
     from desktop.main_window import MainWindow
     from desktop.paths import data_dirs
@@ -73,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             settle(lambda: window._stream is None)
         window.chat.input.setPlainText("Thanks! Can you also")
         settle(lambda: window.prompts.preview.toPlainText().rstrip().endswith("assistant"))
+        # The inspector on the first reply ("...Paris."), a token of the reply selected, a mid-depth layer.
+        window.inspector.inspect_turn(1)
+        settle(lambda: not window.inspector.busy and window.inspector_panel.result is not None)
+        panel = window.inspector_panel
+        panel.select(window.inspector.reply_start + 5)
+        panel.layer.setValue(window.worker.model.config.n_layer // 2)
+        settle(lambda: panel.lens.rowCount() > 0)
 
         for theme in ("light", "dark"):
             window.set_theme(theme)
@@ -84,6 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dock.raise_()
                 settle()
                 save(dock, f"panel-{key}-{theme}")
+            window.docks["inspector"].raise_()
+            for index, view in enumerate(("tokens", "attention", "lens")):
+                panel.tabs.setCurrentIndex(index)
+                settle()
+                save(window.docks["inspector"], f"inspector-{view}-{theme}")
+            panel.tabs.setCurrentIndex(1)
+            panel.tabs.currentWidget().findChild(QTabWidget).setCurrentIndex(1)  # all layers x heads
+            settle()
+            save(window.docks["inspector"], f"inspector-grid-{theme}")
+            panel.tabs.currentWidget().findChild(QTabWidget).setCurrentIndex(0)
+            panel.tabs.setCurrentIndex(0)
             window.docks["prompts"].raise_()
         window.close()
     for path in saved:

@@ -119,9 +119,9 @@ class InspectorPanel(QWidget):
         self.tokens.setMouseTracking(True)
         self.legend = QLabel(
             "Colour: how likely the model found each token given the ones before it — "
-            "<span style='background:#7be07b'>&nbsp;likely&nbsp;</span> "
-            "<span style='background:#ebe27b'>&nbsp;unsure&nbsp;</span> "
-            "<span style='background:#eb7b7b'>&nbsp;surprising&nbsp;</span>. "
+            "<span style='background:#7be07b;color:#111111'>&nbsp;likely&nbsp;</span> "
+            "<span style='background:#ebe27b;color:#111111'>&nbsp;unsure&nbsp;</span> "
+            "<span style='background:#eb7b7b;color:#111111'>&nbsp;surprising&nbsp;</span>. "
             "Hover a token for the alternatives; click it to select.",
             wordWrap=True,
         )
@@ -162,7 +162,14 @@ class InspectorPanel(QWidget):
         controls.addStretch(1)
         attention_tabs = QTabWidget()
         attention_tabs.addTab(self.heatmap, "Heatmap")
-        attention_tabs.addTab(grid_scroll, "All layers × heads")
+        grid_page = QWidget()
+        gl = QVBoxLayout(grid_page)
+        gl.setContentsMargins(0, 0, 0, 0)
+        gl.addWidget(
+            QLabel("Rows are layers (first at the top), columns are heads. Click a map to open it.", wordWrap=True)
+        )
+        gl.addWidget(grid_scroll, 1)
+        attention_tabs.addTab(grid_page, "All layers × heads")
         attention_tab = QWidget()
         al = QVBoxLayout(attention_tab)
         al.addLayout(controls)
