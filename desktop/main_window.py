@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
+from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel
 from desktop.panels.prompts import PromptsPanel
@@ -90,16 +91,19 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.search)
         side_layout.addWidget(self.conversation_list)
         self.inspector_panel = InspectorPanel()
+        self.how_panel = HowItWorksPanel()
         self.docks = {
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
             "model": self._dock("Model", self.model_panel),
             "inspector": self._dock("Inspector", self.inspector_panel),
+            "how_it_works": self._dock("How it works", self.how_panel),
         }
         self.tabifyDockWidget(self.docks["prompts"], self.docks["sampling"])
         self.tabifyDockWidget(self.docks["sampling"], self.docks["model"])
         self.tabifyDockWidget(self.docks["model"], self.docks["inspector"])
+        self.tabifyDockWidget(self.docks["inspector"], self.docks["how_it_works"])
         self.docks["prompts"].raise_()
         self._build_menus()
 
@@ -110,6 +114,7 @@ class MainWindow(QMainWindow):
         self.thread.start()
         self._connect()
         self.inspector = InspectorController(self, self.inspector_panel)
+        self.how_it_works = HowItWorksController(self, self.how_panel)
 
         self.chat.set_policy(self.settings.get("chat/context_policy"))
         self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
@@ -163,6 +168,7 @@ class MainWindow(QMainWindow):
         self._action(chat, "&Search conversations", self._focus_search, QKeySequence.StandardKey.Find)
         self._action(chat, "Focus &input", self.chat.input.setFocus, "Ctrl+L")
         self._action(chat, "&Inspect conversation", lambda: self.inspector.inspect_last(), "Ctrl+I")
+        self._action(chat, "How it &works: walk through the model's steps", lambda: self.how_it_works.open_from_chat())
         view = bar.addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
@@ -499,36 +505,21 @@ class MainWindow(QMainWindow):
         self._start(fit, None)
 
     def regenerate(self, turn: int) -> None:
-        if self._stream:
-            return
-        later = sum(m.turn > turn for m in self.store.messages(self.cid))
-        if later and (
-            QMessageBox.question(
-                self,
-                "Regenerate reply",
-                f"Writing another version of this reply deletes the {later} message{'s' if later != 1 else ''} "
-                "after it. Go on?",
-            )
-            != QMessageBox.StandardButton.Yes
-        ):
-            return
-        fit = self._ready(self._history(upto_turn=turn))
-        if fit is None:
-            return
-        self.store.truncate(self.cid, turn + 1)
-        self._start(fit, turn)
+        self._new_version(turn, "Regenerate reply", "Writing another version of this reply")
 
     def fork(self, turn: int, prefix_ids: list[int]) -> None:
         """A new version of the reply at ``turn`` that starts with ``prefix_ids`` (the reply's tokens up to
         a point, then the one the user picked in the inspector) and continues from there."""
+        self._new_version(turn, "Fork reply", "Forking this reply", prefix_ids)
+
+    def _new_version(self, turn: int, title: str, doing: str, prefix_ids: list[int] | None = None) -> None:
+        """Write a new version of the reply at ``turn``, after asking before deleting the messages after it."""
         if self._stream:
             return
         later = sum(m.turn > turn for m in self.store.messages(self.cid))
         if later and (
             QMessageBox.question(
-                self,
-                "Fork reply",
-                f"Forking this reply deletes the {later} message{'s' if later != 1 else ''} after it. Go on?",
+                self, title, f"{doing} deletes the {later} message{'s' if later != 1 else ''} after it. Go on?"
             )
             != QMessageBox.StandardButton.Yes
         ):

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="one JSON object per generated token")
     gen.add_argument("--stats", action="store_true", help="print timings and memory to stderr at the end")
     sub.add_parser("chat", parents=[_model_options(), _generation_options()], help="interactive chat")
+    serve = sub.add_parser("serve", parents=[_model_options()], help="serve the model over an OpenAI-compatible API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    serve.add_argument("--api-key", help="require this bearer key (default: $EMBER_API_KEY; needed off loopback)")
+    serve.add_argument("--model-name", help="the model id clients use (default: the file name)")
+    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default: 16)")
     return parser
 
 
@@ -119,22 +125,10 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{key.replace('_', ' '):<{width}}  {value}")
 
 
-def _messages(system: str | None, user: str) -> list[dict[str, str]]:
-    head = [{"role": "system", "content": system}] if system else []
-    return [*head, {"role": "user", "content": user}]
-
-
-def cmd_generate(args: argparse.Namespace) -> None:
+def _generation(lm, ids: list[int], settings: SamplerSettings, args: argparse.Namespace):
     from engine.generate import Generation
 
-    settings = _settings(args)
-    lm = _load(args)
-    if args.chat or args.system:
-        text = lm.render_chat(_messages(args.system, args.prompt))
-    else:
-        text = args.prompt
-    ids = lm.encode_prompt(text)
-    gen = Generation(
+    return Generation(
         lm.model,
         lm.tokenizer,
         ids,
@@ -143,6 +137,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
         stop_strings=args.stop,
         context_length=lm.context_length,
     )
+
+
+def _messages(system: str | None, user: str) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": user}]
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    lm = _load(args)
+    if args.chat or args.system:
+        text = lm.render_chat(_messages(args.system, args.prompt))
+    else:
+        text = args.prompt
+    gen = _generation(lm, lm.encode_prompt(text), settings, args)
     for event in gen:
         if args.json:
             print(
@@ -184,8 +193,6 @@ def _fit_history(lm, messages: list[dict[str, str]], reserve: int) -> list[int]:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from engine.generate import Generation
-
     settings = _settings(args)
     lm = _load(args)
     print(
@@ -210,15 +217,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         messages.append({"role": "user", "content": user})
         ids = _fit_history(lm, messages, reserve=min(args.max_tokens, lm.context_length // 2))
-        gen = Generation(
-            lm.model,
-            lm.tokenizer,
-            ids,
-            settings,
-            max_tokens=args.max_tokens,
-            stop_strings=args.stop,
-            context_length=lm.context_length,
-        )
+        gen = _generation(lm, ids, settings, args)
         t0 = time.perf_counter()
         try:
             for event in gen:
@@ -229,7 +228,18 @@ def cmd_chat(args: argparse.Namespace) -> None:
         messages.append({"role": "assistant", "content": gen.text})
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat}
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from engine.server import check_bind, serve
+
+    api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
+    check_bind(args.host, api_key)  # before spending time on loading
+    lm = _load(args)
+    serve(lm, args.host, args.port, api_key=api_key, model_id=args.model_name, max_queue=args.max_queue)
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
