@@ -19,6 +19,9 @@ Signals:
     inspected(Inspection)        -- tokens, log-probs, candidates, attention (CPU tensors)
     inspectionFailed(str message)
     lens(int position, list)     -- the logit lens at a position of the last inspection
+    explained(Explanation)       -- the "How it works" walk (requestExplain)
+    explainFailed(str message)
+    wordOrderCompared(WordOrder) -- next-token predictions after two word orders (requestWordOrder)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import EmberError
+from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
@@ -70,6 +74,7 @@ def model_info(lm: LoadedModel) -> dict[str, Any]:
         "dtype": str(lm.model.dtype).removeprefix("torch."),
         "load_seconds": lm.load_seconds,
         "template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
+        "template_warning": lm.template_warning,
         "memory_estimate": lm.memory_estimate,
         "fingerprint": fingerprint(lm.path),
     }
@@ -93,6 +98,11 @@ class EngineWorker(QObject):
     inspected = Signal(object)  # engine.inspect.Inspection (lists and CPU tensors, no model reference)
     inspectionFailed = Signal(str)
     lens = Signal(int, list)  # position, per layer [Candidate]
+    requestExplain = Signal(list, dict)  # token ids, sampler settings: the "How it works" walk
+    requestWordOrder = Signal(str, str)  # two texts whose next-token predictions to compare
+    explained = Signal(object)  # engine.explain.Explanation
+    explainFailed = Signal(str)
+    wordOrderCompared = Signal(object)  # engine.explain.WordOrder
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,6 +113,8 @@ class EngineWorker(QObject):
         self.requestGenerate.connect(self._on_generate)
         self.requestInspect.connect(self._on_inspect)
         self.requestLens.connect(self._on_lens)
+        self.requestExplain.connect(self._on_explain)
+        self.requestWordOrder.connect(self._on_word_order)
         self._inspection: Inspection | None = None
 
     @property
@@ -175,6 +187,30 @@ class EngineWorker(QObject):
         lm, result = self.model, self._inspection
         if lm is not None and result is not None and 0 <= position < len(result.ids):
             self.lens.emit(position, logit_lens(lm.model, lm.tokenizer, result, position))
+
+    @Slot(list, dict)
+    def _on_explain(self, ids: list, settings: dict) -> None:
+        lm = self.model
+        if lm is None:
+            self.explainFailed.emit("No model is loaded.")
+            return
+        try:
+            result = explain(lm.model, lm.tokenizer, ids, SamplerSettings(**settings))
+        except (EmberError, ValueError, RuntimeError) as e:
+            self.explainFailed.emit(str(e))
+            return
+        self.explained.emit(result)
+
+    @Slot(str, str)
+    def _on_word_order(self, text: str, swapped: str) -> None:
+        lm = self.model
+        if lm is None:
+            self.explainFailed.emit("No model is loaded.")
+            return
+        try:
+            self.wordOrderCompared.emit(word_order_demo(lm.model, lm.tokenizer, text, swapped))
+        except (EmberError, ValueError, RuntimeError) as e:
+            self.explainFailed.emit(str(e))
 
     @Slot(list, dict, dict)
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:

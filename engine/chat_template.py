@@ -41,7 +41,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
 
-from engine.errors import TemplateError
+from engine.errors import TemplateError, UnsafeTemplateError
 
 CHATML = (
     "{% for message in messages %}"
@@ -353,17 +353,17 @@ class ChatTemplate:
                 self._env.check_time()
                 chunks.append(chunk)
         except _LimitExceeded as exc:
-            raise TemplateError(f"The chat template was stopped: {exc}.") from None
+            raise UnsafeTemplateError(f"The chat template was stopped: {exc}.") from None
         except _TemplateRaised as exc:
             raise TemplateError(f"The chat template rejected this conversation: {exc.message}") from None
         except SecurityError as exc:
-            raise TemplateError(f"The chat template tried something forbidden: {exc}") from None
+            raise UnsafeTemplateError(f"The chat template tried something forbidden: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"The chat template used a missing value: {exc.message}") from None
         except RecursionError:
-            raise TemplateError("The chat template recursed too deeply.") from None
+            raise UnsafeTemplateError("The chat template recursed too deeply.") from None
         except MemoryError:
-            raise TemplateError("The chat template ran out of memory.") from None
+            raise UnsafeTemplateError("The chat template ran out of memory.") from None
         except Exception as exc:  # anything else a template can trigger: TypeError, ZeroDivisionError, ...
             raise TemplateError(f"The chat template failed: {type(exc).__name__}: {exc}") from None
         finally:

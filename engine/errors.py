@@ -22,5 +22,10 @@ class TemplateError(EmberError):
     """A chat template that failed to render (syntax, sandbox violation, time or size limit)."""
 
 
+class UnsafeTemplateError(TemplateError):
+    """A chat template stopped for what it tried (sandbox escape, time, size, recursion or memory), as
+    opposed to one that rejects a conversation on purpose."""
+
+
 class OutOfMemoryError(EmberError):
     """A model that would not fit in the memory available, refused before allocating."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from engine.chat_template import ChatTemplate
 from engine.config import ModelConfig
 from engine.default_model import default_model_path
 from engine.device import resolve_device, resolve_dtype
-from engine.errors import ModelFileError
+from engine.errors import ModelFileError, TemplateError, UnsafeTemplateError
 from engine.gguf.reader import GGUFFile, read_gguf
 from engine.memory import check_fits
 from engine.model import Transformer
@@ -32,6 +33,7 @@ from engine.weights.from_hf import (
 )
 
 GGUF_MAGIC = b"GGUF"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,13 +49,20 @@ class LoadedModel:
     load_seconds: float
     memory_estimate: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    template_warning: str | None = None  # set when the model's own template was replaced by ChatML
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        """The conversation in the model's template. A template stopped for what it tried (not one that
+        rejects the conversation on purpose) is replaced by ChatML from then on, with a warning."""
+        try:
+            return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        except UnsafeTemplateError as e:
+            self.template, self.template_warning = _fallback(self.tokenizer, e)
+            return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids for a rendered prompt; BOS is added only if the model wants it and the text lacks it."""
@@ -72,8 +81,18 @@ def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
         raise ModelFileError(path, f"unusable model metadata: {e}") from None
 
 
-def _template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:
-    return ChatTemplate(source, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+def _fallback(tokenizer: Tokenizer, error: TemplateError) -> tuple[ChatTemplate, str]:
+    warning = f"{str(error).rstrip('.')}. Using the ChatML template instead; replies may be worse."
+    log.warning(warning)
+    return ChatTemplate(None, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or ""), warning
+
+
+def _template(source: str | None, tokenizer: Tokenizer) -> tuple[ChatTemplate, str | None]:
+    """The model's template, or ChatML with a warning when it cannot be compiled."""
+    try:
+        return ChatTemplate(source, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or ""), None
+    except TemplateError as e:
+        return _fallback(tokenizer, e)
 
 
 def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress) -> LoadedModel:
@@ -92,9 +111,19 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
-        template = _template(gguf.metadata.get("tokenizer.chat_template"), tokenizer)
+        template, warning = _template(gguf.metadata.get("tokenizer.chat_template"), tokenizer)
     return LoadedModel(
-        model, tokenizer, template, cfg, path, "gguf", dict(types.most_common()), cfg.max_seq_len, 0.0, estimate
+        model,
+        tokenizer,
+        template,
+        cfg,
+        path,
+        "gguf",
+        dict(types.most_common()),
+        cfg.max_seq_len,
+        0.0,
+        estimate,
+        template_warning=warning,
     )
 
 
@@ -110,10 +139,11 @@ def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
     template_path = folder / "chat_template.jinja"  # newer transformers save the template on its own
     template_source = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     gen_path = folder / "generation_config.json"
+    template, warning = _template(template_source or tok_cfg.get("chat_template"), tokenizer)
     return LoadedModel(
         model,
         tokenizer,
-        _template(template_source or tok_cfg.get("chat_template"), tokenizer),
+        template,
         cfg,
         folder,
         "safetensors",
@@ -122,6 +152,7 @@ def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
         0.0,
         estimate,
         read_json(gen_path) if gen_path.is_file() else {},
+        template_warning=warning,
     )
 
 

@@ -178,6 +178,10 @@ class ModelPanel(QWidget):
             f"Weights: {types}<br>Context: {info['context_length']:,} tokens<br>"
             f"Running on {info['device']} in {info['dtype']}<br>Chat template: {info['template']}"
         )
+        if info.get("template_warning"):
+            self.facts.setText(
+                self.facts.text() + f"<br><span style='color:#c0392b'>{html.escape(info['template_warning'])}</span>"
+            )
         if self.path:
             self.set_recent([self.path] + [p for p in self.recent_paths() if p != self.path])
 

@@ -109,3 +109,39 @@ def test_engine_never_imports_qt():
 def test_tiny_vocab_matches_reference_size(tiny_models):
     lm = load_model(tiny_models("gpt2")[0], device="cpu")
     assert lm.config.vocab_size == lm.tokenizer.vocab_size == VOCAB
+
+
+def _with_template(tiny_models, tmp_path, template: str):
+    import shutil
+
+    folder, _ = tiny_models("llama")
+    target = tmp_path / "model"
+    shutil.copytree(folder, target)
+    (target / "chat_template.jinja").write_text(template)
+    return target
+
+
+def test_template_that_does_not_compile_falls_back_to_chatml_with_a_warning(tiny_models, tmp_path):
+    lm = load_model(_with_template(tiny_models, tmp_path, "{% for x in %}"), device="cpu")
+    assert lm.template.is_fallback and "syntax error" in lm.template_warning
+    assert lm.render_chat([{"role": "user", "content": "w1"}]).startswith("<|im_start|>user")
+
+
+def test_hostile_template_is_stopped_and_replaced_on_first_render(tiny_models, tmp_path):
+    sentinel = tmp_path / "pwned"
+    escape = "{{ cycler.__init__.__globals__.os.system('touch " + str(sentinel) + "') }}"
+    lm = load_model(_with_template(tiny_models, tmp_path, escape), device="cpu")
+    assert lm.template_warning is None  # it compiles; what it tries is stopped when it runs
+    text = lm.render_chat([{"role": "user", "content": "w1"}])
+    assert text.startswith("<|im_start|>user") and "forbidden" in lm.template_warning
+    assert not sentinel.exists()
+
+
+def test_template_that_rejects_a_conversation_is_not_replaced(tiny_models, tmp_path):
+    from engine.errors import TemplateError
+
+    strict = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message comes first') }}{% endif %}"
+    lm = load_model(_with_template(tiny_models, tmp_path, strict), device="cpu")
+    with pytest.raises(TemplateError, match="system message comes first"):
+        lm.render_chat([{"role": "user", "content": "w1"}])
+    assert not lm.template.is_fallback and lm.template_warning is None
