@@ -35,9 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     dirs = data_dirs(args.data_dir).create()
     crash.install(dirs.logs)
+    from PySide6.QtCore import QLockFile
     from PySide6.QtGui import QIcon
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QMessageBox
 
+    from desktop.db_safety import NewerSchemaError
     from desktop.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -50,6 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         icon.addFile(str(resources_dir() / "icons" / f"ember-{size}.png"))
     app.setWindowIcon(icon)
     crash.attach_dialog()
-    window = MainWindow(dirs)
+    # One Ember per data folder: a second one would write the same database and settings.
+    lock = QLockFile(str(dirs.data / "ember.lock"))
+    if not lock.tryLock(200):
+        QMessageBox.warning(None, APP_NAME, f"Ember is already running with the data folder {dirs.data}.")
+        return 1
+    try:
+        window = MainWindow(dirs)
+    except NewerSchemaError as e:
+        QMessageBox.critical(None, APP_NAME, str(e))
+        return 1
     window.show()
+    if window.store_notice:
+        QMessageBox.warning(window, APP_NAME, window.store_notice)
     return app.exec()

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.chat_view import ChatView
+from desktop.db_safety import open_store
 from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
 from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
@@ -42,7 +43,6 @@ from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir
 from desktop.prompt_fit import Fit, fit_prompt
 from desktop.settings import Settings
-from desktop.store import Store
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 
 SAVE_PARTIAL_SECONDS = 2.0  # a streaming reply is written to disk at most this often
@@ -62,7 +62,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Ember")
         self.dirs = dirs
         self.settings = Settings(dirs.settings_file)
-        self.store = Store(dirs.database)
+        opened = open_store(dirs.database)
+        self.store = opened.store
+        self.store_notice = opened.notice  # shown once the window is up
         self.cid: int | None = None
         self.model_info: dict[str, Any] | None = None
         self._stream: dict[str, Any] | None = None  # the reply being written

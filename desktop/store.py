@@ -131,7 +131,7 @@ class Store:
 
     @staticmethod
     def _conversation(row: sqlite3.Row) -> Conversation:
-        return Conversation(row["id"], row["title"], row["system_prompt"], json.loads(row["settings"]), row["updated"])
+        return Conversation(row["id"], row["title"], row["system_prompt"], _json(row["settings"]), row["updated"])
 
     def update_conversation(
         self,
@@ -168,9 +168,7 @@ class Store:
             (conversation_id,),
         ).fetchall()
         return [
-            Message(
-                r["id"], r["turn"], r["variant"], r["role"], r["content"], r["status"], json.loads(r["meta"]), r["n"]
-            )
+            Message(r["id"], r["turn"], r["variant"], r["role"], r["content"], r["status"], _json(r["meta"]), r["n"])
             for r in rows
         ]
 
@@ -276,7 +274,7 @@ class Store:
                     "role": r["role"],
                     "content": r["content"],
                     "status": r["status"],
-                    "meta": json.loads(r["meta"]),
+                    "meta": _json(r["meta"]),
                 }
                 for r in rows
             ],
@@ -358,6 +356,15 @@ def _imported_message(m: Any) -> dict[str, Any]:
         "status": status,
         "meta": meta,
     }
+
+
+def _json(text: str) -> dict[str, Any]:
+    """A stored JSON object; a damaged one reads as empty instead of hiding the whole conversation."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class _Transaction:
