@@ -32,8 +32,11 @@ def read_config(folder: Path) -> ModelConfig:
         raise ModelFileError(folder, "no config.json: not a Hugging Face model folder")
     cfg = read_json(path)
     if "auto_map" in cfg or cfg.get("trust_remote_code"):
-        raise ModelFileError(path, "the model asks to run its own Python code (auto_map); Ember never runs code "
-                                   "from model files. Use a model whose architecture Ember supports.")
+        raise ModelFileError(
+            path,
+            "the model asks to run its own Python code (auto_map); Ember never runs code "
+            "from model files. Use a model whose architecture Ember supports.",
+        )
     try:
         return ModelConfig.from_hf(cfg)
     except (KeyError, TypeError, ValueError) as e:
