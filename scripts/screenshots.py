@@ -80,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         panel.select(window.inspector.reply_start + 5)
         panel.layer.setValue(window.worker.model.config.n_layer // 2)
         settle(lambda: panel.lens.rowCount() > 0)
+        # "How it works" on a sentence with a pronoun; its attention step shows where "it" looks.
+        window.how_it_works.open("The cat chased the mouse because it was")
+        settle(lambda: window.how_panel.explanation is not None)
+        how = window.how_panel
 
         for theme in ("light", "dark"):
             window.set_theme(theme)
@@ -102,6 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             save(window.docks["inspector"], f"inspector-grid-{theme}")
             panel.tabs.currentWidget().findChild(QTabWidget).setCurrentIndex(0)
             panel.tabs.setCurrentIndex(0)
+            window.docks["how_it_works"].raise_()
+            for step, page in enumerate(how.pages):
+                how.go_to(step)
+                if page.title == "Attention":
+                    page.token.setCurrentIndex(len(how.explanation.ids) - 2)  # "it"
+                settle()
+                save(window.docks["how_it_works"], f"how-{step + 1}-{page.title.lower().replace(' ', '-')}-{theme}")
+            how.go_to(0)
             window.docks["prompts"].raise_()
         window.close()
     for path in saved:
