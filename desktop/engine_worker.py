@@ -2,9 +2,9 @@
 
 `EngineWorker` is a QObject moved to its own QThread. The UI asks for work through queued signals
 (`requestLoad`, `requestLens`, and `requestGenerate` / `requestInspect` through `generate()` /
-`inspect()`) and cancels through a `threading.Event` it
-sets directly; the worker answers with plain-data signals. Tokens are batched: at most one `tokens`
-signal per ~33 ms.
+`inspect()`; a remote server's reply: `requestRemoteGenerate` through `generate_remote()`) and cancels
+through a `threading.Event` it sets directly; the worker answers with plain-data signals. Tokens are
+batched: at most one `tokens` signal per ~33 ms.
 
 Signals:
     loadStarted(str path)
@@ -34,6 +34,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.remote_worker import remote_generate
 from engine.errors import EmberError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
@@ -83,6 +84,7 @@ def model_info(lm: LoadedModel) -> dict[str, Any]:
 class EngineWorker(QObject):
     requestLoad = Signal(str, str, str)  # path ("" = default model), device, dtype
     requestGenerate = Signal(list, dict, dict)  # prompt ids, sampler settings, options
+    requestRemoteGenerate = Signal(list, dict, dict)  # messages, sampler settings, options (base_url, model, …)
 
     loadStarted = Signal(str)
     loadProgress = Signal(int)
@@ -111,6 +113,7 @@ class EngineWorker(QObject):
         self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
         self.requestLoad.connect(self._on_load)
         self.requestGenerate.connect(self._on_generate)
+        self.requestRemoteGenerate.connect(self._on_remote_generate)
         self.requestInspect.connect(self._on_inspect)
         self.requestLens.connect(self._on_lens)
         self.requestExplain.connect(self._on_explain)
@@ -128,6 +131,12 @@ class EngineWorker(QObject):
         worker starts, so a Stop pressed before the worker picks the request up still counts."""
         self.cancel_flag.clear()
         self.requestGenerate.emit(prompt_ids, settings, options)
+
+    def generate_remote(self, messages: list, settings: dict, options: dict) -> None:
+        """Called on the UI thread: queue a reply from a remote server (`desktop.remote_worker`); the same
+        signals, batching and cancel flag as a local generation."""
+        self.cancel_flag.clear()
+        self.requestRemoteGenerate.emit(messages, settings, options)
 
     def inspect(self, ids: list, settings: dict) -> None:
         """Called on the UI thread: queue an inspection pass (cancelled by `cancel`)."""
@@ -211,6 +220,10 @@ class EngineWorker(QObject):
             self.wordOrderCompared.emit(word_order_demo(lm.model, lm.tokenizer, text, swapped))
         except (EmberError, ValueError, RuntimeError) as e:
             self.explainFailed.emit(str(e))
+
+    @Slot(list, dict, dict)
+    def _on_remote_generate(self, messages: list, settings: dict, options: dict) -> None:
+        remote_generate(self, messages, settings, options)
 
     @Slot(list, dict, dict)
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:

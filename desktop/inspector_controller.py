@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, Slot
+from PySide6.QtCore import QObject, Qt, Slot
 
 from desktop.panels.inspector import InspectorPanel
+from desktop.remote_controller import NEEDS_LOCAL
 from engine.inspect import Inspection
 
 if TYPE_CHECKING:
@@ -52,6 +53,14 @@ class InspectorController(QObject):
         """Inspect the conversation up to and including ``turn``; forking is possible in its reply."""
         w = self.window
         lm = w.worker.model
+        if w.remote.active is not None:
+            w.docks["inspector"].show()
+            w.docks["inspector"].raise_()
+            self.panel.summary.setText(
+                f"A remote model is in use. The inspector {NEEDS_LOCAL} Go back to a local model in the Model "
+                "panel to inspect this conversation."
+            )
+            return
         if lm is None or w.generating or self.busy:
             w.statusBar().showMessage("The inspector needs a loaded model and no reply being written.", 5000)
             return
@@ -66,8 +75,11 @@ class InspectorController(QObject):
             w.statusBar().showMessage(f"{len(full)} tokens are more than the model's context holds.", 5000)
             return
         self.cid, self.turn, self.ids, self.busy = w.cid, turn, full, True
-        w.docks["inspector"].show()
-        w.docks["inspector"].raise_()
+        dock = w.docks["inspector"]
+        dock.show()
+        dock.raise_()
+        if dock.width() < 620:  # room for the tokens beside their alternatives
+            w.resizeDocks([dock], [620], Qt.Orientation.Horizontal)
         self.panel.set_busy(True)
         self.panel.summary.setText(f"Inspecting {len(full)} tokens…")
         w.worker.inspect(full, w.sampling.settings())
@@ -92,7 +104,7 @@ class InspectorController(QObject):
 
     @Slot(int, int)
     def _on_fork(self, position: int, token_id: int) -> None:
-        if self.cid != self.window.cid:
+        if self.cid != self.window.cid or self.window.remote.active is not None:
             self.panel.mark_stale()
             return
         if self.turn is None or not self.reply_start <= position < len(self.ids):

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QInputDialog,
     QLineEdit,
     QListWidget,
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -36,12 +38,13 @@ from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
 from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
-from desktop.panels.model import ModelPanel
+from desktop.panels.model import ModelPanel, scrolling
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir
 from desktop.prompt_fit import Fit, fit_prompt
+from desktop.remote_controller import PREVIEW_NEEDS_LOCAL, RemoteFit, RemoteModels
 from desktop.settings import Settings
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 
@@ -98,7 +101,7 @@ class MainWindow(QMainWindow):
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
-            "model": self._dock("Model", self.model_panel),
+            "model": self._dock("Model", scrolling(self.model_panel)),
             "inspector": self._dock("Inspector", self.inspector_panel),
             "how_it_works": self._dock("How it works", self.how_panel),
         }
@@ -114,6 +117,7 @@ class MainWindow(QMainWindow):
         self.worker = EngineWorker()
         self.worker.moveToThread(self.thread)
         self.thread.start()
+        self.remote = RemoteModels(self, self.model_panel.remote)  # a remote model, when one is in use
         self._connect()
         self.inspector = InspectorController(self, self.inspector_panel)
         self.how_it_works = HowItWorksController(self, self.how_panel)
@@ -128,6 +132,10 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if (state := self.settings.geometry("state")) is not None:
             self.restoreState(state)
+        else:  # first run: a readable sidebar, the chat as the widest part, the panels beside it
+            self.resizeDocks(
+                [self.docks["conversations"], self.docks["prompts"]], [240, 440], Qt.Orientation.Horizontal
+            )
         self._apply_theme()
         self._refresh_conversations()
         last = self.settings.get("chat/last_conversation")
@@ -141,7 +149,11 @@ class MainWindow(QMainWindow):
     def _dock(self, title: str, widget: QWidget, left: bool = False) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock_{title.lower()}")
-        dock.setWidget(widget)
+        # In a scroll area, so a wide panel (the inspector, say) scrolls instead of forcing every panel
+        # sharing its side of the window to its width.
+        scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        scroll.setWidget(widget)
+        dock.setWidget(scroll)
         area = Qt.DockWidgetArea.LeftDockWidgetArea if left else Qt.DockWidgetArea.RightDockWidgetArea
         self.addDockWidget(area, dock)
         return dock
@@ -376,6 +388,7 @@ class MainWindow(QMainWindow):
             return
         self.settings.set("model/device", device)
         self.settings.set("model/dtype", dtype)
+        self.remote.use_local()
         self._loading = True
         self.worker.requestLoad.emit(path, device, dtype)
 
@@ -386,7 +399,8 @@ class MainWindow(QMainWindow):
         self.settings.set("model/path", self.model_panel.path)
         self.settings.set("model/recent", self.model_panel.recent_paths())
         self.statusBar().showMessage(f"{info['name']} ready on {info['device']}", 5000)
-        self.setWindowTitle(f"Ember — {info['name']}")
+        if self.remote.active is None:
+            self.setWindowTitle(f"Ember — {info['name']}")
         self.refresh_preview()
 
     @Slot(str)
@@ -413,6 +427,11 @@ class MainWindow(QMainWindow):
         self.refresh_preview()
 
     def refresh_preview(self) -> None:
+        if self.remote.active is not None:
+            if self._stream is None and not self._closed:
+                self.prompts.show_unavailable(PREVIEW_NEEDS_LOCAL)
+                self.chat.set_context_note("")
+            return
         lm = self.worker.model
         if lm is None or self._stream is not None or self._closed:  # closed: a late typing timer
             return
@@ -429,6 +448,8 @@ class MainWindow(QMainWindow):
     def _ready(self, messages: list[dict[str, str]]) -> Fit | None:
         """``messages`` rendered and fitted to the context, or None (the user is told why) when they cannot
         be sent. Checked before anything is saved or deleted, so a refusal changes nothing."""
+        if self.remote.active is not None:  # sent as is: the server applies its template and limits
+            return RemoteFit("", [], 0, False, "", messages=tuple(messages))
         if self.worker.model is None or self._loading:
             QMessageBox.information(self, "No model", "Wait for the model to finish loading.")
             return None
@@ -450,7 +471,7 @@ class MainWindow(QMainWindow):
         last reply, whose text they are."""
         max_tokens = self.chat.max_tokens.value()
         prefix_ids = prefix_ids or []
-        prefix = self.worker.model.tokenizer.decode(prefix_ids, skip_special=True)
+        prefix = self.worker.model.tokenizer.decode(prefix_ids, skip_special=True) if prefix_ids else ""
         ids = fit.ids + prefix_ids
         settings = self.sampling.settings()
         meta = self._provenance(settings)
@@ -478,9 +499,15 @@ class MainWindow(QMainWindow):
         message = self.store.messages(self.cid)[-1]
         self.chat.begin_stream(message)
         self.chat.set_busy(True)
-        self.worker.generate(ids, settings, {"max_tokens": max_tokens})
+        if isinstance(fit, RemoteFit):
+            self.worker.generate_remote(list(fit.messages), settings, self.remote.options(max_tokens))
+        else:
+            self.worker.generate(ids, settings, {"max_tokens": max_tokens})
 
     def _provenance(self, settings: dict) -> dict:
+        if self.remote.active is not None:  # the endpoint and model id; never the key
+            active = self.remote.active
+            return {"model": active["model"], "endpoint": active["base_url"], "settings": settings}
         info = self.model_info or {}
         return {
             "model": info.get("path"),
@@ -544,6 +571,11 @@ class MainWindow(QMainWindow):
         if not messages or messages[-1].turn != turn:
             self.statusBar().showMessage("Only the last reply can be continued.", 5000)
             return
+        if self.remote.active is not None:
+            self.statusBar().showMessage(
+                "Continuing a reply needs a local model: the chat API cannot resume an assistant message.", 8000
+            )
+            return
         fit = self._ready(self._history(upto_turn=turn))
         if fit is not None:
             content = self.worker.model.tokenizer.encode(messages[-1].content, add_bos=False)
@@ -591,7 +623,8 @@ class MainWindow(QMainWindow):
         self.chat.stream_text(s["prefix"] + s["text"])
         elapsed = max(time.monotonic() - s["t0"], 1e-6)
         used = s["prompt_tokens"] + s["tokens"]
-        self.chat.set_readout(f"{s['tokens'] / elapsed:.1f} tokens/s · context {used:,}/{s.get('context', 0):,}")
+        where = f"context {used:,}/{s['context']:,}" if s.get("context") else "remote"
+        self.chat.set_readout(f"{s['tokens'] / elapsed:.1f} tokens/s · {where}")
         if time.monotonic() - s["saved"] > SAVE_PARTIAL_SECONDS:
             self.store.update_message(s["id"], content=s["prefix"] + s["text"])
             s["saved"] = time.monotonic()
@@ -636,6 +669,7 @@ class MainWindow(QMainWindow):
         self.worker.cancel()
         self.thread.quit()
         self.thread.wait(30_000)
+        self.remote.stop()
         # Hand what the worker sent before it stopped (the last tokens, the stopped reply) to the slots now:
         # after this the store is closed.
         QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "model/device": "auto",
     "model/dtype": "auto",
     "model/recent": [],
+    "remote/recent": "",  # JSON [[base_url, model_id], …]; API keys live in engine.remote.KeyStore, never here
     "chat/context_policy": "drop_oldest",  # drop_oldest | stop
     "chat/max_tokens": 512,
     "chat/last_conversation": 0,

@@ -1,5 +1,6 @@
 """The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, device and dtype,
-the memory estimate before loading, a progress bar while loading, and the model's facts.
+the memory estimate before loading, a progress bar while loading, and the model's facts; below them a
+remote OpenAI-compatible server (`desktop.panels.remote_endpoint`).
 
 Signals:
     loadRequested(str path, str device, str dtype) -- path "" means the default model
@@ -22,10 +23,12 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
 
+from desktop.panels.remote_endpoint import RemoteEndpointBox
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
 from engine.errors import EmberError
 from engine.loader import peek_config
@@ -48,6 +51,14 @@ def describe_estimate(path: str, device: str, dtype: str) -> str:
         f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters: about {need / MiB:,.0f} MiB needed, "
         f"{free / MiB:,.0f} MiB free on {dev.type} — {verdict}"
     )
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    """``widget`` in a frameless vertical scroll area: the Model panel is taller than a small screen's dock."""
+    area = QScrollArea(frameShape=QScrollArea.Shape.NoFrame, widgetResizable=True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(widget)
+    return area
 
 
 class ModelPanel(QWidget):
@@ -96,6 +107,8 @@ class ModelPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.facts)
+        self.remote = RemoteEndpointBox()
+        layout.addWidget(self.remote)
         layout.addStretch(1)
         self.set_recent(recent)
 

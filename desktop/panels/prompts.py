@@ -90,6 +90,11 @@ class PromptsPanel(QWidget):
         self.preview.setPlainText(text)
         self.token_count.setText(f"{n_tokens:,} tokens of {context:,} in the context")
 
+    def show_unavailable(self, reason: str) -> None:
+        """No preview (a remote model: its template and tokenizer are on the server)."""
+        self.preview.setPlainText(reason)
+        self.token_count.setText("Token count: needs a local model")
+
     @Slot()
     def _on_text(self) -> None:
         if not self._updating:

@@ -1,0 +1,134 @@
+"""Which model answers: the local one on the engine worker, or a remote OpenAI-compatible server.
+
+`RemoteModels` ties the Model panel's remote box to the connector thread, the key store and the
+settings. ``active`` is ``{"base_url", "model"}`` while a remote model is in use, else None. API keys go
+to `engine.remote.KeyStore` under the config folder, never to settings.ini, the database or exports:
+settings.ini keeps only recent (address, model) pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, Slot
+
+from desktop.panels.remote_endpoint import MAX_RECENT, RemoteEndpointBox
+from desktop.prompt_fit import Fit
+from desktop.remote_worker import ConnectorThread
+from engine.remote import KeyStore, RemoteError, normalise_base_url
+
+if TYPE_CHECKING:
+    from desktop.main_window import MainWindow
+
+NEEDS_LOCAL = "needs a local model: a remote server sends text, not its weights or its tokenizer."
+PREVIEW_NEEDS_LOCAL = (
+    "A remote model is in use: the conversation is sent to the server as a list of messages, and the "
+    "server applies its own chat template and context limit.\n\n"
+    f"The rendered prompt preview and its token count {NEEDS_LOCAL} Go back to a local model in the Model "
+    "panel to see them."
+)
+
+
+@dataclass(frozen=True)
+class RemoteFit(Fit):
+    """What `MainWindow._ready` returns for a remote model: the messages, sent as they are."""
+
+    messages: tuple = ()
+
+
+class RemoteModels(QObject):
+    def __init__(self, window: MainWindow, box: RemoteEndpointBox) -> None:
+        super().__init__(window)
+        self.window = window
+        self.box = box
+        self.active: dict[str, str] | None = None
+        self.keys = KeyStore(window.dirs.config)
+        self._connector = ConnectorThread(self)
+        c = self._connector.connector
+        box.connectRequested.connect(c.requestModels)
+        # Bound slots of UI-thread objects only: a lambda would run on the connector's thread.
+        c.listed.connect(box.on_listed)
+        c.failed.connect(box.on_failed)
+        box.useRequested.connect(self._on_use)
+        box.recentRequested.connect(self._on_recent)
+        box.localRequested.connect(self.use_local)
+        box.set_recent(self._read_recent())
+
+    # Settings: recent (address, model) pairs as JSON, no keys
+
+    def _read_recent(self) -> list[tuple[str, str]]:
+        try:
+            entries = json.loads(self.window.settings.get("remote/recent") or "[]")
+        except ValueError:
+            return []
+        return [
+            (e[0], e[1]) for e in entries if isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+        ][:MAX_RECENT]
+
+    def _remember(self, base_url: str, model: str) -> None:
+        entries = [(base_url, model)] + [e for e in self.box.recent_entries() if e != (base_url, model)]
+        self.box.set_recent(entries[:MAX_RECENT])
+        self.window.settings.set("remote/recent", json.dumps([list(e) for e in entries[:MAX_RECENT]]))
+
+    # Switching
+
+    def api_key(self) -> str:
+        return (self.keys.get(self.active["base_url"]) if self.active else None) or ""
+
+    def options(self, max_tokens: int) -> dict:
+        """The worker's options for a remote reply (the key travels in memory only)."""
+        assert self.active is not None
+        return {"max_tokens": max_tokens, **self.active, "api_key": self.api_key()}
+
+    @Slot(str, str, str)
+    def _on_use(self, base_url: str, model: str, api_key: str) -> None:
+        w = self.window
+        if w.generating:
+            w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
+            return
+        try:
+            base_url = normalise_base_url(base_url)
+            self.keys.set(base_url, api_key.strip() or None)
+        except (RemoteError, OSError) as e:
+            self.box.on_failed(base_url, f"Could not store the API key: {e}")
+            return
+        self._activate(base_url, model)
+
+    @Slot(str, str)
+    def _on_recent(self, base_url: str, model: str) -> None:
+        if self.window.generating:
+            self.window.statusBar().showMessage(
+                "Wait for the reply to finish (or stop it) before switching models.", 5000
+            )
+            return
+        self.box.key.setText(self.keys.get(base_url) or "")
+        self._activate(base_url, model)
+
+    def _activate(self, base_url: str, model: str) -> None:
+        w = self.window
+        self.active = {"base_url": base_url, "model": model}
+        self._remember(base_url, model)
+        self.box.show_active(base_url, model)
+        w.setWindowTitle(f"Ember — {model} (remote)")
+        w.statusBar().showMessage(f"Replies now come from {model} at {base_url}", 5000)
+        w.refresh_preview()
+
+    @Slot()
+    def use_local(self) -> None:
+        """Back to the local model (a local load request also calls this)."""
+        w = self.window
+        if self.active is None:
+            return
+        if w.generating:
+            w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
+            return
+        self.active = None
+        name = (w.model_info or {}).get("name")
+        self.box.show_inactive(name)
+        w.setWindowTitle(f"Ember — {name}" if name else "Ember")
+        w.refresh_preview()
+
+    def stop(self) -> None:
+        self._connector.stop()
