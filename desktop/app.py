@@ -24,6 +24,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def offer_fault_log(parent, path) -> None:
+    """Ember crashed hard last time: say so, and show the technical details if the user wants them."""
+    from PySide6.QtWidgets import QMessageBox
+
+    box = QMessageBox(
+        QMessageBox.Icon.Warning,
+        APP_NAME,
+        "Ember stopped unexpectedly the last time it ran.",
+        QMessageBox.StandardButton.Ok,
+        parent,
+    )
+    box.setInformativeText(f"The technical details are kept in {path}.")
+    box.setDetailedText(path.read_text(encoding="utf-8", errors="replace")[-20_000:])
+    box.exec()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.self_test:
@@ -34,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ember: --screenshot goes with --self-test", file=sys.stderr)
         return 2
     dirs = data_dirs(args.data_dir).create()
+    previous_fault = crash.take_previous_fault(dirs.logs)
     crash.install(dirs.logs)
     from PySide6.QtCore import QLockFile
     from PySide6.QtGui import QIcon
@@ -65,4 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.show()
     if window.store_notice:
         QMessageBox.warning(window, APP_NAME, window.store_notice)
+    if previous_fault is not None:
+        offer_fault_log(window, previous_fault)
     return app.exec()

@@ -14,6 +14,7 @@ import faulthandler
 import platform
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,20 @@ errors: list[str] = []  # the summaries of every exception handled here, in orde
 def log_path() -> Path | None:
     d = _state["log_dir"]
     return d / CRASH_LOG if d is not None else None
+
+
+def take_previous_fault(log_dir: str | Path) -> Path | None:
+    """A hard fault recorded by the last run (faulthandler's log is not empty): moved to a dated file,
+    so this run starts a fresh log, and returned so the app can offer to show it. Call before `install`."""
+    fault = Path(log_dir) / FAULT_LOG
+    try:
+        if not fault.is_file() or fault.stat().st_size == 0:
+            return None
+        kept = fault.with_name(f"faults-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        fault.replace(kept)
+    except OSError:
+        return None
+    return kept
 
 
 def install(log_dir: str | Path, *, interactive: bool = True) -> Path:

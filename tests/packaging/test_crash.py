@@ -105,3 +105,14 @@ def test_a_hard_fault_leaves_every_threads_stack(tmp_path):
     assert result.returncode == -signal.SIGABRT
     faults = (tmp_path / "logs" / "faults.log").read_text()
     assert "Fatal Python error: Aborted" in faults and "Current thread" in faults
+
+
+def test_a_hard_fault_from_the_last_run_is_kept_and_offered_once(tmp_path):
+    from desktop import crash
+
+    assert crash.take_previous_fault(tmp_path) is None  # no log yet
+    (tmp_path / crash.FAULT_LOG).write_text("Fatal Python error: Segmentation fault\n")
+    kept = crash.take_previous_fault(tmp_path)
+    assert kept is not None and "Segmentation fault" in kept.read_text()
+    assert not (tmp_path / crash.FAULT_LOG).exists()  # this run starts a fresh log
+    assert crash.take_previous_fault(tmp_path) is None  # offered once
