@@ -17,6 +17,7 @@ import pytest
 from desktop import db_safety
 from desktop.db_safety import KEEP_BACKUPS, NewerSchemaError, is_healthy, open_store
 from desktop.store import SCHEMA_VERSION, Store
+from tests.hardening import count
 
 KILL_TRIALS = int(os.environ.get("EMBER_KILL_TRIALS", "200"))
 
@@ -166,7 +167,8 @@ def test_kill_9_at_random_moments_loses_no_committed_message(tmp_path):
         ok &= all(status == "interrupted" or not c.startswith("partial") for c, status in rows.values())
         store.close()
         failures += not ok
-    print(f"\nkill -9 trials: {KILL_TRIALS}, failures: {failures}, committed messages checked: {len(committed)}")
+    count("storage: kill -9 trials", KILL_TRIALS)
+    count("storage: kill -9 trials that lost data or corrupted the database", failures)
     assert failures == 0
 
 

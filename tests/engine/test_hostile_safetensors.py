@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from engine.errors import ModelFileError
 from engine.loader import load_model
+from tests.hardening import count
 
 
 def raw_safetensors(header: bytes | dict, data: bytes = b"", length: int | None = None) -> bytes:
@@ -71,6 +72,7 @@ def test_bad_weight_file_is_refused(case, good_folder, tmp_path):
         load_model(folder, device="cpu")
     assert time.perf_counter() - t0 < 2.0
     assert str(folder) in str(err.value)
+    count("safetensors: crafted bad weight files refused")
 
 
 def test_trailing_bytes_are_refused(good_folder, tmp_path):
