@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,6 +51,9 @@ class LoadedModel:
     memory_estimate: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     template_warning: str | None = None  # set when the model's own template was replaced by ChatML
+    # Held around every pass that uses the model's KV cache (a chat reply, an inspection, a server request):
+    # the desktop's engine worker and the server's model worker take turns (`engine.model_lock.hold`).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -81,6 +85,14 @@ def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
         raise ModelFileError(path, f"unusable model metadata: {e}") from None
 
 
+def _check_vocab(path: Path, tokenizer: Tokenizer, cfg: ModelConfig) -> None:
+    """Every token id must have an embedding row (fewer tokens than rows is fine: padding)."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ModelFileError(
+            path, f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding only {cfg.vocab_size} rows"
+        )
+
+
 def _fallback(tokenizer: Tokenizer, error: TemplateError) -> tuple[ChatTemplate, str]:
     warning = f"{str(error).rstrip('.')}. Using the ChatML template instead; replies may be worse."
     log.warning(warning)
@@ -101,6 +113,12 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
         estimate = fits(cfg)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, str(path))
         names = set(gguf.tensors)
+        layers = {int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()}
+        if layers and max(layers) >= cfg.n_layer:
+            raise ModelFileError(
+                path, f"block_count says {cfg.n_layer} layers but the file has tensors for layer {max(layers)}"
+            )
+        _check_vocab(path, tokenizer, cfg)
 
         def get(name: str) -> torch.Tensor:
             if name not in names:
@@ -132,6 +150,7 @@ def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
     files = safetensors_files(folder)
     estimate = fits(cfg)
     tokenizer = Tokenizer.from_hf_folder(folder)
+    _check_vocab(folder, tokenizer, cfg)
     source = SafetensorsSource(files)
     model = build_model(cfg, hf_state_dict(cfg, source.names(), source.get), folder, device, dtype, progress)
     tok_cfg_path = folder / "tokenizer_config.json"

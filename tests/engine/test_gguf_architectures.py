@@ -137,3 +137,54 @@ def test_the_writer_follows_llama_cpp_conventions(arch, tiny_models, tmp_path):
     tokens = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         assert (theirs(tokens).logits - reference(tokens).logits).abs().max().item() <= 1e-4
+
+
+def _rewrite(path, metadata_edit=None, drop=(), add_tokens=0):
+    """Copy a GGUF written by `write_gguf`, changing its metadata or tensors, through gguf's reader/writer."""
+    reader = gguf.GGUFReader(str(path))
+    out = path.with_name("edited.gguf")
+    writer = gguf.GGUFWriter(str(out), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = field.contents()
+        if metadata_edit and key in metadata_edit:
+            value = metadata_edit[key]
+        if key == "tokenizer.ggml.tokens" and add_tokens:
+            value = value + [f"extra{i}" for i in range(add_tokens)]
+        if key == "tokenizer.ggml.token_type" and add_tokens:
+            value = list(value) + [1] * add_tokens
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    for t in reader.tensors:
+        if t.name not in drop:
+            writer.add_tensor(t.name, np.array(t.data).reshape([int(d) for d in reversed(t.shape)]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (dict(metadata_edit={"llama.block_count": 1}), "block_count says 1 layers"),
+        (dict(metadata_edit={"llama.block_count": 3}), "missing tensor blk.2"),
+        (dict(metadata_edit={"llama.embedding_length": 48}), "declared sizes"),
+        (dict(drop=("blk.1.attn_k.weight",)), "missing tensor blk.1.attn_k"),
+        (dict(add_tokens=10), "tokenizer has 106 tokens but the embedding only 96"),
+    ],
+    ids=["fewer layers declared", "more layers declared", "hidden size", "tensor missing", "vocabulary"],
+)
+def test_metadata_that_disagrees_with_the_tensors_is_refused(edit, message, tiny_models, tmp_path):
+    from engine.errors import ModelFileError
+    from tests.hardening import count
+
+    _, reference = tiny_models("llama")
+    write_gguf("llama", reference, tmp_path / "m.gguf")
+    bad = _rewrite(tmp_path / "m.gguf", **edit)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(bad, device="cpu")
+    count("GGUF: metadata disagreeing with the tensors refused")
