@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--json", action="store_true", help="one JSON object per generated token")
     gen.add_argument("--stats", action="store_true", help="print timings and memory to stderr at the end")
+    gen.add_argument("--adapter", help="a LoRA adapter folder (PEFT layout, e.g. the 'adapter' of a finetune run)")
     sub.add_parser("chat", parents=[_model_options(), _generation_options()], help="interactive chat")
     serve = sub.add_parser("serve", parents=[_model_options()], help="serve the model over an OpenAI-compatible API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -78,7 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require this bearer key (default: $EMBER_API_KEY; needed off loopback)")
     serve.add_argument("--model-name", help="the model id clients use (default: the file name)")
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default: 16)")
+    _finetune_parser(sub)
     return parser
+
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # engine.finetune.lora.ALL_TARGETS
+
+
+def _finetune_parser(sub) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a model on your files (LoRA by default)")
+    ft.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.txt .md .pdf .docx .html .jsonl code)")
+    ft.add_argument("--out", required=True, help="output folder: checkpoints, adapter/, merged/, run.json")
+    ft.add_argument("--model", help="a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
+    ft.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    ft.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights (auto: float32 for --full)")
+    ft.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
+    ft.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
+    ft.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
+    ft.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    ft.add_argument("--targets", default=LORA_TARGETS, help="comma-separated modules to adapt")
+    ft.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
+    ft.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
+    ft.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: 2e-4)")
+    ft.add_argument("--seq-len", type=int, default=256, help="training length in tokens (default: 256)")
+    ft.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default: 4)")
+    ft.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    ft.add_argument("--val-fraction", type=float, default=0.1, help="held out for validation (default: 0.1)")
+    ft.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    ft.add_argument("--no-export", action="store_true", help="skip writing the adapter and merged model")
 
 
 def _settings(args: argparse.Namespace) -> SamplerSettings:
@@ -88,7 +118,12 @@ def _settings(args: argparse.Namespace) -> SamplerSettings:
 def _load(args: argparse.Namespace):
     from engine.loader import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, context_length=args.ctx_size)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, context_length=args.ctx_size)
+    if getattr(args, "adapter", None):
+        from engine.finetune import load_peft_adapter
+
+        load_peft_adapter(lm.model, args.adapter)
+    return lm
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -239,7 +274,72 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(lm, args.host, args.port, api_key=api_key, model_id=args.model_name, max_queue=args.max_queue)
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve}
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from engine.finetune import FinetuneConfig, build_dataset, finetune
+    from engine.loader import load_model
+
+    config = FinetuneConfig(
+        method="full" if args.full else "lora",
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.lora_dropout,
+        target_modules=[t.strip() for t in args.targets.split(",") if t.strip()],
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    dtype = "float32" if args.dtype == "auto" and args.full else args.dtype
+    lm = load_model(args.model, device=args.device, dtype=dtype)
+    if args.resume:
+        from engine.finetune import latest_checkpoint
+
+        ckpt = latest_checkpoint(args.out)
+        if ckpt is not None:  # the run's own settings, so the data and its order are the same
+            config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
+    data = build_dataset(
+        args.paths,
+        lm.tokenizer,
+        lm.render_chat,
+        seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
+        overlap=config.overlap,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
+    for r in data.reports:
+        what = f"skipped: {r.skipped}" if r.skipped else f"{r.tokens} tokens, {r.chunks} chunks"
+        print(f"  {r.path}: {what}" + "".join(f" [{n}]" for n in r.notes), file=sys.stderr)
+    print(data.summary(), file=sys.stderr)
+
+    def progress(p) -> None:
+        width = 24
+        done = int(width * p.step / p.total_steps)
+        val = f" val {p.val_loss:.4f}" if p.val_loss is not None else ""
+        eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds != float("inf") else "?"
+        line = (
+            f"[{'#' * done}{'.' * (width - done)}] step {p.step}/{p.total_steps} epoch {p.epoch:.2f} "
+            f"loss {p.train_loss:.4f}{val} lr {p.lr:.2e} {p.tokens_per_second:.0f} tok/s ETA {eta}"
+        )
+        print(line, file=sys.stderr, flush=True)
+
+    result = finetune(lm, data, args.out, config, progress=progress, resume=args.resume, export=not args.no_export)
+    if result.val_loss_before is not None and result.val_loss_after is not None:
+        print(
+            f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f} "
+            f"(perplexity {result.perplexity_before:.2f} -> {result.perplexity_after:.2f})"
+        )
+    print(f"{result.status} at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}")
+    for label, path in (("adapter", result.adapter_dir), ("merged model", result.merged_dir)):
+        if path is not None:
+            print(f"{label}: {path}")
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "finetune": cmd_finetune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
