@@ -4,7 +4,9 @@
 (`requestLoad`, `requestLens`, and `requestGenerate` / `requestInspect` through `generate()` /
 `inspect()`; a remote server's reply: `requestRemoteGenerate` through `generate_remote()`) and cancels
 through a `threading.Event` it sets directly; the worker answers with plain-data signals. Tokens are
-batched: at most one `tokens` signal per ~33 ms.
+batched: at most one `tokens` signal per ~33 ms. Every pass over the model holds its lock
+(`engine.model_lock`), so a server serving the same model (`desktop.serve_controller`) takes turns
+with the chat.
 
 Signals:
     loadStarted(str path)
@@ -40,6 +42,7 @@ from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
+from engine.model_lock import hold
 from engine.sampling import SamplerSettings
 
 BATCH_SECONDS = 1 / 30
@@ -119,6 +122,7 @@ class EngineWorker(QObject):
         self.requestExplain.connect(self._on_explain)
         self.requestWordOrder.connect(self._on_word_order)
         self._inspection: Inspection | None = None
+        self.remote_without_logprobs: set[tuple[str, str]] = set()  # (base URL, model): refused them
 
     @property
     def model(self) -> LoadedModel | None:
@@ -174,14 +178,17 @@ class EngineWorker(QObject):
             self.inspectionFailed.emit("No model is loaded.")
             return
         try:
-            result = inspect(
-                lm.model,
-                lm.tokenizer,
-                ids,
-                settings=SamplerSettings(**settings),
-                should_stop=self.cancel_flag,
-                progress=lambda f: self.inspectionProgress.emit(int(f * 100)),
-            )
+            with hold(lm, self.cancel_flag) as held:  # the model may be serving a request: take turns
+                if not held:
+                    raise InspectionCancelled("cancelled while waiting for the model")
+                result = inspect(
+                    lm.model,
+                    lm.tokenizer,
+                    ids,
+                    settings=SamplerSettings(**settings),
+                    should_stop=self.cancel_flag,
+                    progress=lambda f: self.inspectionProgress.emit(int(f * 100)),
+                )
         except InspectionCancelled:
             self.inspectionFailed.emit("Inspection cancelled.")
             return
@@ -195,7 +202,9 @@ class EngineWorker(QObject):
     def _on_lens(self, position: int) -> None:
         lm, result = self.model, self._inspection
         if lm is not None and result is not None and 0 <= position < len(result.ids):
-            self.lens.emit(position, logit_lens(lm.model, lm.tokenizer, result, position))
+            with lm.lock:
+                rows = logit_lens(lm.model, lm.tokenizer, result, position)
+            self.lens.emit(position, rows)
 
     @Slot(list, dict)
     def _on_explain(self, ids: list, settings: dict) -> None:
@@ -204,7 +213,8 @@ class EngineWorker(QObject):
             self.explainFailed.emit("No model is loaded.")
             return
         try:
-            result = explain(lm.model, lm.tokenizer, ids, SamplerSettings(**settings))
+            with lm.lock:
+                result = explain(lm.model, lm.tokenizer, ids, SamplerSettings(**settings))
         except (EmberError, ValueError, RuntimeError) as e:
             self.explainFailed.emit(str(e))
             return
@@ -217,13 +227,27 @@ class EngineWorker(QObject):
             self.explainFailed.emit("No model is loaded.")
             return
         try:
-            self.wordOrderCompared.emit(word_order_demo(lm.model, lm.tokenizer, text, swapped))
+            with lm.lock:
+                compared = word_order_demo(lm.model, lm.tokenizer, text, swapped)
+            self.wordOrderCompared.emit(compared)
         except (EmberError, ValueError, RuntimeError) as e:
             self.explainFailed.emit(str(e))
 
     @Slot(list, dict, dict)
     def _on_remote_generate(self, messages: list, settings: dict, options: dict) -> None:
         remote_generate(self, messages, settings, options)
+
+    def _stream(self, gen: Generation, prompt_tokens: int, context_length: int) -> None:
+        self.generationStarted.emit({"prompt_tokens": prompt_tokens, "context_length": context_length})
+        batch: list[dict] = []
+        last_emit = time.monotonic()
+        for event in gen:
+            batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
+            if time.monotonic() - last_emit >= BATCH_SECONDS:
+                self.tokens.emit(batch)
+                batch, last_emit = [], time.monotonic()
+        if batch:
+            self.tokens.emit(batch)
 
     @Slot(list, dict, dict)
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:
@@ -242,16 +266,11 @@ class EngineWorker(QObject):
                 should_stop=self.cancel_flag,
                 context_length=lm.context_length,
             )
-            self.generationStarted.emit({"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
-            batch: list[dict] = []
-            last_emit = time.monotonic()
-            for event in gen:
-                batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
-                if time.monotonic() - last_emit >= BATCH_SECONDS:
-                    self.tokens.emit(batch)
-                    batch, last_emit = [], time.monotonic()
-            if batch:
-                self.tokens.emit(batch)
+            with hold(lm, self.cancel_flag) as held:  # the model may be serving a request: take turns
+                if not held:  # stopped while it waited: an empty, stopped reply
+                    gen.finish_reason = "cancelled"
+                else:
+                    self._stream(gen, len(prompt_ids), lm.context_length)
         except (EmberError, ValueError, RuntimeError) as e:
             self.generationFailed.emit(str(e))
             return

@@ -11,6 +11,7 @@ from PySide6.QtCore import QObject, Qt, Slot
 from desktop.panels.inspector import InspectorPanel
 from desktop.remote_controller import NEEDS_LOCAL
 from engine.inspect import Inspection
+from engine.remote import remote_inspection
 
 if TYPE_CHECKING:
     from desktop.main_window import MainWindow
@@ -54,12 +55,7 @@ class InspectorController(QObject):
         w = self.window
         lm = w.worker.model
         if w.remote.active is not None:
-            w.docks["inspector"].show()
-            w.docks["inspector"].raise_()
-            self.panel.summary.setText(
-                f"A remote model is in use. The inspector {NEEDS_LOCAL} Go back to a local model in the Model "
-                "panel to inspect this conversation."
-            )
+            self._inspect_remote(turn)
             return
         if lm is None or w.generating or self.busy:
             w.statusBar().showMessage("The inspector needs a loaded model and no reply being written.", 5000)
@@ -83,6 +79,32 @@ class InspectorController(QObject):
         self.panel.set_busy(True)
         self.panel.summary.setText(f"Inspecting {len(full)} tokens…")
         w.worker.inspect(full, w.sampling.settings())
+
+    def _inspect_remote(self, turn: int) -> None:
+        """A remote model is in use: show the reply at ``turn`` from the logprobs its server sent, if any."""
+        w = self.window
+        dock = w.docks["inspector"]
+        dock.show()
+        dock.raise_()
+        messages = w.store.messages(w.cid) if w.cid is not None else []
+        reply = next((m for m in messages if m.turn == turn and m.role == "assistant"), None)
+        try:
+            if reply is None:
+                raise ValueError("pick a reply")
+            result = remote_inspection(reply.meta.get("logprobs") or [])
+        except ValueError:
+            self.panel.summary.setText(
+                "A remote model is in use: the inspector shows a reply's tokens when its server sent their "
+                f"probabilities (logprobs), and this {'reply' if reply else 'message'} has none. Attention, the "
+                f"logit lens and forking {NEEDS_LOCAL} Go back to a local model in the Model panel to inspect "
+                "the whole conversation."
+            )
+            return
+        if dock.width() < 620:  # room for the tokens beside their alternatives
+            w.resizeDocks([dock], [620], Qt.Orientation.Horizontal)
+        self.cid, self.turn, self.ids, self.reply_start = w.cid, turn, [], len(result.ids)
+        self.panel.tabs.setCurrentIndex(0)
+        self.panel.show_remote(result, reply.meta.get("model") or "the remote model")
 
     @Slot(object)
     def _on_inspected(self, result: Inspection) -> None:

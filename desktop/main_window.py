@@ -36,6 +36,7 @@ from desktop.chat_view import ChatView
 from desktop.db_safety import open_store
 from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
+from desktop.panels.finetune import FinetuneController, FinetunePanel
 from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel, scrolling
@@ -45,6 +46,7 @@ from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir
 from desktop.prompt_fit import Fit, fit_prompt
 from desktop.remote_controller import PREVIEW_NEEDS_LOCAL, RemoteFit, RemoteModels
+from desktop.serve_controller import LocalServer
 from desktop.settings import Settings
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 
@@ -97,6 +99,7 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.conversation_list)
         self.inspector_panel = InspectorPanel()
         self.how_panel = HowItWorksPanel()
+        self.finetune_panel = FinetunePanel()
         self.docks = {
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
@@ -104,11 +107,13 @@ class MainWindow(QMainWindow):
             "model": self._dock("Model", scrolling(self.model_panel)),
             "inspector": self._dock("Inspector", self.inspector_panel),
             "how_it_works": self._dock("How it works", self.how_panel),
+            "finetune": self._dock("Fine-tune", self.finetune_panel),
         }
         self.tabifyDockWidget(self.docks["prompts"], self.docks["sampling"])
         self.tabifyDockWidget(self.docks["sampling"], self.docks["model"])
         self.tabifyDockWidget(self.docks["model"], self.docks["inspector"])
         self.tabifyDockWidget(self.docks["inspector"], self.docks["how_it_works"])
+        self.tabifyDockWidget(self.docks["how_it_works"], self.docks["finetune"])
         self.docks["prompts"].raise_()
         self._build_menus()
 
@@ -118,9 +123,12 @@ class MainWindow(QMainWindow):
         self.worker.moveToThread(self.thread)
         self.thread.start()
         self.remote = RemoteModels(self, self.model_panel.remote)  # a remote model, when one is in use
+        self.model_panel.serve.port.setValue(self.settings.get("server/port"))
+        self.serving = LocalServer(self, self.model_panel.serve)  # the local model served to other apps
         self._connect()
         self.inspector = InspectorController(self, self.inspector_panel)
         self.how_it_works = HowItWorksController(self, self.how_panel)
+        self.finetune = FinetuneController(self, self.finetune_panel)
 
         self.chat.set_policy(self.settings.get("chat/context_policy"))
         self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
@@ -453,6 +461,9 @@ class MainWindow(QMainWindow):
         if self.worker.model is None or self._loading:
             QMessageBox.information(self, "No model", "Wait for the model to finish loading.")
             return None
+        if self.finetune.training:  # the run holds the model: a reply would wait for the whole run
+            QMessageBox.information(self, "Training", "The model is being fine-tuned: stop the run or wait for it.")
+            return None
         fit = self._fit(messages)
         if fit.refused:
             QMessageBox.warning(self, "Cannot send", fit.note)
@@ -643,6 +654,8 @@ class MainWindow(QMainWindow):
             "generated_tokens": result["generated_tokens"],
             "decode_tps": round(result["decode_tps"], 2),
         }
+        if result.get("logprobs"):  # a remote reply's per-token logprobs, for the inspector
+            meta["logprobs"] = result["logprobs"]
         self._finish(s["prefix"] + result["text"], status, meta)
         self.chat.set_readout(
             f"{result['generated_tokens']} tokens · {result['decode_tps']:.1f} tokens/s · "
@@ -665,8 +678,10 @@ class MainWindow(QMainWindow):
     # Closing
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        """Cancel a running reply, wait for the worker, save the partial reply and the layout."""
+        """Cancel a running reply, stop serving, wait for the worker, save the partial reply and the layout."""
         self.worker.cancel()
+        self.serving.stop()
+        self.finetune.shutdown()  # a run stops after its step and writes a checkpoint
         self.thread.quit()
         self.thread.wait(30_000)
         self.remote.stop()

@@ -4,6 +4,8 @@
 load or a reply on the engine thread) that asks a server for its models. `remote_generate` runs on the
 engine worker's thread (`EngineWorker.requestRemoteGenerate`) and answers with the worker's own
 generation signals, batched the same way, so the main window treats a remote reply like a local one.
+It asks for logprobs (5 alternatives a token) unless the server refused them before; the reply's
+per-token data comes back in ``generationFinished``'s ``logprobs`` for the inspector.
 
 Signals of `RemoteConnector`:
     listed(str base_url, list model_ids)
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from desktop.engine_worker import EngineWorker
 
 BATCH_SECONDS = 1 / 30
+TOP_LOGPROBS = 5  # alternatives per token asked of a server, for the inspector
 
 
 class RemoteConnector(QObject):
@@ -78,6 +81,9 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
         worker.generationFailed.emit(str(e))
         return
     batch: list[dict] = []
+    # Logprobs are asked for until a server refuses them (a 400); then, for this session, no more.
+    endpoint = (client.base_url, options["model"])
+    ask_logprobs = endpoint not in worker.remote_without_logprobs
     try:
         gen = client.chat(
             options["model"],
@@ -85,6 +91,8 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
             SamplerSettings(**settings),
             max_tokens=options.get("max_tokens", 512),
             stop_strings=options.get("stop", ()),
+            top_logprobs=TOP_LOGPROBS if ask_logprobs else None,
+            logprobs_fallback=ask_logprobs,
             should_stop=worker.cancel_flag,
         )
         # No local tokenizer counts a remote prompt: the server reports its count when it finishes.
@@ -97,6 +105,8 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
                 batch, last_emit = [], time.monotonic()
         if batch:
             worker.tokens.emit(batch)
+        if gen.logprobs_refused:
+            worker.remote_without_logprobs.add(endpoint)
     except RemoteError as e:
         if batch:
             worker.tokens.emit(batch)  # what arrived before the failure is kept in the partial reply
@@ -119,5 +129,6 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
             "prefill_tps": s.prefill_tokens_per_second,
             "decode_tps": s.decode_tokens_per_second,
             "seed": gen.seed,
+            "logprobs": gen.tokens or None,  # per token, for the inspector (bounded: MAX_KEPT_TOKENS)
         }
     )

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "model/dtype": "auto",
     "model/recent": [],
     "remote/recent": "",  # JSON [[base_url, model_id], …]; API keys live in engine.remote.KeyStore, never here
+    "server/port": 8080,  # serving the local model to other apps, on 127.0.0.1
     "chat/context_policy": "drop_oldest",  # drop_oldest | stop
     "chat/max_tokens": 512,
     "chat/last_conversation": 0,

@@ -25,6 +25,7 @@ import httpx
 
 from engine.errors import EmberError
 from engine.generate import Alternative, GenerationStats, StopSignal, TokenEvent
+from engine.inspect import Candidate, Inspection
 from engine.sampling import SamplerSettings
 
 CONNECT_TIMEOUT = 5.0
@@ -33,6 +34,8 @@ READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big mod
 # Ember's samplers beyond OpenAI's, sent only when switched on; vLLM and llama.cpp's server know them.
 # field -> value that means "off"
 EXTENSION_OFF = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0}
+MAX_KEPT_TOKENS = 2048  # per-token logprobs kept for the inspector (a reply's meta stays small)
+LOGPROB_FLOOR = -9999.0  # stands for -inf in what is kept (JSON has no infinity)
 
 
 class RemoteError(EmberError):
@@ -166,8 +169,12 @@ class RemoteClient:
         max_tokens: int | None = 512,
         stop_strings: Sequence[str] = (),
         top_logprobs: int | None = None,
+        logprobs_fallback: bool = False,
         should_stop: StopSignal = None,
     ) -> RemoteGeneration:
+        """A streamed reply. With ``top_logprobs`` it asks for per-token logprobs; with ``logprobs_fallback``
+        a 400 to that request is taken to mean the server does not offer them: the request is sent again
+        without them and the generation's ``logprobs_refused`` says so."""
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -182,7 +189,7 @@ class RemoteClient:
         if top_logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = top_logprobs
-        return RemoteGeneration(self, body, should_stop)
+        return RemoteGeneration(self, body, should_stop, logprobs_fallback=logprobs_fallback)
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:
@@ -210,7 +217,12 @@ class RemoteGeneration:
     client: RemoteClient
     body: dict[str, Any]
     should_stop: StopSignal = None
+    logprobs_fallback: bool = False
     text: str = field(default="", init=False)
+    # Per token, when the server sent logprobs: [text, logprob, [[alternative, logprob], ...]] (the first
+    # MAX_KEPT_TOKENS tokens): plain data for a reply's meta and `remote_inspection`.
+    tokens: list[list] = field(default_factory=list, init=False)
+    logprobs_refused: bool = field(default=False, init=False)
     finish_reason: str | None = field(default=None, init=False)
     seed: int | None = field(default=None, init=False)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
@@ -225,24 +237,48 @@ class RemoteGeneration:
         client = self.client
         t0 = time.perf_counter()
         try:
-            with client._http.stream("POST", "/chat/completions", json=self.body) as response:
-                client._check(response)
-                kind = response.headers.get("content-type", "")
-                if "text/event-stream" not in kind:
-                    raise RemoteError(f"the server answered {kind or 'no content type'} instead of an event stream")
-                for data in _sse_data(response.iter_lines()):
-                    if data.strip() == "[DONE]":
-                        break
-                    yield from self._chunk(data, t0)
-                    if self._cancelled():
-                        self.finish_reason = "cancelled"
-                        return
+            while True:
+                with client._http.stream("POST", "/chat/completions", json=self.body) as response:
+                    if self._refuses_logprobs(response):
+                        continue
+                    client._check(response)
+                    kind = response.headers.get("content-type", "")
+                    if "text/event-stream" not in kind:
+                        raise RemoteError(f"the server answered {kind or 'no content type'} instead of an event stream")
+                    for data in _sse_data(response.iter_lines()):
+                        if data.strip() == "[DONE]":
+                            break
+                        yield from self._chunk(data, t0)
+                        if self._cancelled():
+                            self.finish_reason = "cancelled"
+                            return
+                    break
         except httpx.HTTPError as e:
             raise client._fail(e) from None
         if self.finish_reason is None:
             raise RemoteError("the reply broke off: the stream ended before the server said it was done")
         elapsed = time.perf_counter() - t0
         self.stats.decode_seconds = max(elapsed - self.stats.prefill_seconds, 0.0)
+
+    def _refuses_logprobs(self, response: httpx.Response) -> bool:
+        """A 400 to a request with logprobs (when allowed to fall back): drop them and ask again."""
+        if response.status_code != 400 or not self.logprobs_fallback or "logprobs" not in self.body:
+            return False
+        response.read()
+        self.body = {k: v for k, v in self.body.items() if k not in ("logprobs", "top_logprobs")}
+        self.logprobs_refused = True
+        return True
+
+    def _keep(self, entries: list) -> None:
+        def lp(value) -> float:
+            return round(max(float(value), LOGPROB_FLOOR), 4)
+
+        try:
+            for e in entries[: MAX_KEPT_TOKENS - len(self.tokens)]:
+                alternatives = [[str(a["token"]), lp(a["logprob"])] for a in e.get("top_logprobs") or []]
+                self.tokens.append([str(e["token"]), lp(e["logprob"]), alternatives])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise RemoteError("malformed stream: logprobs not in the OpenAI format") from None
 
     def _chunk(self, data: str, t0: float) -> Iterator[TokenEvent]:
         try:
@@ -277,7 +313,9 @@ class RemoteGeneration:
                 self.text += text
                 if not isinstance(usage, dict):
                     self.stats.generated_tokens += max(len(entries), 1 if text else 0)
-                yield _event(text, entries)
+                event = _event(text, entries)
+                self._keep(entries)
+                yield event
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
@@ -295,6 +333,36 @@ def _event(text: str, entries: list) -> TokenEvent:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise RemoteError("malformed stream: logprobs not in the OpenAI format") from None
     return TokenEvent(-1, text, logprob, top)
+
+
+PROMPT_MARK = "(prompt)"
+
+
+def remote_inspection(tokens: Sequence) -> Inspection:
+    """An `Inspection` of a remote reply from its kept per-token logprobs (`RemoteGeneration.tokens`):
+    the pieces, their log-probabilities and the server's alternatives; no ids (a remote server sends text),
+    no attention, no logit lens. Position 0 stands for the prompt, which the server scored out of sight,
+    so the reply's first token has a position before it for its alternatives, as in a local inspection.
+    Raises ValueError for data that is not in that shape (a reply's meta may come from an import)."""
+    pieces, logprobs, top = [PROMPT_MARK], [None], []
+    try:
+        for text, logprob, alternatives in tokens:
+            pieces.append(str(text))
+            logprobs.append(float(logprob))
+            top.append([Candidate(-1, str(a), float(lp)) for a, lp in alternatives])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the reply's token probabilities are not in the expected shape: {e}") from None
+    if len(pieces) == 1:
+        raise ValueError("the reply has no token probabilities")
+    n = len(pieces)
+    return Inspection(
+        ids=[-1] * n,
+        pieces=pieces,
+        special=[True] + [False] * (n - 1),
+        token_logprobs=logprobs,
+        top_raw=top + [[]],
+        top_sampled=[[] for _ in range(n)],
+    )
 
 
 class KeyStore:

@@ -16,7 +16,7 @@ import html
 import math
 
 import torch
-from PySide6.QtCore import QUrl, Signal, Slot
+from PySide6.QtCore import Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QCursor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -64,12 +65,28 @@ def percent(logprob: float) -> str:
     return f"{p:.1f}%" if p >= 0.1 else "<0.1%"
 
 
-def alternatives_html(raw: list[Candidate], sampled: list[Candidate]) -> str:
+def alternatives_html(raw: list[Candidate], sampled: list[Candidate] | None) -> str:
+    """The alternatives at a position; ``sampled`` None: not known (a remote model's reply)."""
     rows = "".join(
         f"<tr><td>{html.escape(visible(c.text))}</td><td align='right'>{percent(c.logprob)}</td></tr>" for c in raw
     )
+    table = f"<b>The model's top choices here</b><table>{rows}</table>"
+    if sampled is None:
+        return table
     after = ", ".join(f"{html.escape(visible(c.text))} {percent(c.logprob)}" for c in sampled) or "—"
-    return f"<b>The model's top choices here</b><table>{rows}</table><br><b>After sampling settings:</b> {after}"
+    return f"{table}<br><b>After sampling settings:</b> {after}"
+
+
+def needs_local(what: str) -> QLabel:
+    label = QLabel(
+        f"{what} need a local model: a remote server sends its reply's tokens and their probabilities, "
+        "not its weights. Go back to a local model in the Model panel and inspect again to see them.",
+        wordWrap=True,
+        accessibleName=f"{what} need a local model",
+    )
+    label.setContentsMargins(8, 8, 8, 8)
+    label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+    return label
 
 
 def attention_shades(row: torch.Tensor, position: int) -> list[float]:
@@ -95,6 +112,7 @@ class InspectorPanel(QWidget):
         self.result: Inspection | None = None
         self.reply_start = 0  # first position of the inspected reply (forking is allowed from there)
         self.position: int | None = None
+        self.remote = False  # the inspection is a remote reply's logprobs: no ids, attention, lens or fork
 
         self.inspect_button = QPushButton("Inspect conversation", accessibleName="Inspect conversation")
         self.inspect_button.setToolTip("Run the model over the conversation and keep what it saw (Ctrl+I)")
@@ -191,10 +209,17 @@ class InspectorPanel(QWidget):
         ll.addWidget(self.lens_label)
         ll.addWidget(self.lens, 1)
 
+        # Each of these two pages is replaced by a note while a remote reply is shown.
+        self.attention_page = QStackedWidget()
+        self.attention_page.addWidget(attention_tab)
+        self.attention_page.addWidget(needs_local("Attention maps"))
+        self.lens_page = QStackedWidget()
+        self.lens_page.addWidget(lens_tab)
+        self.lens_page.addWidget(needs_local("The logit lens and the layers' predictions"))
         self.tabs = QTabWidget()
         self.tabs.addTab(tokens_tab, "Tokens")
-        self.tabs.addTab(attention_tab, "Attention")
-        self.tabs.addTab(lens_tab, "Logit lens")
+        self.tabs.addTab(self.attention_page, "Attention")
+        self.tabs.addTab(self.lens_page, "Logit lens")
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(input_row)
@@ -240,14 +265,40 @@ class InspectorPanel(QWidget):
     def set_input_count(self, n: int) -> None:
         self.input_count.setText(f"Your message: {n:,} token{'s' if n != 1 else ''}")
 
+    def _set_remote(self, remote: bool) -> None:
+        self.remote = remote
+        self.attention_page.setCurrentIndex(int(remote))
+        self.lens_page.setCurrentIndex(int(remote))
+
     def show_input_tokens(self, pieces: list[str], ids: list[int]) -> None:
         """The text being typed, tokenized (no model pass): chips without probabilities."""
+        self._set_remote(False)
         self.result = None
         self.position = None
         self.summary.setText(f"Your message so far: <b>{len(ids)}</b> tokens.")
         self._chips([(visible(p), i, None, False) for p, i in zip(pieces, ids, strict=True)])
 
+    def show_remote(self, result: Inspection, model: str) -> None:
+        """A remote reply's tokens (`engine.remote.remote_inspection`): probabilities and the server's
+        alternatives; the attention and logit lens pages say they need a local model; no forking."""
+        self._set_remote(True)
+        self.result = result
+        self.reply_start = len(result.ids)  # nothing to fork from: the server cannot continue our tokens
+        self.position = None
+        known = [lp for lp in result.token_logprobs[1:] if lp is not None]
+        mean = sum(known) / len(known) if known else 0.0
+        self.summary.setText(
+            f"A reply of <b>{html.escape(model)}</b> (remote): {len(known)} tokens, average probability per "
+            f"token {math.exp(mean) * 100:.0f}% (perplexity {math.exp(-mean):.1f}), as the server reported them. "
+            "Attention, the logit lens and forking need a local model."
+        )
+        self.alternatives.clear()
+        self.selected_label.clear()
+        self._update_fork_button(None)
+        self._render_tokens()
+
     def show_inspection(self, result: Inspection, reply_start: int) -> None:
+        self._set_remote(False)
         self.result = result
         self.reply_start = reply_start
         self.position = None
@@ -302,7 +353,7 @@ class InspectorPanel(QWidget):
                 label = f"<i>{label}</i>"
             if pos == self.position:  # the selected token: bold, underlined, blue text
                 label = f"<b><u><span style='color:#0b57d0'>{label}</span></u></b>"
-            ids = f"<sub style='color:#555'>{token_id}</sub>" if self.show_ids.isChecked() else ""
+            ids = f"<sub style='color:#555'>{token_id}</sub>" if self.show_ids.isChecked() and token_id >= 0 else ""
             parts.append(
                 f"<a href='tok:{pos}' style='text-decoration:none;color:#111111'>"
                 f"<span style='background-color:{bg}'>&nbsp;{label}{ids}&nbsp;</span></a>"
@@ -330,10 +381,11 @@ class InspectorPanel(QWidget):
         if r is None or position <= 0:
             QToolTip.hideText()
             return
+        token_id = f" (id {r.ids[position]})" if r.ids[position] >= 0 else ""
         text = (
-            f"<b>{html.escape(visible(r.pieces[position]))}</b> (id {r.ids[position]}), "
+            f"<b>{html.escape(visible(r.pieces[position]))}</b>{token_id}, "
             f"probability {percent(r.token_logprobs[position])}<br>"
-            + alternatives_html(r.top_raw[position - 1], r.top_sampled[position - 1])
+            + alternatives_html(r.top_raw[position - 1], None if self.remote else r.top_sampled[position - 1])
         )
         QToolTip.showText(QCursor.pos(), text, self.tokens)
 
@@ -349,14 +401,19 @@ class InspectorPanel(QWidget):
         if position == 0:
             self.selected_label.setText(f"<b>{html.escape(visible(chosen))}</b>: the first token has no prediction.")
         else:
+            token_id = f" (id {r.ids[position]})" if r.ids[position] >= 0 else ""
             self.selected_label.setText(
-                f"<b>{html.escape(visible(chosen))}</b> (id {r.ids[position]}) had probability "
+                f"<b>{html.escape(visible(chosen))}</b>{token_id} had probability "
                 f"{percent(r.token_logprobs[position])}. The model's alternatives here:"
             )
             sampled = {c.id: c.logprob for c in r.top_sampled[position - 1]}
             for cand in r.top_raw[position - 1]:
                 after = (
-                    f" → {percent(sampled[cand.id])} after sampling" if cand.id in sampled else " (sampling drops it)"
+                    ""
+                    if self.remote
+                    else f" → {percent(sampled[cand.id])} after sampling"
+                    if cand.id in sampled
+                    else " (sampling drops it)"
                 )
                 item = QListWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}{after}")
                 item.setData(ROLE, cand.id)
@@ -364,6 +421,8 @@ class InspectorPanel(QWidget):
                 item.setForeground(QColor("#111111"))
                 self.alternatives.addItem(item)
         self._update_fork_button(self.alternatives.currentItem())
+        if self.remote:  # no attention or lens to show: the worker's last inspection is another conversation's
+            return
         self._show_attention_row()
         self.heatmap.mark_row(position)
         self.lens_label.setText(
@@ -381,7 +440,8 @@ class InspectorPanel(QWidget):
             and item.data(ROLE) != self.result.ids[self.position]
         )
         self.fork_button.setEnabled(bool(can))
-        self.fork_button.setToolTip("" if can else "Pick a different token of the reply to fork from")
+        why = "Forking needs a local model" if self.remote else "Pick a different token of the reply to fork from"
+        self.fork_button.setToolTip("" if can else why)
 
     @Slot()
     def _on_fork(self) -> None:

@@ -1,6 +1,7 @@
 """The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, device and dtype,
-the memory estimate before loading, a progress bar while loading, and the model's facts; below them a
-remote OpenAI-compatible server (`desktop.panels.remote_endpoint`).
+the memory estimate before loading, a progress bar while loading, and the model's facts; below them the
+switch that serves the loaded model to other apps (`desktop.panels.serve_box`) and a remote
+OpenAI-compatible server (`desktop.panels.remote_endpoint`).
 
 Signals:
     loadRequested(str path, str device, str dtype) -- path "" means the default model
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.panels.remote_endpoint import RemoteEndpointBox
+from desktop.panels.serve_box import ServeBox
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
 from engine.errors import EmberError
 from engine.loader import peek_config
@@ -107,6 +109,8 @@ class ModelPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.facts)
+        self.serve = ServeBox(8080)  # the main window sets the remembered port
+        layout.addWidget(self.serve)
         self.remote = RemoteEndpointBox()
         layout.addWidget(self.remote)
         layout.addStretch(1)

@@ -163,7 +163,8 @@ class RemoteEndpointBox(QGroupBox):
         self._active = f"{html.escape(model)} at {html.escape(base_url)}"
         self.status.setText(
             f"<b>In use: {html.escape(model)}</b> at {html.escape(base_url)}. Replies come from this server; "
-            "the prompt preview, token counts and the inspector need a local model."
+            "the prompt preview, token counts, attention and the logit lens need a local model (the inspector "
+            "shows a reply's tokens when the server sends logprobs)."
         )
 
     def show_inactive(self, local_name: str | None) -> None:

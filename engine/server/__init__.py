@@ -72,6 +72,7 @@ class EmberServer:
 
         check_bind(host, api_key)
         max_queue = MAX_QUEUE if max_queue is None else max_queue
+        self.socket = bind_socket(host, port)  # first: a port in use fails before the model worker starts
         self.app = create_app(
             lm,
             model_id=model_id,
@@ -80,7 +81,6 @@ class EmberServer:
             max_body_bytes=max_body_bytes or MAX_BODY_BYTES,
             max_queue=max_queue,
         )
-        self.socket = bind_socket(host, port)
         self.host = host
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(
@@ -123,10 +123,12 @@ class EmberServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop listening, cancel the request generating and refuse the waiting ones (so open streams end
+        now rather than after uvicorn's grace period), then wait for the HTTP thread."""
         self._server.should_exit = True
+        self.app.state.api.worker.close()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.app.state.api.worker.close()
 
     def __enter__(self) -> EmberServer:
         return self.start()

@@ -4,7 +4,9 @@ The model's KV cache is rebuilt from position 0 by every `Generation`, so runnin
 after another never mixes two requests' caches; running two at once would.  So the HTTP side never
 touches the model: it submits a `Job` to the `ModelWorker`'s bounded queue (refused at once with 429
 when full) and reads the job's events from an asyncio queue that the worker fills through
-``loop.call_soon_threadsafe``.  A job whose client went away is cancelled between tokens.
+``loop.call_soon_threadsafe``.  A job whose client went away is cancelled between tokens.  The desktop
+app may serve the model it chats with, so each job also holds the model's lock while it generates
+(`engine.model_lock.hold`): requests queue behind the app's replies and inspections, and they behind them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from engine.errors import EmberError
 from engine.generate import Generation
 from engine.loader import LoadedModel
+from engine.model_lock import hold
 from engine.server.protocol import APIError, CompletionRequest, Outcome, bad_request
 
 log = logging.getLogger(__name__)
@@ -125,8 +128,11 @@ class ModelWorker:
             context_length=lm.context_length,
         )
         piece = lm.tokenizer.piece
-        for event in gen:
-            job.emit(("tokens", [(event, piece(event.id))]))
+        with hold(lm, job.cancel) as held:  # the desktop app may be using the same model: take turns
+            if not held:
+                raise APIError(503, "the request was cancelled while it waited for the model", type="server_error")
+            for event in gen:
+                job.emit(("tokens", [(event, piece(event.id))]))
         job.emit(("done", Outcome(gen.finish_reason or "stop", len(ids), gen.stats.generated_tokens, gen.seed)))
 
 

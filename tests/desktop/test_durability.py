@@ -131,9 +131,9 @@ WRITER = textwrap.dedent(
             store.update_message(aid, content=f"partial {n} {part}")
         store.update_message(aid, content=f"answer {n}", status="complete")
         log.write(f"{cid} {aid} assistant {n}\\n"); log.flush(); os.fsync(log.fileno())
-        if n % 5 == 4:
-            store.delete_turn(cid, 1)
+        if n % 5 == 4:  # logged first: a kill between the delete's commit and the log is no loss
             log.write(f"{cid} {aid} deleted {n}\\n"); log.flush(); os.fsync(log.fileno())
+            store.delete_turn(cid, 1)
         n += 1
     """
 )

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 from engine.server import EmberServer
-from tests.desktop.helpers import click, greedy, send_and_wait, type_and_send, wait_idle
+from tests.desktop.helpers import button, click, greedy, send_and_wait, type_and_send, wait_idle
 
 pytestmark = pytest.mark.gui
 
 KEY = "sk-ember-test-0123456789"
 WRONG = "sk-wrong-9876543210"
 MODEL_ID = "ember-test-model"
+OUT = Path(__file__).resolve().parents[2] / "out"
 LONG_PROMPT = "Write a long story about a dragon who learns to bake bread. Use many paragraphs."
 
 
@@ -85,8 +87,8 @@ def test_chat_stop_regenerate_and_back_to_local(qtbot, window, server, dirs, dia
     # What needs the weights says so.
     window.continue_reply(again.turn)
     assert "needs a local model" in window.statusBar().currentMessage()
-    window.inspector.inspect_last()
-    assert "needs a local model" in window.inspector_panel.summary.text()
+    window.inspector.inspect_last()  # the tokens, from the server's logprobs; attention and the lens say no
+    assert "need a local model" in window.inspector_panel.summary.text()
 
     # Back to the local model: the conversation goes on there.
     box = window.model_panel.remote
@@ -149,3 +151,39 @@ def test_wrong_key_and_unreachable_server_keep_the_conversation(qtbot, window, s
     if window.remote.keys.backend == "file":
         assert keys == {server.url: WRONG}
         assert (dirs.config / "api_keys.json").stat().st_mode & 0o077 == 0
+
+
+def test_inspector_shows_a_remote_reply_from_its_logprobs(qtbot, window, server, dialogs):
+    use_remote(qtbot, window, server)
+    greedy(window, 10)
+    send_and_wait(qtbot, window, "What is the capital of France?")
+    reply = window.store.messages(window.cid)[-1]
+    kept = reply.meta["logprobs"]  # plain data in the reply's meta: [text, logprob, [[alternative, logprob]]]
+    assert len(kept) == reply.meta["generated_tokens"] and all(len(t[2]) == 5 for t in kept)
+    assert reply.content.startswith("".join(t[0] for t in kept).strip()[:8])
+
+    click(qtbot, button(window.chat.widgets[-1], "See the tokens, probabilities and attention up to this message"))
+    panel = window.inspector_panel
+    assert panel.remote and panel.result.pieces[1:] == [t[0] for t in kept]
+    assert panel.result.token_logprobs[1:] == [t[1] for t in kept]
+    assert "(remote)" in panel.summary.text() and "need a local model" in panel.summary.text()
+    assert panel.attention_page.currentIndex() == 1 and panel.lens_page.currentIndex() == 1
+    assert "background-color" in panel.tokens.toHtml()  # coloured by probability
+
+    panel.select(1)  # the reply's first token: the server's alternatives, and no forking
+    assert panel.alternatives.count() == 5 and not panel.fork_button.isEnabled()
+    assert panel.alternatives.item(0).text().startswith(panel.result.top_raw[0][0].text.replace(" ", "·"))
+    OUT.mkdir(exist_ok=True)
+    window.docks["inspector"].resize(680, 560)
+    qtbot.wait(50)
+    panel.grab().save(str(OUT / "inspector_remote.png"))
+    panel.tabs.setCurrentIndex(1)
+    qtbot.wait(20)
+    panel.grab().save(str(OUT / "inspector_remote_attention.png"))
+
+    # Back to the local model: a local inspection again has attention and the lens.
+    click(qtbot, window.model_panel.remote.local_button)
+    window.inspector.inspect_last()
+    qtbot.waitUntil(lambda: not window.inspector.busy, timeout=60_000)
+    assert not panel.remote and panel.attention_page.currentIndex() == 0 and panel.result.attention
+    assert not dialogs.texts("warning")

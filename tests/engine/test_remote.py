@@ -160,6 +160,49 @@ def test_a_well_formed_foreign_stream():
     assert gen.stats.prompt_tokens == 5 and gen.stats.generated_tokens == 2
 
 
+FOREIGN = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+
+def test_logprobs_refused_with_400_are_asked_once_more_without():
+    """A server without logprobs (400 to a request with them): the request is sent again without them."""
+    import json
+
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if "logprobs" in body:
+            return httpx.Response(400, json={"error": {"message": "logprobs not supported"}})
+        return httpx.Response(200, content=FOREIGN, headers={"content-type": "text/event-stream"})
+
+    with RemoteClient("http://fake", transport=httpx.MockTransport(handler)) as client:
+        gen = client.chat("m", HI, GREEDY, top_logprobs=5, logprobs_fallback=True)
+        assert [e.text for e in gen] == ["Hi"] and gen.logprobs_refused and gen.tokens == []
+        assert [("logprobs" in b, "top_logprobs" in b) for b in bodies] == [(True, True), (False, False)]
+        # Without the fallback the 400 is an error, as for any bad request.
+        with pytest.raises(RemoteError, match="400: logprobs not supported"):
+            list(client.chat("m", HI, GREEDY, top_logprobs=5))
+
+
+def test_per_token_logprobs_are_kept_for_the_inspector(remote, server):
+    from engine.remote import remote_inspection
+
+    gen = remote.chat(server.model_id, HI, GREEDY, max_tokens=6, top_logprobs=5, logprobs_fallback=True)
+    events = list(gen)
+    assert not gen.logprobs_refused and len(gen.tokens) == len(events) == gen.stats.generated_tokens
+    for (_text, logprob, alternatives), event in zip(gen.tokens, events, strict=True):
+        assert logprob == pytest.approx(event.logprob, abs=1e-3) and len(alternatives) == 5
+        assert alternatives[0][1] >= logprob - 1e-3  # greedy: the chosen token is the top one
+    result = remote_inspection(gen.tokens)
+    assert result.pieces[1:] == [t[0] for t in gen.tokens] and result.token_logprobs[0] is None
+    assert len(result.top_raw) == len(result.pieces) and result.attention == {} and result.residuals is None
+    with pytest.raises(ValueError, match="no token probabilities"):
+        remote_inspection([])
+    with pytest.raises(ValueError, match="expected shape"):
+        remote_inspection([["a", "x", []]])
+
+
 def test_non_json_models_answer():
     with _fake(b"<html/>", "text/html") as client, pytest.raises(RemoteError, match="JSON"):
         client.models()

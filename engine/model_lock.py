@@ -1,0 +1,44 @@
+"""Taking turns on one loaded model.
+
+A `LoadedModel` has one KV cache; a generation rebuilds it from position 0 and an inspection runs its
+own pass over the weights, so two passes at once on two threads would corrupt each other.  Everything
+that runs the model (the desktop's engine worker, the server's model worker) holds ``lm.lock`` around
+the whole pass, through `hold`, which keeps watching a cancel signal while it waits: a reply stopped
+while it waits for another one never starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+POLL_SECONDS = 0.05
+
+StopSignal = Callable[[], bool] | threading.Event | None
+
+
+class HasLock(Protocol):
+    lock: threading.Lock
+
+
+def _stopped(signal: StopSignal) -> bool:
+    if signal is None:
+        return False
+    return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
+
+
+@contextmanager
+def hold(lm: HasLock, should_stop: StopSignal = None) -> Iterator[bool]:
+    """``with hold(lm, cancel) as held:`` -- ``held`` is True with the model's lock held for the block,
+    False (lock not taken) when ``should_stop`` fired while waiting for it."""
+    lock = lm.lock
+    while not lock.acquire(timeout=POLL_SECONDS):
+        if _stopped(should_stop):
+            yield False
+            return
+    try:
+        yield True
+    finally:
+        lock.release()
