@@ -98,6 +98,10 @@ class FinetuneWorker(QObject):
 
     def train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
         """Called on the UI thread; the flag is cleared here so a Stop pressed before the run starts counts."""
+        # torch's optimizers import torch._dynamo on first use; importing it on the worker thread while the
+        # UI thread runs Python hung a test run twice (a lock inside that import). Do it here, once.
+        import torch._dynamo  # noqa: F401
+
         self.stop_flag.clear()
         self.requestTrain.emit(paths, config, out_dir, resume)
 
