@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +11,7 @@ import torch
 from engine.detokenize import StreamingDetokenizer
 from engine.model import Transformer
 from engine.sampling import Sampler, SamplerSettings
+from engine.stop_signal import StopSignal, is_stopped
 from engine.stop_strings import StopMatcher
 from engine.tokenizer import Tokenizer
 
@@ -55,9 +55,6 @@ class GenerationStats:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds else 0.0
 
 
-StopSignal = Callable[[], bool] | threading.Event | None
-
-
 @dataclass
 class Generation:
     """Iterate over it for `TokenEvent`s. Afterwards `finish_reason` is one of ``eos``, ``stop``
@@ -89,12 +86,6 @@ class Generation:
             raise ValueError("the prompt is empty")
         if len(self.prompt_ids) >= limit:
             raise ValueError(f"the prompt has {len(self.prompt_ids)} tokens; the context holds {limit}")
-
-    def _cancelled(self) -> bool:
-        signal = self.should_stop
-        if signal is None:
-            return False
-        return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
 
     def _event(self, token: int, logprobs: torch.Tensor, text: str) -> TokenEvent:
         top = torch.topk(logprobs, min(self.top_n, logprobs.shape[-1]))
@@ -148,7 +139,7 @@ class Generation:
                 yield self._event(token, logprobs, piece)
                 if self.finish_reason:
                     return
-                if self._cancelled():
+                if is_stopped(self.should_stop):
                     self.text += stops.push(detok.flush())[0] + stops.flush()
                     self.finish_reason = "cancelled"
                     return

@@ -13,7 +13,6 @@ row per layer and position would be ``n_layer x T x vocab`` floats and minutes o
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ import torch
 
 from engine.model import Transformer
 from engine.sampling import SamplerSettings, apply_penalties, filter_logits
+from engine.stop_signal import StopSignal, is_stopped
 from engine.tokenizer import Tokenizer
 
 
@@ -49,15 +49,6 @@ class Inspection:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (n_head, T, T) float16
     residuals: torch.Tensor | None = None  # (n_layer, T, n_embd): each layer's output, for the logit lens
     logits: torch.Tensor | None = None  # (T, vocab) float32, when asked for
-
-
-StopSignal = Callable[[], bool] | threading.Event | None
-
-
-def _stopped(signal: StopSignal) -> bool:
-    if signal is None:
-        return False
-    return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
 
 
 def _candidates(logprobs: torch.Tensor, k: int, tokenizer: Tokenizer) -> list[list[Candidate]]:
@@ -113,7 +104,7 @@ def inspect(
     result_attention: dict[int, torch.Tensor] = {}
     residuals = torch.empty(cfg.n_layer, T, cfg.n_embd, dtype=x.dtype)
     for i, layer in enumerate(model.layers):
-        if _stopped(should_stop):
+        if is_stopped(should_stop):
             raise InspectionCancelled("the inspection was cancelled")
         q, k, v = layer.attn.project(layer.attn_norm(x), rotary)  # (1, nh, T, hd), (1, nkv, T, hd)
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (1, nh, T, hd)

@@ -10,23 +10,17 @@ while it waits for another one never starts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-POLL_SECONDS = 0.05
+from engine.stop_signal import StopSignal, is_stopped
 
-StopSignal = Callable[[], bool] | threading.Event | None
+POLL_SECONDS = 0.05
 
 
 class HasLock(Protocol):
     lock: threading.Lock
-
-
-def _stopped(signal: StopSignal) -> bool:
-    if signal is None:
-        return False
-    return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
 
 
 @contextmanager
@@ -35,7 +29,7 @@ def hold(lm: HasLock, should_stop: StopSignal = None) -> Iterator[bool]:
     False (lock not taken) when ``should_stop`` fired while waiting for it."""
     lock = lm.lock
     while not lock.acquire(timeout=POLL_SECONDS):
-        if _stopped(should_stop):
+        if is_stopped(should_stop):
             yield False
             return
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +23,10 @@ from typing import Any
 import httpx
 
 from engine.errors import EmberError
-from engine.generate import Alternative, GenerationStats, StopSignal, TokenEvent
+from engine.generate import Alternative, GenerationStats, TokenEvent
 from engine.inspect import Candidate, Inspection
 from engine.sampling import SamplerSettings
+from engine.stop_signal import StopSignal, is_stopped
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big model's prefill)
@@ -227,12 +227,6 @@ class RemoteGeneration:
     seed: int | None = field(default=None, init=False)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
 
-    def _cancelled(self) -> bool:
-        signal = self.should_stop
-        if signal is None:
-            return False
-        return signal.is_set() if isinstance(signal, threading.Event) else bool(signal())
-
     def __iter__(self) -> Iterator[TokenEvent]:
         client = self.client
         t0 = time.perf_counter()
@@ -249,7 +243,7 @@ class RemoteGeneration:
                         if data.strip() == "[DONE]":
                             break
                         yield from self._chunk(data, t0)
-                        if self._cancelled():
+                        if is_stopped(self.should_stop):
                             self.finish_reason = "cancelled"
                             return
                     break
