@@ -237,17 +237,21 @@ class EngineWorker(QObject):
     def _on_remote_generate(self, messages: list, settings: dict, options: dict) -> None:
         remote_generate(self, messages, settings, options)
 
-    def _stream(self, gen: Generation, prompt_tokens: int, context_length: int) -> None:
-        self.generationStarted.emit({"prompt_tokens": prompt_tokens, "context_length": context_length})
+    def stream(self, gen, started: dict) -> None:
+        """Announce ``started``, then send ``gen``'s tokens (local or remote) in batches of at most one per
+        `BATCH_SECONDS`. What arrived before a failure is still sent, so the partial reply keeps it."""
+        self.generationStarted.emit(started)
         batch: list[dict] = []
         last_emit = time.monotonic()
-        for event in gen:
-            batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
-            if time.monotonic() - last_emit >= BATCH_SECONDS:
+        try:
+            for event in gen:
+                batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
+                if time.monotonic() - last_emit >= BATCH_SECONDS:
+                    self.tokens.emit(batch)
+                    batch, last_emit = [], time.monotonic()
+        finally:
+            if batch:
                 self.tokens.emit(batch)
-                batch, last_emit = [], time.monotonic()
-        if batch:
-            self.tokens.emit(batch)
 
     @Slot(list, dict, dict)
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:
@@ -270,7 +274,7 @@ class EngineWorker(QObject):
                 if not held:  # stopped while it waited: an empty, stopped reply
                     gen.finish_reason = "cancelled"
                 else:
-                    self._stream(gen, len(prompt_ids), lm.context_length)
+                    self.stream(gen, {"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
         except (EmberError, ValueError, RuntimeError) as e:
             self.generationFailed.emit(str(e))
             return

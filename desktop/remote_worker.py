@@ -14,7 +14,6 @@ Signals of `RemoteConnector`:
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -25,7 +24,6 @@ from engine.sampling import SamplerSettings
 if TYPE_CHECKING:
     from desktop.engine_worker import EngineWorker
 
-BATCH_SECONDS = 1 / 30
 TOP_LOGPROBS = 5  # alternatives per token asked of a server, for the inspector
 
 
@@ -80,7 +78,6 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
     except RemoteError as e:
         worker.generationFailed.emit(str(e))
         return
-    batch: list[dict] = []
     # Logprobs are asked for until a server refuses them (a 400); then, for this session, no more.
     endpoint = (client.base_url, options["model"])
     ask_logprobs = endpoint not in worker.remote_without_logprobs
@@ -96,20 +93,10 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
             should_stop=worker.cancel_flag,
         )
         # No local tokenizer counts a remote prompt: the server reports its count when it finishes.
-        worker.generationStarted.emit({"prompt_tokens": 0, "context_length": 0, "remote": True})
-        last_emit = time.monotonic()
-        for event in gen:
-            batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
-            if time.monotonic() - last_emit >= BATCH_SECONDS:
-                worker.tokens.emit(batch)
-                batch, last_emit = [], time.monotonic()
-        if batch:
-            worker.tokens.emit(batch)
+        worker.stream(gen, {"prompt_tokens": 0, "context_length": 0, "remote": True})
         if gen.logprobs_refused:
             worker.remote_without_logprobs.add(endpoint)
-    except RemoteError as e:
-        if batch:
-            worker.tokens.emit(batch)  # what arrived before the failure is kept in the partial reply
+    except RemoteError as e:  # what arrived before the failure was sent by `stream`
         where = normalise_base_url(options["base_url"])
         message = str(e) if where in str(e) else f"{where}: {e}"
         worker.generationFailed.emit(f"The remote model {options['model']} failed. {message}")
