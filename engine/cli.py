@@ -89,10 +89,10 @@ LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # engi
 def _finetune_parser(sub) -> None:
     ft = sub.add_parser("finetune", help="fine-tune a model on your files (LoRA by default)")
     ft.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.txt .md .pdf .docx .html .jsonl code)")
-    ft.add_argument("--out", required=True, help="output folder: checkpoints, adapter/, merged/, run.json")
+    ft.add_argument("--out", required=True, help="output folder: checkpoints, adapter/, merged/, model.gguf, run.json")
     ft.add_argument("--model", help="a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
     ft.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    ft.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights (auto: float32 for --full)")
+    ft.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights while training (auto: float32)")
     ft.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
     ft.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
     ft.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
@@ -109,6 +109,12 @@ def _finetune_parser(sub) -> None:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     ft.add_argument("--no-export", action="store_true", help="skip writing the adapter and merged model")
+    ft.add_argument(
+        "--gguf",
+        default="f16",
+        choices=("f16", "f32", "q8_0", "none"),
+        help="tensor type of the merged model.gguf (default: f16; none: no GGUF; needs a GGUF base model)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> SamplerSettings:
@@ -293,8 +299,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         val_fraction=args.val_fraction,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        gguf=args.gguf,
     )
-    dtype = "float32" if args.dtype == "auto" and args.full else args.dtype
+    # Training wants float32 weights unless asked otherwise (LoRA factors are float32 either way); the
+    # loader's own default may be a packed low-precision layout meant for chat.
+    dtype = "float32" if args.dtype == "auto" else args.dtype
     lm = load_model(args.model, device=args.device, dtype=dtype)
     if args.resume:
         from engine.finetune import latest_checkpoint
@@ -334,9 +343,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             f"(perplexity {result.perplexity_before:.2f} -> {result.perplexity_after:.2f})"
         )
     print(f"{result.status} at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}")
-    for label, path in (("adapter", result.adapter_dir), ("merged model", result.merged_dir)):
+    outputs = (("adapter", result.adapter_dir), ("merged model", result.merged_dir), ("merged GGUF", result.gguf_path))
+    for label, path in outputs:
         if path is not None:
             print(f"{label}: {path}")
+    if result.gguf_skipped:
+        print(f"no GGUF: {result.gguf_skipped}", file=sys.stderr)
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "finetune": cmd_finetune}

@@ -63,6 +63,7 @@ class FinetuneConfig:
     keep_checkpoints: int = 2
     autocast: str = "auto"  # "auto" (bf16 on CUDA when supported), "off", "bf16", "fp16"
     seed: int = 0
+    gguf: str = "f16"  # the merged GGUF's tensors: "f16", "f32", "q8_0", or "none" for no GGUF
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "full"):
@@ -76,6 +77,8 @@ class FinetuneConfig:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.gguf not in ("f16", "f32", "q8_0", "none"):
+            raise ValueError(f"gguf must be f16, f32, q8_0 or none, got {self.gguf!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> FinetuneConfig:
@@ -107,6 +110,8 @@ class FinetuneResult:
     checkpoint: Path | None = None
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
+    gguf_path: Path | None = None
+    gguf_skipped: str | None = None  # why no GGUF was written (a base model from a Hugging Face folder)
 
     @property
     def perplexity_before(self) -> float | None:
@@ -396,6 +401,18 @@ def _stopper(should_stop) -> Callable[[], bool]:
     return should_stop
 
 
+def _export_gguf(lm, out: Path, config: FinetuneConfig, result: FinetuneResult) -> None:
+    """``out/model.gguf`` (merged), unless turned off or the base model has no GGUF metadata to copy."""
+    if config.gguf == "none":
+        return
+    from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
+
+    try:
+        result.gguf_path = save_merged_gguf(lm, out / "model.gguf", config.gguf)
+    except GGUFExportUnsupported as e:
+        result.gguf_skipped = str(e)
+
+
 def finetune(
     lm,
     data: Dataset | Iterable[str | Path],
@@ -410,7 +427,8 @@ def finetune(
     """Fine-tune ``lm`` (a `LoadedModel`, changed in place) on files or a prepared `Dataset`.
 
     Writes checkpoints under ``out_dir/checkpoints`` and, when finished and ``export``, the adapter in
-    the PEFT layout (``out_dir/adapter``) for LoRA and a merged Hugging Face folder (``out_dir/merged``).
+    the PEFT layout (``out_dir/adapter``) for LoRA, a merged Hugging Face folder (``out_dir/merged``) and,
+    for a base model loaded from GGUF, a merged ``out_dir/model.gguf`` (``config.gguf`` picks its type).
     With ``resume``, the settings saved in the latest checkpoint are used and training continues from
     it. Raises `TrainingDiverged` on a NaN/inf loss and `FinetuneError` when there is nothing to train.
     """
@@ -445,6 +463,7 @@ def finetune(
         if config.method == "lora":
             result.adapter_dir = save_peft_adapter(lm, out / "adapter", config)
         result.merged_dir = save_merged_hf(lm, out / "merged")
+        _export_gguf(lm, out, config, result)
     summary = {
         "status": result.status,
         "step": result.step,
@@ -454,6 +473,11 @@ def finetune(
         "val_loss_after": result.val_loss_after,
         "perplexity_before": result.perplexity_before,
         "perplexity_after": result.perplexity_after,
+        "outputs": {
+            name: str(p) if p is not None else None
+            for name, p in (("adapter", result.adapter_dir), ("merged", result.merged_dir), ("gguf", result.gguf_path))
+        },
+        "gguf_skipped": result.gguf_skipped,
         "history": result.history,
         "files": [asdict(r) for r in data.reports],
     }
