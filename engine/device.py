@@ -30,11 +30,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA when supported (else fp16), fp16 on MPS, fp32 on CPU."""
+    """``auto``: bf16 on CUDA when supported (else fp16), fp16 on MPS, bf16 on CPU (where 4-bit GGUF
+    weights then stay packed for torch's int4 kernel, which wants bf16). ``float32`` is the exact mode."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        return torch.float16 if device.type == "mps" else torch.bfloat16
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
     return DTYPES[name]

@@ -18,11 +18,12 @@ from engine.config import ModelConfig
 from engine.default_model import default_model_path
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import ModelFileError, TemplateError, UnsafeTemplateError
+from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
 from engine.gguf.reader import GGUFFile, read_gguf
 from engine.memory import check_fits
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
-from engine.weights.build import build_model
+from engine.weights.build import build_model, model_from_state
 from engine.weights.from_gguf import gguf_state_dict
 from engine.weights.from_hf import (
     PICKLE_SUFFIXES,
@@ -32,8 +33,10 @@ from engine.weights.from_hf import (
     read_json,
     safetensors_files,
 )
+from engine.weights.pack_cache import PackCache, file_key
 
 GGUF_MAGIC = b"GGUF"
+PACKED_MODE = "cpu-bf16-int4"  # the only mode whose weights are cached: repacking is what costs time
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +110,24 @@ def _template(source: str | None, tokenizer: Tokenizer) -> tuple[ChatTemplate, s
         return _fallback(tokenizer, e)
 
 
-def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress) -> LoadedModel:
+def _cached_model(cfg: ModelConfig, path: Path, cache_dir: Path | None, progress) -> Transformer | None:
+    """The packed model from the weight cache, when it holds one made from this very file."""
+    state = PackCache(cache_dir).load(path, file_key(path, PACKED_MODE))
+    if state is None:
+        return None
+    try:
+        model = model_from_state(cfg, state, path)
+    except ModelFileError as e:  # a cache from an older layout of the model code: rebuild it
+        log.warning("rebuilding the weight cache: %s", e)
+        return None
+    if progress is not None:
+        progress(1.0)
+    return model
+
+
+def _load_gguf(
+    path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress, cache_dir: Path | None
+) -> LoadedModel:
     cfg, gguf = _open_gguf(path)
     with gguf:
         estimate = fits(cfg)
@@ -125,7 +145,18 @@ def _load_gguf(path: Path, device, dtype, fits: Callable[[ModelConfig], int], pr
                 raise ModelFileError(path, f"missing tensor {name}")
             return gguf.load_tensor(name)
 
-        model = build_model(cfg, gguf_state_dict(cfg, names, get), path, device, dtype, progress)
+        def get_linear(name: str) -> torch.Tensor | Int4Groups:
+            info = gguf.tensors.get(name)
+            if pack_int4 and info is not None and info.ggml_type in INT4_TYPES and len(info.shape) == 2:
+                return gguf.load_int4_groups(name)
+            return get(name)
+
+        pack_int4 = device.type == "cpu" and dtype == torch.bfloat16
+        model = _cached_model(cfg, path, cache_dir, progress) if pack_int4 else None
+        if model is None:
+            model = build_model(cfg, gguf_state_dict(cfg, names, get, get_linear), path, device, dtype, progress)
+            if pack_int4:
+                PackCache(cache_dir).save(path, file_key(path, PACKED_MODE), model.state_dict())
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
@@ -195,8 +226,12 @@ def load_model(
     context_length: int | None = None,
     check_memory: bool = True,
     progress: Callable[[float], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> LoadedModel:
     """Load a GGUF file or a Hugging Face safetensors folder (None: the default model).
+
+    On the CPU in bf16 (the default there), 4-bit GGUF weights stay packed and the packed model is kept in
+    ``cache_dir`` (default: the user's cache directory, see `engine.weights.pack_cache`) for the next load.
 
     Raises `ModelFileError` for unusable files, `OutOfMemoryError` (before allocating) when the
     estimate exceeds free memory, and `ValueError` for a bad device or dtype name.
@@ -221,7 +256,7 @@ def load_model(
             magic = f.read(4)
         if magic != GGUF_MAGIC:
             raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
-        lm = _load_gguf(path, dev, dt, fits, progress)
+        lm = _load_gguf(path, dev, dt, fits, progress, Path(cache_dir) if cache_dir else None)
     lm.context_length = min(context_length or lm.config.max_seq_len, lm.config.max_seq_len)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -26,6 +26,7 @@ import torch
 
 from engine.errors import ModelFileError
 from engine.gguf.dequant import SUPPORTED_TYPES, dequantize
+from engine.gguf.int4_groups import Int4Groups, int4_groups
 from engine.gguf.types import BLOCK_SIZES, SCALAR_FORMATS, GGMLType, GGUFValueType
 
 MAGIC = b"GGUF"
@@ -114,6 +115,12 @@ class GGUFFile:
         raw = torch.from_numpy(self.tensor_bytes(name).copy())
         values = dequantize(raw, info.ggml_type, info.shape)
         return values if dtype == torch.float32 else values.to(dtype)
+
+    def load_int4_groups(self, name: str) -> Int4Groups:
+        """2-D tensor ``name`` of a type in `INT4_TYPES` as its 4-bit codes with per-group scales and offsets."""
+        info = self.tensors[name]
+        raw = torch.from_numpy(self.tensor_bytes(name).copy())
+        return int4_groups(raw, info.ggml_type, info.shape)
 
     def close(self) -> None:
         """Release the memory map; arrays from :meth:`tensor_bytes` still alive keep it mapped until freed."""

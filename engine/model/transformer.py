@@ -180,8 +180,8 @@ class Transformer(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and output projection, ``(B, T, n_embd) -> (B, T, vocab)`` float32."""
         x = self.norm(x)
-        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, w).float()
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return logits.float()
 
     def forward(self, tokens: torch.Tensor, start: int = 0, *, last_only: bool = False) -> torch.Tensor:
         B, T = tokens.shape

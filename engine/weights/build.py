@@ -1,4 +1,8 @@
-"""Building the transformer from converted tensors: on the meta device, then assigned in place."""
+"""Building the transformer from converted tensors: on the meta device, then assigned in place.
+
+A weight given as `Int4Groups` stays 4-bit: its `Linear` is swapped for an `Int4Linear` when the kernel
+takes that shape on that device, and is dequantized to ``dtype`` otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,53 @@ import torch
 
 from engine.config import ModelConfig
 from engine.errors import ModelFileError
+from engine.gguf.int4_groups import Int4Groups
 from engine.model import Transformer
+from engine.model.int4_linear import Int4Linear, int4_supported
+
+
+def _use_int4(model: Transformer, path: str) -> Int4Linear:
+    """Replace the `Linear` at ``path`` by an (unfilled, meta) `Int4Linear` of the same shape."""
+    dense = model.get_submodule(path)
+    with torch.device("meta"):
+        layer = Int4Linear(dense.in_features, dense.out_features, bias=dense.bias is not None)
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, layer)
+    return layer
+
+
+def _swap_in_int4(model: Transformer, name: str, groups: Int4Groups, device: torch.device) -> dict[str, torch.Tensor]:
+    """Replace the `Linear` owning weight ``name`` by an `Int4Linear`; returns the new layer's state."""
+    path = name.removesuffix(".weight")
+    dense = model.get_submodule(path)
+    if tuple(groups.shape) != (dense.out_features, dense.in_features):
+        return {name: groups.dequantize()}  # load_state_dict reports the mismatch
+    _use_int4(model, path)
+    return {f"{path}.{key}": t.to(device) for key, t in Int4Linear.pack(groups).items()}
+
+
+def _assign(model: Transformer, state: dict[str, torch.Tensor], path: str | Path) -> Transformer:
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise ModelFileError(path, f"tensors do not match the model's declared sizes: {detail}") from None
+    return model.eval()
+
+
+def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], path: str | Path) -> Transformer:
+    """The model from a state saved off a built one (`state_dict`), int4 layers included."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    for name in state:
+        if name.endswith(".packed"):
+            _use_int4(model, name.removesuffix(".packed"))
+    return _assign(model, state, path)
 
 
 def build_model(
     cfg: ModelConfig,
-    pairs: Iterable[tuple[str, torch.Tensor]],
+    pairs: Iterable[tuple[str, torch.Tensor | Int4Groups]],
     path: str | Path,
     device: torch.device,
     dtype: torch.dtype,
@@ -28,12 +73,12 @@ def build_model(
     total = len(model.state_dict())
     state = {}
     for name, t in pairs:
-        state[name] = t.to(device=device, dtype=dtype, copy=True)
+        if isinstance(t, Int4Groups) and int4_supported(t.shape, device):
+            state.update(_swap_in_int4(model, name, t, device))
+            total += 1  # one weight became two buffers
+        else:
+            t = t.dequantize() if isinstance(t, Int4Groups) else t
+            state[name] = t.to(device=device, dtype=dtype, copy=True)
         if progress is not None:
             progress(min(len(state) / total, 1.0))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
-        raise ModelFileError(path, f"tensors do not match the model's declared sizes: {detail}") from None
-    return model.eval()
+    return _assign(model, state, path)

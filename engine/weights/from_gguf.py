@@ -1,4 +1,8 @@
-"""GGUF tensor names (llama.cpp's) to ours, undoing llama.cpp's q/k permutation for Llama models."""
+"""GGUF tensor names (llama.cpp's) to ours, undoing llama.cpp's q/k permutation for Llama models.
+
+Projection weights come from ``get_linear``, which may return `Int4Groups` (kept 4-bit) instead of a
+dense tensor; row permutations and concatenations work on either.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import Callable
 import torch
 
 from engine.config import ModelConfig
+from engine.gguf.int4_groups import Int4Groups
+
+Weight = torch.Tensor | Int4Groups
 
 # llama.cpp permutes Llama q/k rows so that rope can rotate adjacent pairs (interleaved layout);
 # NeoX-style archs (Qwen, Phi-3) are stored as Hugging Face has them.
@@ -20,8 +27,29 @@ def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(shape)  # (nh, 2, hd/2, ...) -> rows
 
 
-def gguf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.Tensor]):
-    """Yield ``(our_name, tensor)`` pairs from GGUF tensor names."""
+def unpermute_rows(w: Weight, n_head: int) -> Weight:
+    """`unpermute` as a row reordering, for dense tensors and `Int4Groups` alike."""
+    if isinstance(w, torch.Tensor):
+        return unpermute(w, n_head)
+    return w.rows(unpermute(torch.arange(w.shape[0]), n_head))
+
+
+def cat_rows(parts: list[Weight]) -> Weight:
+    """Stack weights by rows; any dense part makes the result dense."""
+    if all(isinstance(p, Int4Groups) for p in parts):
+        return Int4Groups.cat(parts)
+    return torch.cat([p if isinstance(p, torch.Tensor) else p.dequantize() for p in parts])
+
+
+def gguf_state_dict(
+    cfg: ModelConfig,
+    names: set[str],
+    get: Callable[[str], torch.Tensor],
+    get_linear: Callable[[str], Weight] | None = None,
+):
+    """Yield ``(our_name, weight)`` pairs from GGUF tensor names; projection weights come from
+    ``get_linear`` (default ``get``)."""
+    get_linear = get_linear or get
     permuted = cfg.arch in PERMUTED_QK_ARCHS
     yield "tok_emb.weight", get("token_embd.weight")
     if cfg.learned_positions:
@@ -32,29 +60,31 @@ def gguf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torc
             yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
             yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
         for suffix in ("weight", "bias") if cfg.qkv_bias or cfg.linear_bias else ("weight",):
+            load = get_linear if suffix == "weight" else get
             if p + f"attn_qkv.{suffix}" in names:
-                yield o + f"attn.wqkv.{suffix}", get(p + f"attn_qkv.{suffix}")
+                yield o + f"attn.wqkv.{suffix}", load(p + f"attn_qkv.{suffix}")
                 continue
-            q, k, v = (get(p + f"attn_{x}.{suffix}") for x in "qkv")
+            q, k, v = (load(p + f"attn_{x}.{suffix}") for x in "qkv")
             if permuted:
-                q, k = unpermute(q, cfg.n_head), unpermute(k, cfg.n_kv_head)
-            yield o + f"attn.wqkv.{suffix}", torch.cat([q, k, v])
+                q, k = unpermute_rows(q, cfg.n_head), unpermute_rows(k, cfg.n_kv_head)
+            yield o + f"attn.wqkv.{suffix}", cat_rows([q, k, v])
         if cfg.qk_norm:
             yield o + "attn.q_norm.weight", get(p + "attn_q_norm.weight")
             yield o + "attn.k_norm.weight", get(p + "attn_k_norm.weight")
-        yield o + "attn.wo.weight", get(p + "attn_output.weight")
+        yield o + "attn.wo.weight", get_linear(p + "attn_output.weight")
         if cfg.linear_bias:
             yield o + "attn.wo.bias", get(p + "attn_output.bias")
-            yield o + "mlp.w_up.weight", get(p + "ffn_up.weight")
+            yield o + "mlp.w_up.weight", get_linear(p + "ffn_up.weight")
             yield o + "mlp.w_up.bias", get(p + "ffn_up.bias")
             yield o + "mlp.w_down.bias", get(p + "ffn_down.bias")
         elif p + "ffn_gate.weight" in names:
-            yield o + "mlp.w_gate_up.weight", torch.cat([get(p + "ffn_gate.weight"), get(p + "ffn_up.weight")])
+            gate_up = [get_linear(p + "ffn_gate.weight"), get_linear(p + "ffn_up.weight")]
+            yield o + "mlp.w_gate_up.weight", cat_rows(gate_up)
         else:  # Phi-3 stores gate and up fused, gate first
-            yield o + "mlp.w_gate_up.weight", get(p + "ffn_up.weight")
-        yield o + "mlp.w_down.weight", get(p + "ffn_down.weight")
+            yield o + "mlp.w_gate_up.weight", get_linear(p + "ffn_up.weight")
+        yield o + "mlp.w_down.weight", get_linear(p + "ffn_down.weight")
     yield "norm.weight", get("output_norm.weight")
     if cfg.layer_norm:
         yield "norm.bias", get("output_norm.bias")
     if not cfg.tie_embeddings:
-        yield "lm_head.weight", get("output.weight")
+        yield "lm_head.weight", get_linear("output.weight")
