@@ -18,6 +18,10 @@ class ModelFileError(EmberError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class TokenizerError(EmberError):
+    """A tokenizer that failed on a text (e.g. its regex gave up); the text, not the file, is named."""
+
+
 class TemplateError(EmberError):
     """A chat template that failed to render (syntax, sandbox violation, time or size limit)."""
 

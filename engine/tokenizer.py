@@ -17,8 +17,9 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
-from engine.errors import ModelFileError
+from engine.errors import ModelFileError, TokenizerError
 from engine.gguf_vocab import build_gguf_vocab
+from engine.tokenizer_guard import check_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,15 @@ class Tokenizer:
         BOS is prepended when ``add_bos`` (default: ``self.add_bos``) unless the text already starts
         with it, e.g. a chat template that writes ``<s>`` itself.
         """
-        ids: list[int] = self.inner.encode(text, add_special_tokens=False).ids
+        try:
+            ids: list[int] = self.inner.encode(text, add_special_tokens=False).ids
+        except BaseException as exc:
+            # A regex that gives up (Oniguruma's backtracking limit) panics in Rust: a BaseException that
+            # would get past every `except Exception` and end the thread. Load-time checks
+            # (engine.tokenizer_guard) should make this unreachable.
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise TokenizerError(f"The tokenizer could not split this text: {exc}") from None
         want_bos = self.add_bos if add_bos is None else add_bos
         if want_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids.insert(0, self.bos_id)
@@ -142,6 +151,7 @@ class Tokenizer:
             inner = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
             raise ModelFileError(path, f"cannot be read as a tokenizer: {exc}") from exc
+        check_tokenizer(inner, path)  # a regex that backtracks catastrophically would freeze the app
         config = _read_json(folder / "tokenizer_config.json")
         _add_config_tokens(inner, config.get("added_tokens_decoder", {}), folder / "tokenizer_config.json")
         bos_token = _token_text(config.get("bos_token"))
