@@ -7,6 +7,7 @@ from engine.finetune.data import Dataset, Example, FileReport, build_dataset
 from engine.finetune.export import load_peft_adapter, save_merged_hf, save_peft_adapter
 from engine.finetune.lora import ALL_TARGETS, LoRALinear, add_lora, merge_lora
 from engine.finetune.train import (
+    CheckpointWriteError,
     FinetuneConfig,
     FinetuneError,
     FinetuneResult,
@@ -19,6 +20,7 @@ from engine.finetune.train import (
 
 __all__ = [
     "ALL_TARGETS",
+    "CheckpointWriteError",
     "Dataset",
     "Example",
     "FileReport",

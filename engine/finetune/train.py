@@ -9,6 +9,7 @@ the same weights as one never interrupted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import EmberError
@@ -33,6 +35,10 @@ MARKER = "COMPLETE"
 
 class FinetuneError(EmberError):
     """A run that cannot start or go on (no usable data, a checkpoint that does not fit, ...)."""
+
+
+class CheckpointWriteError(FinetuneError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is intact."""
 
 
 class TrainingDiverged(FinetuneError):
@@ -189,6 +195,13 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC, from Python's own I/O or from safetensors' Rust writer (which reports it in its message)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return any(s in str(e) for s in ("No space left", "StorageFull", "code: 28"))
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint under ``out_dir/checkpoints`` (one whose marker exists)."""
     root = Path(out_dir) / "checkpoints"
@@ -253,11 +266,42 @@ class _Trainer:
         return {n: p.detach().clone().contiguous() for n, p in self.params}
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-N`` atomically: into a temporary folder, renamed, marker last."""
+        """Write ``checkpoints/step-N`` atomically: into a temporary folder, renamed, marker last.
+
+        If the disk fills up (or any other write fails) the half-written checkpoint is removed, the
+        previous complete one is left as it was, and `CheckpointWriteError` says so: the run can be
+        resumed from that one once there is room again."""
         root = self.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.step:08d}"
         tmp = root / f".{final.name}.tmp"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self._write_checkpoint(final, tmp)
+        except (OSError, SafetensorError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / MARKER).is_file():
+                shutil.rmtree(final, ignore_errors=True)
+            previous = latest_checkpoint(self.out)
+            kept = (
+                f"the previous checkpoint {previous.name} is intact; free some space, then resume"
+                if previous is not None
+                else "there is no earlier checkpoint; free some space and start again"
+            )
+            what = "the disk is full" if _disk_full(e) else str(e)
+            raise CheckpointWriteError(f"could not write checkpoint {final.name} in {root}: {what}; {kept}") from e
+        self._prune(root, final)
+        return final
+
+    def _prune(self, root: Path, final: Path) -> None:
+        """Keep ``keep_checkpoints`` complete checkpoints, the new one included."""
+        done = sorted(
+            (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p != final),
+            key=lambda p: p.name,
+        )
+        for old in done[: max(0, len(done) - max(0, self.cfg.keep_checkpoints - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _write_checkpoint(self, final: Path, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
@@ -287,13 +331,6 @@ class _Trainer:
         marker_tmp = final / f".{MARKER}.tmp"
         _fsync_write(marker_tmp, b"ok\n")
         os.replace(marker_tmp, final / MARKER)
-        done = sorted(
-            (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p != final),
-            key=lambda p: p.name,
-        )
-        for old in done[: max(0, len(done) - max(0, self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def load_checkpoint(self, path: Path) -> None:
         state = json.loads((path / "state.json").read_text())
