@@ -37,14 +37,14 @@ IDS = torch.tensor([[1, 5, 9, 20, 33, 40, 7, 81, 3]])
 def test_adapter_loads_in_peft_with_the_same_logits(tiny_models, tmp_path, arch):
     peft = pytest.importorskip("peft")
     folder, ref = tiny_models(arch)
-    lm = load_model(folder)
+    lm = load_model(folder, dtype="float32")
     cfg = FinetuneConfig(seq_len=32, steps=4, lr=1e-2, batch_size=2, dropout=0.0)
     result = finetune(lm, [_word_corpus(tmp_path / "data")], tmp_path / "out", cfg)
     assert result.status == "finished"
     assert result.adapter_dir is not None and (result.adapter_dir / "adapter_config.json").is_file()
     with torch.no_grad():
         ours = lm.model(IDS)
-        base = load_model(folder).model(IDS)
+        base = load_model(folder, dtype="float32").model(IDS)
     assert (ours - base).abs().max() > 1e-3  # training changed something
     tuned = peft.PeftModel.from_pretrained(ref, str(result.adapter_dir)).eval()
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_adapter_loads_in_peft_with_the_same_logits(tiny_models, tmp_path, arch)
     with torch.no_grad():
         torch.testing.assert_close(merged(IDS).logits, ours, atol=2e-5, rtol=1e-4)
 
-    again = load_model(folder)
+    again = load_model(folder, dtype="float32")
     load_peft_adapter(again.model, tmp_path / "out")  # the run folder is accepted too
     with torch.no_grad():
         torch.testing.assert_close(again.model(IDS), ours, atol=2e-5, rtol=1e-4)
@@ -66,7 +66,7 @@ def test_adapter_loads_in_peft_with_the_same_logits(tiny_models, tmp_path, arch)
 
 def test_lora_targets_slices_of_fused_projections(tiny_models):
     folder, _ = tiny_models("llama")
-    model = load_model(folder).model
+    model = load_model(folder, dtype="float32").model
     layers = add_lora(model, rank=2, alpha=4, targets=["q_proj", "v_proj"])
     wqkv = model.layers[0].attn.wqkv
     assert [s.short for s in wqkv.slices] == ["q_proj", "v_proj"]
@@ -92,11 +92,13 @@ class _Killed(Exception):
 
 def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
     folder, _ = tiny_models("llama")
-    data = build_dataset([_word_corpus(tmp_path / "data")], load_model(folder).tokenizer, seq_len=24, val_fraction=0.2)
+    data = build_dataset(
+        [_word_corpus(tmp_path / "data")], load_model(folder, dtype="float32").tokenizer, seq_len=24, val_fraction=0.2
+    )
     cfg = FinetuneConfig(seq_len=24, steps=6, lr=5e-3, batch_size=2, grad_accum=2, dropout=0.1, checkpoint_every=2)
 
     torch.manual_seed(0)
-    straight = load_model(folder)
+    straight = load_model(folder, dtype="float32")
     finetune(straight, data, tmp_path / "a", cfg, export=False)
 
     def die_at_3(p):
@@ -105,10 +107,10 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(_Killed):
-        finetune(load_model(folder), data, tmp_path / "b", cfg, progress=die_at_3, export=False)
+        finetune(load_model(folder, dtype="float32"), data, tmp_path / "b", cfg, progress=die_at_3, export=False)
     assert latest_checkpoint(tmp_path / "b").name == "step-00000002"
     torch.manual_seed(999)  # the RNG state must come from the checkpoint, not from luck
-    resumed = load_model(folder)
+    resumed = load_model(folder, dtype="float32")
     result = finetune(resumed, data, tmp_path / "b", resume=True, export=False)
     assert result.step == 6 and [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
     a, b = lora_state_dict(straight.model), lora_state_dict(resumed.model)
@@ -125,7 +127,7 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message(tiny_models, tmp_path):
     folder, _ = tiny_models("llama")
-    lm = load_model(folder)
+    lm = load_model(folder, dtype="float32")
     lm.model.layers[0].register_forward_hook(lambda m, i, o: o * float("nan"))
     cfg = FinetuneConfig(seq_len=24, steps=3, batch_size=2)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 1.*learning rate"):
@@ -135,7 +137,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_models, tmp_path):
 
 def test_cancel_between_steps_writes_a_checkpoint(tiny_models, tmp_path):
     folder, _ = tiny_models("llama")
-    lm = load_model(folder)
+    lm = load_model(folder, dtype="float32")
     seen = []
 
     def progress(p):
@@ -158,7 +160,7 @@ def test_cancel_between_steps_writes_a_checkpoint(tiny_models, tmp_path):
 
 def test_full_finetune_changes_all_weights(tiny_models, tmp_path):
     folder, _ = tiny_models("llama")
-    lm = load_model(folder)
+    lm = load_model(folder, dtype="float32")
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     result = finetune(
         lm, [_word_corpus(tmp_path / "data")], tmp_path / "out", FinetuneConfig(method="full", seq_len=24, steps=2)
@@ -199,7 +201,7 @@ def test_lora_on_the_default_model_learns_invented_facts(tmp_path):
     folder.mkdir()
     for k in range(4):
         (folder / f"notes{k}.md").write_text("\n\n".join(FACTS[(k + j) % len(FACTS)] for j in range(len(FACTS))))
-    lm = load_model()
+    lm = load_model(dtype="float32")
     base = _logprob(lm, HELD_OUT)
     cfg = FinetuneConfig(seq_len=48, steps=16, lr=2e-3, batch_size=2, rank=8, val_fraction=0.25, eval_every=100)
     result = finetune(lm, [folder], tmp_path / "out", cfg, export=False)

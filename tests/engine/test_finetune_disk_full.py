@@ -47,15 +47,17 @@ def _full_disk_at(monkeypatch, step: int, error: Exception) -> list[str]:
 )
 def test_disk_full_during_a_checkpoint(error, tiny_models, tmp_path, monkeypatch):
     folder, _ = tiny_models("llama")
-    data = build_dataset([_word_corpus(tmp_path / "data")], load_model(folder).tokenizer, seq_len=24, val_fraction=0.2)
+    data = build_dataset(
+        [_word_corpus(tmp_path / "data")], load_model(folder, dtype="float32").tokenizer, seq_len=24, val_fraction=0.2
+    )
     torch.manual_seed(0)
-    straight = load_model(folder)
+    straight = load_model(folder, dtype="float32")
     finetune(straight, data, tmp_path / "a", CFG, export=False)
 
     failed = _full_disk_at(monkeypatch, 4, error)
     out = tmp_path / "b"
     with pytest.raises(CheckpointWriteError) as caught:
-        finetune(load_model(folder), data, out, CFG, export=False)
+        finetune(load_model(folder, dtype="float32"), data, out, CFG, export=False)
     assert failed
     message = str(caught.value)
     assert "could not write checkpoint step-00000004" in message and "the disk is full" in message
@@ -67,7 +69,7 @@ def test_disk_full_during_a_checkpoint(error, tiny_models, tmp_path, monkeypatch
 
     monkeypatch.undo()  # space freed
     torch.manual_seed(123)
-    resumed = load_model(folder)
+    resumed = load_model(folder, dtype="float32")
     result = finetune(resumed, data, out, resume=True, export=False)
     assert result.status == "finished" and result.step == 6
     a, b = lora_state_dict(straight.model), lora_state_dict(resumed.model)
@@ -80,5 +82,7 @@ def test_other_write_errors_say_what_happened(tiny_models, tmp_path, monkeypatch
     folder, _ = tiny_models("llama")
     _full_disk_at(monkeypatch, 2, PermissionError(errno.EACCES, "Permission denied"))
     with pytest.raises(CheckpointWriteError, match="Permission denied.*no earlier checkpoint"):
-        finetune(load_model(folder), [_word_corpus(tmp_path / "data")], tmp_path / "out", CFG, export=False)
+        finetune(
+            load_model(folder, dtype="float32"), [_word_corpus(tmp_path / "data")], tmp_path / "out", CFG, export=False
+        )
     assert latest_checkpoint(tmp_path / "out") is None
