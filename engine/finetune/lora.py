@@ -14,6 +14,8 @@ Checkpoints hold only ``lora_*`` keys (`lora_state_dict`); `LoRALinear.merge` is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -106,12 +108,16 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # The factors stay float32 (AdamW on bf16 weights loses small updates); they are cast to the
         # activations' dtype in forward.
-        dev = base.weight.device
+        # The base may hold no ``weight`` (a packed int4 projection the chat model uses on a CPU): the
+        # adapter then runs beside it unmerged; merging needs a dense float base.
+        dev = next(iter(base.parameters()), None)
+        dev = dev.device if dev is not None else next(base.buffers()).device
         self.lora_A = nn.Parameter(torch.empty(len(slices), rank, base.in_features, device=dev))
         self.lora_B = nn.Parameter(torch.zeros(sum(s.size for s in slices), rank, device=dev))
         for a in self.lora_A:  # PEFT's init: A as nn.Linear's default, B zero
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.merged = False
+        self.disabled = False  # see `lora_disabled`
 
     def _b(self, k: int) -> torch.Tensor:
         off = sum(s.size for s in self.slices[:k])
@@ -119,14 +125,14 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The full ``(out, in)`` update this adapter adds to ``base.weight``."""
-        delta = torch.zeros(self.base.weight.shape, device=self.lora_A.device)
+        delta = torch.zeros(self.out_features, self.in_features, device=self.lora_A.device)
         for k, s in enumerate(self.slices):
             delta[s.start : s.start + s.size] = self._b(k) @ self.lora_A[k] * self.scaling
-        return delta.to(self.base.weight.dtype)
+        return delta.to(getattr(self.base, "weight", delta).dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return out
         a = self.lora_A.to(x.dtype).reshape(-1, self.in_features)
         h = F.linear(self.dropout(x), a)  # (..., n_slices * r)
@@ -195,6 +201,24 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the ``lora_*`` tensors (what a checkpoint of a LoRA run holds)."""
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[None]:
+    """``with lora_disabled(model):`` the base model, without removing or changing the adapters."""
+    layers = [layer for _, layer in lora_layers(model)]
+    merged = [layer for layer in layers if layer.merged]
+    for layer in merged:
+        layer.unmerge()
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.disabled = False
+        for layer in merged:
+            layer.merge()
 
 
 def merge_lora(model: nn.Module) -> None:
