@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,12 @@ from engine.stop_signal import StopSignal, is_stopped
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big model's prefill)
+STOP_POLL = 0.05  # how often a waiting reply looks at its stop signal (a stop takes effect within this)
 
 # Ember's samplers beyond OpenAI's, sent only when switched on; vLLM and llama.cpp's server know them.
 # field -> value that means "off"
 EXTENSION_OFF = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0}
+EXTENSION_FIELDS = (*EXTENSION_OFF, "repetition_window")
 MAX_KEPT_TOKENS = 2048  # per-token logprobs kept for the inspector (a reply's meta stays small)
 LOGPROB_FLOOR = -9999.0  # stands for -inf in what is kept (JSON has no infinity)
 
@@ -108,7 +113,12 @@ class RemoteClient:
         self.base_url = normalise_base_url(base_url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        # A fresh connection for every request (no keep-alive), so that each reply's socket is known to its
+        # `_HangUp` and a stop can close it even while the server sends nothing.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, limits=limits, transport=transport
+        )
         self.read_timeout = read_timeout
 
     def close(self) -> None:
@@ -170,11 +180,18 @@ class RemoteClient:
         stop_strings: Sequence[str] = (),
         top_logprobs: int | None = None,
         logprobs_fallback: bool = False,
+        extensions_fallback: bool = True,
         should_stop: StopSignal = None,
     ) -> RemoteGeneration:
         """A streamed reply. With ``top_logprobs`` it asks for per-token logprobs; with ``logprobs_fallback``
         a 400 to that request is taken to mean the server does not offer them: the request is sent again
-        without them and the generation's ``logprobs_refused`` says so."""
+        without them and the generation's ``logprobs_refused`` says so. With ``extensions_fallback``, a 400
+        or 422 whose message names one of Ember's extension samplers (``top_k``, ``min_p``, ...: servers
+        that check fields strictly, such as ``transformers serve`` or OpenAI's own API) sends the request
+        again without them, and ``extensions_refused`` says so.
+
+        ``should_stop`` is also read from a helper thread while the reply waits for the server: a stop
+        closes the connection within `STOP_POLL` seconds, even when no bytes arrive."""
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -189,7 +206,9 @@ class RemoteClient:
         if top_logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = top_logprobs
-        return RemoteGeneration(self, body, should_stop, logprobs_fallback=logprobs_fallback)
+        return RemoteGeneration(
+            self, body, should_stop, logprobs_fallback=logprobs_fallback, extensions_fallback=extensions_fallback
+        )
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:
@@ -210,6 +229,62 @@ def _sse_data(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
+class _HangUp:
+    """Closes a reply's connection when its stop signal fires, so that a read waiting on a silent server (a
+    big model's prefill, a stalled proxy) ends at once instead of at the read timeout.
+
+    ``trace`` is an httpcore trace hook: it learns each new connection's socket. A helper thread polls
+    the stop signal every `STOP_POLL` seconds and shuts the sockets down; the blocked read then sees the
+    connection end, and the server sees the client go (vLLM, llama.cpp's server and Ember's own stop
+    generating). Used as a context manager around the request."""
+
+    def __init__(self, signal: StopSignal) -> None:
+        self.signal = signal
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="remote-stop", daemon=True)
+
+    def __enter__(self) -> _HangUp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def trace(self, event: str, info: dict) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:  # stopped while connecting
+            _shut(sock)
+
+    def _watch(self) -> None:
+        while not self._done.wait(STOP_POLL):
+            if is_stopped(self.signal):
+                with self._lock:
+                    self.fired = True
+                    sockets = list(self._sockets)
+                for sock in sockets:
+                    _shut(sock)
+                return
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # unlike close(), this wakes a recv() blocked in another thread
+    except OSError:  # already closed
+        pass
+
+
 @dataclass
 class RemoteGeneration:
     """A streamed chat reply from a remote server; iterate once."""
@@ -218,11 +293,13 @@ class RemoteGeneration:
     body: dict[str, Any]
     should_stop: StopSignal = None
     logprobs_fallback: bool = False
+    extensions_fallback: bool = True
     text: str = field(default="", init=False)
     # Per token, when the server sent logprobs: [text, logprob, [[alternative, logprob], ...]] (the first
     # MAX_KEPT_TOKENS tokens): plain data for a reply's meta and `remote_inspection`.
     tokens: list[list] = field(default_factory=list, init=False)
     logprobs_refused: bool = field(default=False, init=False)
+    extensions_refused: bool = field(default=False, init=False)
     finish_reason: str | None = field(default=None, init=False)
     seed: int | None = field(default=None, init=False)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
@@ -230,38 +307,62 @@ class RemoteGeneration:
     def __iter__(self) -> Iterator[TokenEvent]:
         client = self.client
         t0 = time.perf_counter()
+        hang_up = _HangUp(self.should_stop) if self.should_stop is not None else None
+        extensions = {"trace": hang_up.trace} if hang_up is not None else None
         try:
-            while True:
-                with client._http.stream("POST", "/chat/completions", json=self.body) as response:
-                    if self._refuses_logprobs(response):
-                        continue
-                    client._check(response)
-                    kind = response.headers.get("content-type", "")
-                    if "text/event-stream" not in kind:
-                        raise RemoteError(f"the server answered {kind or 'no content type'} instead of an event stream")
-                    for data in _sse_data(response.iter_lines()):
-                        if data.strip() == "[DONE]":
-                            break
-                        yield from self._chunk(data, t0)
-                        if is_stopped(self.should_stop):
-                            self.finish_reason = "cancelled"
-                            return
-                    break
+            with hang_up or nullcontext():
+                while True:
+                    with client._http.stream(
+                        "POST", "/chat/completions", json=self.body, extensions=extensions
+                    ) as response:
+                        if self._drop_refused(response):
+                            continue
+                        client._check(response)
+                        kind = response.headers.get("content-type", "")
+                        if "text/event-stream" not in kind:
+                            raise RemoteError(
+                                f"the server answered {kind or 'no content type'} instead of an event stream"
+                            )
+                        for data in _sse_data(response.iter_lines()):
+                            if data.strip() == "[DONE]":
+                                break
+                            yield from self._chunk(data, t0)
+                            if is_stopped(self.should_stop):
+                                self.finish_reason = "cancelled"
+                                return
+                        break
         except httpx.HTTPError as e:
-            raise client._fail(e) from None
+            if not (hang_up is not None and hang_up.fired):
+                raise client._fail(e) from None
+            self.finish_reason = "cancelled"  # the stop closed the connection: what arrived is kept
+            return
         if self.finish_reason is None:
+            if is_stopped(self.should_stop):
+                self.finish_reason = "cancelled"
+                return
             raise RemoteError("the reply broke off: the stream ended before the server said it was done")
         elapsed = time.perf_counter() - t0
         self.stats.decode_seconds = max(elapsed - self.stats.prefill_seconds, 0.0)
 
-    def _refuses_logprobs(self, response: httpx.Response) -> bool:
-        """A 400 to a request with logprobs (when allowed to fall back): drop them and ask again."""
-        if response.status_code != 400 or not self.logprobs_fallback or "logprobs" not in self.body:
+    def _drop_refused(self, response: httpx.Response) -> bool:
+        """A 400 or 422 to a request with optional fields the caller allowed to drop: drop them and ask again.
+        Extension samplers go when the error names one of them; logprobs go on any 400."""
+        if response.status_code not in (400, 422):
             return False
-        response.read()
-        self.body = {k: v for k, v in self.body.items() if k not in ("logprobs", "top_logprobs")}
-        self.logprobs_refused = True
-        return True
+        extensions = [k for k in EXTENSION_FIELDS if k in self.body] if self.extensions_fallback else []
+        logprobs = self.logprobs_fallback and "logprobs" in self.body and response.status_code == 400
+        if not extensions and not logprobs:
+            return False
+        message = _error_message(response)
+        if any(k in message for k in extensions):
+            self.body = {k: v for k, v in self.body.items() if k not in EXTENSION_FIELDS}
+            self.extensions_refused = True
+            return True
+        if logprobs:
+            self.body = {k: v for k, v in self.body.items() if k not in ("logprobs", "top_logprobs")}
+            self.logprobs_refused = True
+            return True
+        return False
 
     def _keep(self, entries: list) -> None:
         def lp(value) -> float:

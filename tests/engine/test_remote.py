@@ -1,11 +1,16 @@
 """`engine.remote`: Ember's OpenAI-compatible client against Ember's own server on loopback, and
-against fake servers (httpx mock transports, a socket that never answers) for every failure."""
+against fake servers (httpx mock transports, sockets that stay silent) for every failure and for a stop
+while nothing arrives. Independent servers (llama.cpp's, transformers') are in test_remote_independent.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -165,8 +170,6 @@ FOREIGN = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_
 
 def test_logprobs_refused_with_400_are_asked_once_more_without():
     """A server without logprobs (400 to a request with them): the request is sent again without them."""
-    import json
-
     bodies = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -221,3 +224,152 @@ def test_key_store_file_fallback_is_private(tmp_path):
     assert (store.file.stat().st_mode & 0o777) == 0o600
     store.set("http://h:1", None)
     assert store.get("http://h:1") is None
+
+
+def test_extension_samplers_refused_by_a_strict_server_are_dropped():
+    """A server that checks fields strictly (transformers serve: 422 "Unexpected fields"; OpenAI: 400
+    "Unrecognized request argument") gets the request again without Ember's extension samplers."""
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        unexpected = {k for k in body if k in ("top_k", "min_p", "typical_p", "repetition_penalty")}
+        if unexpected:
+            return httpx.Response(422, json={"detail": f"Unexpected fields in the request: {unexpected}"})
+        return httpx.Response(200, content=FOREIGN, headers={"content-type": "text/event-stream"})
+
+    settings = SamplerSettings(top_k=40, min_p=0.05, repetition_penalty=1.1, seed=1)
+    with RemoteClient("http://fake", transport=httpx.MockTransport(handler)) as client:
+        gen = client.chat("m", HI, settings)
+        assert [e.text for e in gen] == ["Hi"] and gen.extensions_refused and not gen.logprobs_refused
+        assert {"top_k", "min_p", "repetition_penalty", "repetition_window"} <= bodies[0].keys()
+        assert not bodies[1].keys() & {"top_k", "min_p", "repetition_penalty", "repetition_window"}
+        assert bodies[1]["seed"] == 1 and bodies[1]["temperature"] == settings.temperature  # the rest is kept
+        bodies.clear()
+        with pytest.raises(RemoteError, match="422: Unexpected fields"):
+            list(client.chat("m", HI, settings, extensions_fallback=False))
+        assert len(bodies) == 1
+        # An error that names none of them is not retried.
+        bodies.clear()
+        with _fake(b'{"error": {"message": "max_tokens is too large"}}', "application/json", 400) as other:
+            with pytest.raises(RemoteError, match="400: max_tokens is too large"):
+                list(other.chat("m", HI, settings))
+
+
+# A stop while the server sends nothing: the connection is closed from the stopping side.
+
+HEADERS = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def _chunked(*events: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+
+HEL = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]}\n\n'
+LO = b'data: {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}\n\n'
+
+
+@contextmanager
+def _quiet_server(first: bytes, later: bytes = b"", after: float | None = None) -> Iterator[tuple[str, list]]:
+    """A loopback HTTP server that answers every request with ``first`` (nothing at all, or the headers and
+    the start of a stream) and then stays silent, or sends ``later`` after ``after`` seconds. Yields its
+    address and the accepted sockets."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed at the end of the test
+                return
+            accepted.append(conn)
+            conn.recv(65536)
+            conn.sendall(first)
+            if after is not None:
+                time.sleep(after)
+                conn.sendall(later)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(), which close() alone would not
+        listener.close()
+        for conn in accepted:
+            conn.close()
+        thread.join(5)
+
+
+def _hung_up(conn: socket.socket, within: float = 2.0) -> bool:
+    """Whether the client closed its end of ``conn`` (what is left of the request is read and dropped)."""
+    conn.settimeout(within)
+    try:
+        while conn.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        pass
+    return True
+
+
+def _stop_after(seconds: float, signal: threading.Event) -> list[float]:
+    """Sets ``signal`` after ``seconds``; the list receives the moment it did."""
+    when: list[float] = []
+
+    def fire() -> None:
+        when.append(time.perf_counter())
+        signal.set()
+
+    threading.Timer(seconds, fire).start()
+    return when
+
+
+@pytest.mark.parametrize("first", [b"", HEADERS + _chunked(HEL)], ids=["before-headers", "mid-stream"])
+def test_a_stop_while_the_server_is_silent_takes_effect_at_once(first):
+    """The read timeout is a minute (a big model's prefill), yet a stop ends the wait within a second:
+    the reply keeps what arrived and is marked cancelled, and the server sees the client hang up."""
+    cancel = threading.Event()
+    with _quiet_server(first) as (url, accepted), RemoteClient(url) as client:
+        assert client.read_timeout == 60.0
+        gen = client.chat("m", HI, GREEDY, should_stop=cancel)
+        fired = _stop_after(0.3, cancel)
+        events = list(gen)
+        returned = time.perf_counter()
+        assert fired and returned - fired[0] < 1.0
+        assert gen.finish_reason == "cancelled"
+        expected = "Hel" if first else ""
+        assert gen.text == expected and "".join(e.text for e in events) == expected
+        assert len(accepted) == 1 and _hung_up(accepted[0])
+
+
+def test_a_stop_signal_may_be_a_callable_and_may_fire_before_the_connection():
+    stopped = []
+    with _quiet_server(b"") as (url, _accepted), RemoteClient(url) as client:
+        t0 = time.perf_counter()
+        gen = client.chat("m", HI, GREEDY, should_stop=lambda: bool(stopped))
+        threading.Timer(0.2, stopped.append, (True,)).start()
+        assert list(gen) == [] and gen.finish_reason == "cancelled"
+        assert time.perf_counter() - t0 < 1.2
+        stopped.append(True)  # already stopped when the request starts
+        again = client.chat("m", HI, GREEDY, should_stop=lambda: bool(stopped))
+        assert list(again) == [] and again.finish_reason == "cancelled"
+
+
+def test_a_slow_server_is_still_waited_for():
+    """Watching the stop signal does not shorten the patience: a server silent for longer than the stop
+    check's poll interval still finishes its reply."""
+    cancel = threading.Event()
+    with _quiet_server(HEADERS + _chunked(HEL), _chunked(LO, b"data: [DONE]\n\n") + b"0\r\n\r\n", after=1.2) as (
+        url,
+        _accepted,
+    ):
+        with RemoteClient(url) as client:
+            gen = client.chat("m", HI, GREEDY, should_stop=cancel)
+            assert [e.text for e in gen] == ["Hel", "lo"]
+            assert gen.text == "Hello" and gen.finish_reason == "stop"
