@@ -30,6 +30,7 @@ from engine.generate import Alternative, GenerationStats, TokenEvent
 from engine.inspect import Candidate, Inspection
 from engine.sampling import SamplerSettings
 from engine.stop_signal import StopSignal, is_stopped
+from engine.stop_strings import StopMatcher
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big model's prefill)
@@ -303,6 +304,13 @@ class RemoteGeneration:
     finish_reason: str | None = field(default=None, init=False)
     seed: int | None = field(default=None, init=False)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
+    # Stop strings are also matched here: some servers leave the stop string in the reply (transformers
+    # serve), some ignore ``stop``; text that may be the start of one is held back until it cannot be.
+    _stops: StopMatcher = field(init=False, repr=False)
+    _stop_hit: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._stops = StopMatcher(self.body.get("stop") or ())
 
     def __iter__(self) -> Iterator[TokenEvent]:
         client = self.client
@@ -327,6 +335,8 @@ class RemoteGeneration:
                             if data.strip() == "[DONE]":
                                 break
                             yield from self._chunk(data, t0)
+                            if self._stop_hit:
+                                break
                             if is_stopped(self.should_stop):
                                 self.finish_reason = "cancelled"
                                 return
@@ -405,13 +415,23 @@ class RemoteGeneration:
                 if not self.stats.prefill_seconds:
                     self.stats.prefill_seconds = time.perf_counter() - t0
                 text = text if isinstance(text, str) else ""
-                self.text += text
                 if not isinstance(usage, dict):
                     self.stats.generated_tokens += max(len(entries), 1 if text else 0)
-                event = _event(text, entries)
+                released, hit = self._stops.push(text)
+                event = _event(released, entries)
                 self._keep(entries)
-                yield event
+                if released or entries:
+                    self.text += released
+                    yield event
+                if hit:  # the server sent a stop string (or ignores them): the reply ends before it
+                    self.finish_reason = "stop"
+                    self._stop_hit = True
+                    return
             if choice.get("finish_reason"):
+                held = self._stops.flush()
+                if held:
+                    self.text += held
+                    yield TokenEvent(-1, held, math.nan, ())
                 self.finish_reason = choice["finish_reason"]
 
 

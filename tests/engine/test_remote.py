@@ -165,6 +165,27 @@ def test_a_well_formed_foreign_stream():
     assert gen.stats.prompt_tokens == 5 and gen.stats.generated_tokens == 2
 
 
+def _stream(*pieces: str, finish: str = "length") -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return b"".join(b"data: %s\n\n" % json.dumps(c).encode() for c in chunks) + b"data: [DONE]\n\n"
+
+
+def test_stop_strings_are_matched_by_the_client_too():
+    """A server that ignores ``stop``, or leaves the stop string in the reply (transformers serve): the
+    reply still ends just before it, and text that might start one is held back, then released."""
+    with _fake(_stream("Hel", "lo", " wo", "rld")) as client:
+        gen = client.chat("m", HI, GREEDY, stop_strings=["o w"])
+        assert [e.text for e in gen] == ["Hel", "l"]
+        assert gen.text == "Hell" and gen.finish_reason == "stop"
+        gen = client.chat("m", HI, GREEDY, stop_strings=["xyz"])
+        assert [e.text for e in gen] == ["Hel", "lo", " wo", "rld"] and gen.finish_reason == "length"
+    with _fake(_stream("ab", "cx")) as client:
+        gen = client.chat("m", HI, GREEDY, stop_strings=["xyz"])
+        assert [e.text for e in gen] == ["ab", "c", "x"]  # "x" held back until the server finished
+        assert gen.text == "abcx" and gen.finish_reason == "length"
+
+
 FOREIGN = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
 
 
