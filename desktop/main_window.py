@@ -8,7 +8,10 @@ worker, and the finished (or stopped) reply is saved with what produced it.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from desktop.chat_view import ChatView
 from desktop.db_safety import open_store
+from desktop.disk_full import WRITE_ERRORS, is_disk_full, not_saved_message
 from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
 from desktop.panels.finetune import FinetuneController, FinetunePanel
@@ -48,9 +52,13 @@ from desktop.prompt_fit import Fit, fit_prompt
 from desktop.remote_controller import PREVIEW_NEEDS_LOCAL, RemoteFit, RemoteModels
 from desktop.serve_controller import LocalServer
 from desktop.settings import Settings
+from desktop.store import Message
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 
+log = logging.getLogger(__name__)
+
 SAVE_PARTIAL_SECONDS = 2.0  # a streaming reply is written to disk at most this often
+DISK_FULL_DIALOG_GAP_S = 10.0  # failures closer together than this share one dialog
 ROLE = Qt.ItemDataRole.UserRole
 FINISHED = {  # the engine's finish_reason, for the readout
     "eos": "done",
@@ -67,12 +75,16 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Ember")
         self.dirs = dirs
         self.settings = Settings(dirs.settings_file)
+        self.settings.on_not_saved = lambda exc: self.not_saved("a change to the settings", exc)
+        self._disk_full_warned = -1e9  # when the last "not saved" dialog was shown
         opened = open_store(dirs.database)
         self.store = opened.store
         self.store_notice = opened.notice  # shown once the window is up
         self.cid: int | None = None
         self.model_info: dict[str, Any] | None = None
         self._stream: dict[str, Any] | None = None  # the reply being written
+        # A finished reply whose final save failed (a full disk): shown, and saved before the next write.
+        self._unsaved_reply: dict[str, Any] | None = None
         self._loading = False  # a model load is under way: prompts tokenized now could be for the wrong model
         self._closed = False  # the store is closed
 
@@ -298,9 +310,13 @@ class MainWindow(QMainWindow):
     def new_conversation(self) -> None:
         if self._stream:
             return
-        self.cid = self.store.create_conversation(
-            system_prompt=self.prompts.system_prompt(), settings=self.sampling.settings()
-        )
+        with self.saving("the new conversation") as saved:
+            cid = self.store.create_conversation(
+                system_prompt=self.prompts.system_prompt(), settings=self.sampling.settings()
+            )
+        if not saved.ok:
+            return
+        self.cid = cid
         self.settings.set("chat/last_conversation", self.cid)
         self._refresh_conversations()
         self._reload_messages()
@@ -322,7 +338,8 @@ class MainWindow(QMainWindow):
     def rename_conversation(self, cid: int) -> None:
         title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", text=self.store.conversation(cid).title)
         if ok and title.strip():
-            self.store.update_conversation(cid, title=title.strip())
+            with self.saving("the new title"):
+                self.store.update_conversation(cid, title=title.strip())
             self._refresh_conversations()
 
     def delete_conversation(self, cid: int) -> None:
@@ -334,15 +351,56 @@ class MainWindow(QMainWindow):
             != QMessageBox.StandardButton.Yes
         ):
             return
-        self.store.delete_conversation(cid)
+        with self.saving("the deletion") as saved:
+            self.store.delete_conversation(cid)
+        if not saved.ok:
+            return
         if cid == self.cid:
             self.cid = None
             self._reload_messages()
         self._refresh_conversations()
 
     def _reload_messages(self) -> None:
-        self.chat.set_messages(self.store.messages(self.cid) if self.cid is not None else [])
+        self.chat.set_messages(self._messages())
         self.refresh_preview()
+
+    def _messages(self) -> list[Message]:
+        """The conversation's messages as saved, with a finished reply the disk had no room for."""
+        messages = self.store.messages(self.cid) if self.cid is not None else []
+        u = self._unsaved_reply
+        if u is None:
+            return messages
+        return [
+            replace(m, content=u["content"], status=u["status"], meta=u["meta"]) if m.id == u["id"] else m
+            for m in messages
+        ]
+
+    # Writes that can fail: a full disk is said in words and the app goes on; anything else is a bug
+
+    def saving(self, what: str, *, dialog: bool = True) -> _Saving:
+        """``with window.saving("your message") as saved:`` a store write; a full disk is shown (a dialog,
+        unless ``dialog`` is False, and the status bar) and ``saved.ok`` is False after it."""
+        return _Saving(self, what, dialog)
+
+    def not_saved(self, what: str, exc: BaseException, *, dialog: bool = True) -> None:
+        message = not_saved_message(what, exc, self.dirs.data)
+        log.warning("%s", message)
+        self.statusBar().showMessage(message, 20_000)
+        # One dialog for a burst of failures (typing in the system prompt writes on every key).
+        if dialog and time.monotonic() - self._disk_full_warned > DISK_FULL_DIALOG_GAP_S:
+            self._disk_full_warned = time.monotonic()
+            QMessageBox.warning(self, "Disk full" if is_disk_full(exc) else "Not saved", message)
+
+    def _save_unsaved_reply(self) -> bool:
+        """Write a finished reply that could not be saved before; False while it still cannot be."""
+        u = self._unsaved_reply
+        if u is None:
+            return True
+        with self.saving("the last reply") as saved:
+            self.store.update_message(u["id"], content=u["content"], status=u["status"], meta=u["meta"])
+        if saved.ok:
+            self._unsaved_reply = None
+        return saved.ok
 
     def export_conversation(self, kind: str) -> None:
         if self.cid is None:
@@ -369,6 +427,11 @@ class MainWindow(QMainWindow):
             return
         try:
             cid = self.store.import_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except sqlite3.OperationalError as e:
+            if not is_disk_full(e):
+                raise
+            self.not_saved(f"the conversation in {Path(path).name}", e)
+            return
         except (OSError, ValueError, KeyError, TypeError) as e:
             QMessageBox.warning(self, "Import failed", f"{Path(path).name} is not a conversation Ember can read: {e}")
             return
@@ -379,12 +442,14 @@ class MainWindow(QMainWindow):
     @Slot(dict)
     def _on_sampling_changed(self, values: dict) -> None:
         if self.cid is not None:
-            self.store.update_conversation(self.cid, settings=values)
+            with self.saving("the conversation's sampling settings"):
+                self.store.update_conversation(self.cid, settings=values)
 
     @Slot(str)
     def _on_system_prompt(self, text: str) -> None:
         if self.cid is not None:
-            self.store.update_conversation(self.cid, system_prompt=text)
+            with self.saving("the system prompt"):
+                self.store.update_conversation(self.cid, system_prompt=text)
         self.refresh_preview()
 
     # The model
@@ -419,7 +484,7 @@ class MainWindow(QMainWindow):
     # The prompt
 
     def _history(self, upto_turn: int | None = None) -> list[dict[str, str]]:
-        messages = self.store.messages(self.cid) if self.cid is not None else []
+        messages = self._messages()
         if upto_turn is not None:
             messages = [m for m in messages if m.turn < upto_turn]
         system = self.prompts.system_prompt().strip()
@@ -479,20 +544,24 @@ class MainWindow(QMainWindow):
     ) -> None:
         """Generate a reply to the fitted prompt: a new turn, or a new variant of ``turn``. With ``prefix_ids``
         the reply starts with those tokens (a fork from the inspector); with ``extend_last`` it continues the
-        last reply, whose text they are."""
+        last reply, whose text they are. Nothing starts when the reply's row cannot be written."""
         max_tokens = self.chat.max_tokens.value()
         prefix_ids = prefix_ids or []
         prefix = self.worker.model.tokenizer.decode(prefix_ids, skip_special=True) if prefix_ids else ""
         ids = fit.ids + prefix_ids
         settings = self.sampling.settings()
         meta = self._provenance(settings)
-        if extend_last:
-            message_id = self.store.messages(self.cid)[-1].id
-            self.store.update_message(message_id, status="interrupted")  # until it is complete again
-        else:
-            message_id = self.store.add_message(
-                self.cid, "assistant", prefix, status="interrupted", meta=meta, turn=turn
-            )
+        with self.saving("the reply") as saved:
+            if extend_last:
+                message_id = self.store.messages(self.cid)[-1].id
+                self.store.update_message(message_id, status="interrupted")  # until it is complete again
+            else:
+                message_id = self.store.add_message(
+                    self.cid, "assistant", prefix, status="interrupted", meta=meta, turn=turn
+                )
+        if not saved.ok:
+            self._reload_messages()
+            return
         self._stream = {
             "id": message_id,
             "prefix": prefix,
@@ -534,12 +603,22 @@ class MainWindow(QMainWindow):
         if fit is None:
             self.chat.input.setPlainText(text)  # nothing was sent: give the text back
             return
+        if not self._save_unsaved_reply():
+            self.chat.input.setPlainText(text)
+            return
         if self.cid is None:
             self.new_conversation()
-        conversation = self.store.conversation(self.cid)
-        if conversation.title == "New chat":
-            self.store.update_conversation(self.cid, title=text.splitlines()[0][:48])
-        self.store.add_message(self.cid, "user", text)
+            if self.cid is None:  # the disk had no room for it
+                self.chat.input.setPlainText(text)
+                return
+        with self.saving("your message") as saved:
+            if self.store.conversation(self.cid).title == "New chat":
+                self.store.update_conversation(self.cid, title=text.splitlines()[0][:48])
+            self.store.add_message(self.cid, "user", text)
+        if not saved.ok:
+            self.chat.input.setPlainText(text)  # given back, to send again once there is room
+            self._refresh_conversations()
+            return
         self._reload_messages()
         self._refresh_conversations()
         self._start(fit, None)
@@ -556,6 +635,8 @@ class MainWindow(QMainWindow):
         """Write a new version of the reply at ``turn``, after asking before deleting the messages after it."""
         if self._stream:
             return
+        if not self._save_unsaved_reply():
+            return
         later = sum(m.turn > turn for m in self.store.messages(self.cid))
         if later and (
             QMessageBox.question(
@@ -567,8 +648,10 @@ class MainWindow(QMainWindow):
         fit = self._ready(self._history(upto_turn=turn))
         if fit is None:
             return
-        self.store.truncate(self.cid, turn + 1)
-        self._start(fit, turn, prefix_ids=prefix_ids)
+        with self.saving("the change") as saved:
+            self.store.truncate(self.cid, turn + 1)
+        if saved.ok:
+            self._start(fit, turn, prefix_ids=prefix_ids)
 
     def regenerate_last(self) -> None:
         messages = self.store.messages(self.cid) if self.cid is not None else []
@@ -576,7 +659,7 @@ class MainWindow(QMainWindow):
             self.regenerate(messages[-1].turn)
 
     def continue_reply(self, turn: int) -> None:
-        if self._stream:
+        if self._stream or not self._save_unsaved_reply():
             return
         messages = self.store.messages(self.cid)
         if not messages or messages[-1].turn != turn:
@@ -596,23 +679,27 @@ class MainWindow(QMainWindow):
         if self._stream:
             return
         fit = self._ready(self._history(upto_turn=turn) + [{"role": "user", "content": text}])
-        if fit is None:
+        if fit is None or not self._save_unsaved_reply():
             return
-        self.store.truncate(self.cid, turn)
-        self.store.add_message(self.cid, "user", text)
+        with self.saving("your edited message") as saved:
+            self.store.truncate(self.cid, turn)
+            self.store.add_message(self.cid, "user", text)
         self._reload_messages()
-        self._start(fit, None)
+        if saved.ok:
+            self._start(fit, None)
 
     def delete_turn(self, turn: int) -> None:
-        if self._stream:
+        if self._stream or not self._save_unsaved_reply():
             return
-        self.store.delete_turn(self.cid, turn)
+        with self.saving("the deletion"):
+            self.store.delete_turn(self.cid, turn)
         self._reload_messages()
 
     def select_variant(self, turn: int, variant: int) -> None:
-        if self._stream:
+        if self._stream or not self._save_unsaved_reply():
             return
-        self.store.select_variant(self.cid, turn, variant)
+        with self.saving("the choice of version"):
+            self.store.select_variant(self.cid, turn, variant)
         self._reload_messages()
 
     def stop_generation(self) -> None:
@@ -637,7 +724,9 @@ class MainWindow(QMainWindow):
         where = f"context {used:,}/{s['context']:,}" if s.get("context") else "remote"
         self.chat.set_readout(f"{s['tokens'] / elapsed:.1f} tokens/s · {where}")
         if time.monotonic() - s["saved"] > SAVE_PARTIAL_SECONDS:
-            self.store.update_message(s["id"], content=s["prefix"] + s["text"])
+            # The reply goes on when the disk is full; the status bar says so, the final save tries again.
+            with self.saving("the reply so far", dialog=False):
+                self.store.update_message(s["id"], content=s["prefix"] + s["text"])
             s["saved"] = time.monotonic()
 
     @Slot(dict)
@@ -670,7 +759,8 @@ class MainWindow(QMainWindow):
         QMessageBox.warning(self, "Generation failed", message)
 
     def _finish(self, text: str, status: str, meta: dict) -> None:
-        self.store.update_message(self._stream["id"], content=text, status=status, meta=meta)
+        self._unsaved_reply = {"id": self._stream["id"], "content": text, "status": status, "meta": meta}
+        self._save_unsaved_reply()  # when the disk is full, kept on screen and saved before the next write
         self._stream = None
         self.chat.set_busy(False)
         self._reload_messages()
@@ -690,8 +780,21 @@ class MainWindow(QMainWindow):
         QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)
         if self._stream is not None:
             s = self._stream
-            self.store.update_message(s["id"], content=s["prefix"] + s["text"], status="stopped", meta=s["meta"])
+            self._unsaved_reply = {
+                "id": s["id"],
+                "content": s["prefix"] + s["text"],
+                "status": "stopped",
+                "meta": s["meta"],
+            }
             self._stream = None
+        if self._unsaved_reply is not None:
+            u = self._unsaved_reply
+            try:  # no dialog now: the window is closing
+                self.store.update_message(u["id"], content=u["content"], status=u["status"], meta=u["meta"])
+            except WRITE_ERRORS as e:
+                if not is_disk_full(e):
+                    raise
+                log.warning("%s", not_saved_message("the last reply", e, self.dirs.data))
         self.settings.set_geometry("geometry", self.saveGeometry())
         self.settings.set_geometry("state", self.saveState())
         self.settings.set("chat/context_policy", self.chat.policy_key())
@@ -699,3 +802,21 @@ class MainWindow(QMainWindow):
         self.store.close()
         self._closed = True
         super().closeEvent(event)
+
+
+class _Saving:
+    """The context manager of ``MainWindow.saving``: swallows a full disk (after showing it), nothing else."""
+
+    def __init__(self, window: MainWindow, what: str, dialog: bool) -> None:
+        self.window, self.what, self.dialog = window, what, dialog
+        self.ok = True
+
+    def __enter__(self) -> _Saving:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, WRITE_ERRORS) or not is_disk_full(exc):
+            return False
+        self.ok = False
+        self.window.not_saved(self.what, exc, dialog=self.dialog)
+        return True

@@ -56,9 +56,13 @@ class Presets:
         return name in self.builtin and name not in self.user
 
     def save(self, name: str, value: Any) -> None:
-        self.user[name] = value
-        write_json_atomic(self.user_file, self.user)
+        """Add or replace a user preset; on OSError (a full disk) nothing changes, on disk or here."""
+        user = {**self.user, name: value}
+        write_json_atomic(self.user_file, user)
+        self.user = user
 
     def delete(self, name: str) -> None:
-        if self.user.pop(name, None) is not None:
-            write_json_atomic(self.user_file, self.user)
+        if name in self.user:
+            user = {k: v for k, v in self.user.items() if k != name}
+            write_json_atomic(self.user_file, user)
+            self.user = user

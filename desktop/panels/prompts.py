@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.disk_full import not_saved_message
 from desktop.presets import Presets
 
 
@@ -110,7 +111,14 @@ class PromptsPanel(QWidget):
     def _on_save(self) -> None:
         name, ok = QInputDialog.getText(self, "Save prompt preset", "Preset name:")
         if ok and name.strip():
-            self.presets.save(name.strip(), self.system_prompt())
+            try:
+                self.presets.save(name.strip(), self.system_prompt())
+            except OSError as exc:  # a full disk: the presets on disk and here are as they were
+                what = f"the prompt preset “{name.strip()}”"
+                QMessageBox.warning(
+                    self, "Preset not saved", not_saved_message(what, exc, self.presets.user_file.parent)
+                )
+                return
             self._fill(select=name.strip())
 
     @Slot()
@@ -122,5 +130,10 @@ class PromptsPanel(QWidget):
             and QMessageBox.question(self, "Delete preset", f"Delete the prompt preset “{name}”?")
             == QMessageBox.StandardButton.Yes
         ):
-            self.presets.delete(name)
+            try:
+                self.presets.delete(name)
+            except OSError as exc:
+                where = self.presets.user_file.parent
+                QMessageBox.warning(self, "Preset not deleted", not_saved_message("the deletion", exc, where))
+                return
             self._fill()

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.disk_full import not_saved_message
 from desktop.presets import Presets
 from engine.sampling import SamplerSettings
 
@@ -196,7 +197,12 @@ class SamplingPanel(QWidget):
         if ok and name:
             values = self.settings()
             values.pop("seed")
-            self.presets.save(name, values)
+            try:
+                self.presets.save(name, values)
+            except OSError as exc:  # a full disk: the presets on disk and here are as they were
+                where = self.presets.user_file.parent
+                QMessageBox.warning(self, "Preset not saved", not_saved_message(f"the preset “{name}”", exc, where))
+                return
             self._fill_presets(select=name)
 
     @Slot()
@@ -208,5 +214,10 @@ class SamplingPanel(QWidget):
             QMessageBox.question(self, "Delete preset", f"Delete the preset “{name}”?")
             == QMessageBox.StandardButton.Yes
         ):
-            self.presets.delete(name)
+            try:
+                self.presets.delete(name)
+            except OSError as exc:
+                where = self.presets.user_file.parent
+                QMessageBox.warning(self, "Preset not deleted", not_saved_message("the deletion", exc, where))
+                return
             self._fill_presets()
