@@ -7,6 +7,7 @@ worker, and the finished (or stopped) reply is saved with what produced it.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import sqlite3
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
     QInputDialog,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -40,6 +42,7 @@ from desktop.db_safety import open_store
 from desktop.disk_full import WRITE_ERRORS, is_disk_full, not_saved_message
 from desktop.engine_worker import EngineWorker
 from desktop.inspector_controller import InspectorController
+from desktop.model_watch import ModelFileWatch
 from desktop.panels.finetune import FinetuneController, FinetunePanel
 from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
@@ -137,6 +140,15 @@ class MainWindow(QMainWindow):
         self.remote = RemoteModels(self, self.model_panel.remote)  # a remote model, when one is in use
         self.model_panel.serve.port.setValue(self.settings.get("server/port"))
         self.serving = LocalServer(self, self.model_panel.serve)  # the local model served to other apps
+        # The loaded model's file deleted or replaced on disk: said here and in the Model panel.
+        self.model_notice = QLabel(accessibleName="Model file notice", visible=False)
+        self.model_notice.linkActivated.connect(self._on_model_notice_link)
+        self.statusBar().addPermanentWidget(self.model_notice)
+        self.model_watch = ModelFileWatch(self)
+        self.model_watch.changed.connect(self._on_model_file_changed)
+        status = self.model_panel.status
+        status.setTextInteractionFlags(status.textInteractionFlags() | Qt.TextInteractionFlag.LinksAccessibleByMouse)
+        status.linkActivated.connect(self._on_model_notice_link)
         self._connect()
         self.inspector = InspectorController(self, self.inspector_panel)
         self.how_it_works = HowItWorksController(self, self.how_panel)
@@ -472,9 +484,45 @@ class MainWindow(QMainWindow):
         self.settings.set("model/path", self.model_panel.path)
         self.settings.set("model/recent", self.model_panel.recent_paths())
         self.statusBar().showMessage(f"{info['name']} ready on {info['device']}", 5000)
+        self.model_notice.hide()
+        self.model_watch.watch(info["path"], info["fingerprint"])
         if self.remote.active is None:
             self.setWindowTitle(f"Ember — {info['name']}")
         self.refresh_preview()
+
+    @Slot(str, str)
+    def _on_model_file_changed(self, kind: str, path: str) -> None:
+        """The loaded model's file was deleted, replaced or put back: the weights are in memory, so the
+        chat goes on; the user learns why loading that path again would fail or give another model."""
+        name = Path(path).name
+        if kind == "restored":
+            self.model_notice.hide()
+            self.model_panel.status.setText(f"{html.escape(name)} is back on disk as it was loaded.")
+            return
+        if kind == "deleted":
+            short = f"⚠ {name} was deleted: the loaded copy keeps working"
+            text = (
+                f"{name} was deleted or moved. The model stays loaded in memory, so chatting goes on, "
+                f"but it cannot be loaded from {path} again."
+            )
+            link = ""
+        else:
+            short = f"⚠ {name} changed on disk"
+            text = (
+                f"{name} was replaced on disk. The chat still uses the model loaded before; "
+                "reload it to use the new file."
+            )
+            link = " <a href='reload'>Reload</a>"
+        log.warning("%s", text)
+        self.model_notice.setText(html.escape(short) + link)
+        self.model_notice.setToolTip(text)
+        self.model_notice.show()
+        self.model_panel.status.setText(f"<span style='color:#c0392b'>{html.escape(text)}</span>{link}")
+
+    @Slot(str)
+    def _on_model_notice_link(self, _link: str) -> None:
+        """Reload the model from the path it was loaded from (the Model panel's, "" for the default)."""
+        self.model_panel.request(self.model_panel.path)
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
