@@ -237,7 +237,8 @@ class _HangUp:
     ``trace`` is an httpcore trace hook: it learns each new connection's socket. A helper thread polls
     the stop signal every `STOP_POLL` seconds and shuts the sockets down; the blocked read then sees the
     connection end, and the server sees the client go (vLLM, llama.cpp's server and Ember's own stop
-    generating). Used as a context manager around the request."""
+    generating). A stop during the connection attempt itself takes effect once it ends (at most
+    `CONNECT_TIMEOUT`). Used as a context manager around the request."""
 
     def __init__(self, signal: StopSignal) -> None:
         self.signal = signal
