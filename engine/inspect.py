@@ -98,7 +98,7 @@ def inspect(
         raise ValueError(f"layers must be in [0, {cfg.n_layer - 1}], got {sorted(keep)}")
     tokens = torch.tensor([list(ids)], device=model.device)
     x = model.embed(tokens, 0)  # (1, T, n_embd)
-    rotary = None if model.rotary is None else model.rotary.get(0, T, x.device, x.dtype)
+    rotary = None if model.rotary is None else model.rotary.get(0, T, x.device, model.dtype)
     allowed = model.allowed_keys(0, T)  # (T, T)
     group = cfg.n_head // cfg.n_kv_head
     result_attention: dict[int, torch.Tensor] = {}

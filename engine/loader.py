@@ -54,6 +54,7 @@ class LoadedModel:
     memory_estimate: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     template_warning: str | None = None  # set when the model's own template was replaced by ChatML
+    from_cache: bool = False  # the packed weights came from the weight cache (see `engine.weights.pack_cache`)
     # Held around every pass that uses the model's KV cache (a chat reply, an inspection, a server request):
     # the desktop's engine worker and the server's model worker take turns (`engine.model_lock.hold`).
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -153,6 +154,7 @@ def _load_gguf(
 
         pack_int4 = device.type == "cpu" and dtype == torch.bfloat16
         model = _cached_model(cfg, path, cache_dir, progress) if pack_int4 else None
+        from_cache = model is not None
         if model is None:
             model = build_model(cfg, gguf_state_dict(cfg, names, get, get_linear), path, device, dtype, progress)
             if pack_int4:
@@ -173,6 +175,7 @@ def _load_gguf(
         0.0,
         estimate,
         template_warning=warning,
+        from_cache=from_cache,
     )
 
 

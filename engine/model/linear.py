@@ -7,8 +7,14 @@ then swaps instances after loading without touching the model code.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class Linear(nn.Linear):
-    """A dense projection, ``(..., in_features) -> (..., out_features)``."""
+    """A dense projection, ``(..., in_features) -> (..., out_features)``, computed in the weight's dtype
+    (the float32 residual stream is cast down on the way in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)

@@ -10,6 +10,7 @@ logged: the cache is an optimisation, never a requirement.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -76,5 +77,6 @@ class PackCache:
             return entry
         except (OSError, SafetensorError) as e:
             log.warning("could not write the weight cache %s: %s", entry, e)
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             return None

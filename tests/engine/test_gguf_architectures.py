@@ -71,7 +71,9 @@ def gguf_tensors(arch: str, cfg, sd: dict[str, torch.Tensor]):
         yield "output.weight", sd["lm_head.weight"]
 
 
-def write_gguf(arch: str, reference, path) -> None:
+def write_gguf(arch: str, reference, path, qtype=None) -> None:
+    """``qtype`` (a ``gguf.GGMLQuantizationType``): store the 2-D projection weights quantized, as
+    llama.cpp's quantize tool does (embeddings and norms stay float32)."""
     cfg = reference.config
     w = gguf.GGUFWriter(str(path), arch)
     if arch == "gpt2":
@@ -104,7 +106,11 @@ def write_gguf(arch: str, reference, path) -> None:
     w.add_eos_token_id(2)
     sd = reference.state_dict()
     for name, tensor in gguf_tensors(arch, cfg, sd):
-        w.add_tensor(name, tensor.detach().float().contiguous().numpy().astype(np.float32))
+        data = tensor.detach().float().contiguous().numpy().astype(np.float32)
+        if qtype is not None and data.ndim == 2 and not name.startswith(("token_embd", "position_embd")):
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,0 +1,81 @@
+"""The weight cache: the second load of a file comes from it with identical logits; a changed file, a
+damaged cache entry or an unwritable cache directory each fall back to repacking from the file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from engine.loader import load_model
+from engine.weights.pack_cache import PackCache
+from tests.engine.test_gguf_architectures import write_gguf
+from tests.engine.tiny_models import VOCAB
+
+gguf = pytest.importorskip("gguf")
+TOKENS = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(7))
+
+
+def _logits(lm) -> torch.Tensor:
+    with torch.inference_mode():
+        return lm.model(TOKENS)
+
+
+@pytest.fixture
+def q4_file(tiny_models, tmp_path):
+    path = tmp_path / "model.gguf"
+    write_gguf("llama", tiny_models("llama")[1], path, qtype=gguf.GGMLQuantizationType.Q4_1)
+    return path
+
+
+def test_the_second_load_comes_from_the_cache_with_identical_logits(q4_file, tmp_path):
+    first = load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
+    assert not first.from_cache and PackCache(tmp_path / "c").entry(q4_file).is_file()
+    second = load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
+    assert second.from_cache
+    assert torch.equal(_logits(first), _logits(second))
+
+
+def test_the_exact_mode_neither_reads_nor_writes_the_cache(q4_file, tmp_path):
+    lm = load_model(q4_file, device="cpu", dtype="float32", cache_dir=tmp_path / "c")
+    assert not lm.from_cache and not (tmp_path / "c").exists()
+
+
+def test_a_changed_model_file_is_repacked_not_served_stale(q4_file, tiny_models, tmp_path):
+    cache = tmp_path / "c"
+    load_model(q4_file, device="cpu", cache_dir=cache)
+    # same path, different weights (another model written over it), and an mtime set back to the old one
+    stat = q4_file.stat()
+    write_gguf("llama", tiny_models("llama-rope-linear")[1], q4_file, qtype=gguf.GGMLQuantizationType.Q4_1)
+    os.utime(q4_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    reloaded = load_model(q4_file, device="cpu", cache_dir=cache)
+    fresh = load_model(q4_file, device="cpu", cache_dir=tmp_path / "other")
+    assert not reloaded.from_cache
+    assert torch.equal(_logits(reloaded), _logits(fresh))
+    assert load_model(q4_file, device="cpu", cache_dir=cache).from_cache  # the entry was rewritten
+
+
+def test_a_touched_model_file_invalidates_the_entry(q4_file, tmp_path):
+    load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
+    os.utime(q4_file, ns=(q4_file.stat().st_atime_ns, q4_file.stat().st_mtime_ns + 10**9))
+    assert not load_model(q4_file, device="cpu", cache_dir=tmp_path / "c").from_cache
+
+
+def test_a_damaged_cache_entry_is_ignored_and_replaced(q4_file, tmp_path, caplog):
+    cache = tmp_path / "c"
+    expected = _logits(load_model(q4_file, device="cpu", cache_dir=cache))
+    entry = PackCache(cache).entry(q4_file)
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    lm = load_model(q4_file, device="cpu", cache_dir=cache)
+    assert not lm.from_cache and torch.equal(_logits(lm), expected)
+    assert "unreadable weight cache" in caplog.text
+    assert load_model(q4_file, device="cpu", cache_dir=cache).from_cache
+
+
+def test_an_unwritable_cache_directory_only_costs_the_cache(q4_file, tmp_path, caplog):
+    blocker = tmp_path / "c"
+    blocker.write_text("a file where the cache directory would go")
+    lm = load_model(q4_file, device="cpu", cache_dir=blocker)
+    assert not lm.from_cache and torch.isfinite(_logits(lm)).all()
+    assert "could not write the weight cache" in caplog.text
