@@ -48,7 +48,9 @@ def test_rows_and_cat_act_like_indexing_the_dense_weight():
     g = int4_groups(raw, GGMLType.Q4_1, (32, 64))
     order = torch.randperm(32, generator=torch.Generator().manual_seed(0))
     assert torch.equal(g.rows(order).dequantize(), g.dequantize()[order])
-    assert torch.equal(Int4Groups.cat([g, g.rows(order)]).dequantize(), torch.cat([g.dequantize(), g.dequantize()[order]]))
+    assert torch.equal(
+        Int4Groups.cat([g, g.rows(order)]).dequantize(), torch.cat([g.dequantize(), g.dequantize()[order]])
+    )
 
 
 @pytest.mark.parametrize("shape", [(16, 32), (192, 576), (1536, 576), (576, 1536)])
