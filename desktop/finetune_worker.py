@@ -9,6 +9,15 @@ waits for it (and the chat refuses to send while a run is going, see `MainWindow
 `threading.Event` set from the UI thread; the engine checks it between optimizer steps, and while the
 run waits for the lock.
 
+A LoRA run trains the chat's model in place when its projections are dense float32 (the adapters go
+beside the frozen weights); otherwise (bf16, packed int4) and for full fine-tuning it trains a float32
+copy loaded from the same file, so the chat's weights are never touched. A full run writes its merged
+outputs (``merged/``, ``model.gguf``) at once; a LoRA run writes them on request (`requestExport`).
+
+The compare view asks for the same prompt under the base and the tuned model (`requestCompare`,
+greedy, streamed as ``compareText``) and for the per-token log-probability difference on any text
+(`requestScore`); both hold the model's lock and restore whatever the chat was using.
+
 After a run, the LoRA layers are taken back out of the model (kept aside, `detach_lora`), so the chat
 goes on with the base model until "Use the tuned model in chat" puts them back (`attach_lora`). Both are
 idempotent, and neither changes a weight: the base weights are never merged into.
@@ -24,6 +33,12 @@ Signals (all plain data):
     failed(str out_dir, str message)
     tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
     tunedFailed(str message)
+    exported(str out_dir, dict) -- {"merged_dir", "gguf_path", "gguf_skipped"}
+    exportFailed(str out_dir, str message)
+    compareText(str side, str text) -- side "base" or "tuned"; pieces of the replies, batched
+    compareDone(dict)      -- {"base", "tuned", "scored": see scored}
+    compareFailed(str message)
+    scored(dict)           -- {"tokens": [{"index", "id", "text", "base", "tuned", "diff"}], "mean_diff", "start"}
 """
 
 from __future__ import annotations
@@ -33,12 +48,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from PySide6.QtCore import QObject, Signal, Slot
+from torch import nn
 
 from engine.errors import EmberError
 from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
-from engine.finetune.lora import LoRALinear, lora_layers
+from engine.finetune.compare import logprob_difference
+from engine.finetune.estimate import measure_matmul_rate
+from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
+from engine.generate import Generation
 from engine.model_lock import hold
+from engine.sampling import SamplerSettings
 
 EMIT_SECONDS = 0.1
 SAMPLE_CHUNKS = 2
@@ -71,10 +92,26 @@ def attach_lora(model, layers: list[tuple[str, LoRALinear]]) -> None:
     model.drop_cache()
 
 
+def trains_in_place(model) -> bool:
+    """Whether LoRA can go straight onto this model: float32 weights and dense projections."""
+    dense = all(isinstance(m, nn.Linear) for blk in model.layers for m in blk.modules() if hasattr(m, "in_features"))
+    return model.dtype == torch.float32 and dense
+
+
+def float32_copy(lm):
+    """The same model file loaded again in float32 on the same device, for training or exporting."""
+    from engine.loader import load_model
+
+    return load_model(lm.path, device=str(lm.model.device), dtype="float32")
+
+
 class FinetuneWorker(QObject):
     requestPreview = Signal(list, int, float)  # paths, sequence length, validation fraction
     requestTrain = Signal(list, dict, str, bool)  # paths, FinetuneConfig as a dict, output folder, resume
     requestUseTuned = Signal(str, str)  # output folder of a run ("" = the base model), the run's model path
+    requestExport = Signal(str, str, str)  # out_dir, the run's model path, GGUF type
+    requestCompare = Signal(str, str, str, str, int, bool)  # out_dir, model path, method, prompt, max tokens, chat
+    requestScore = Signal(str, str, str, str)  # out_dir, model path, method, text
 
     previewed = Signal(dict)
     previewFailed = Signal(str)
@@ -84,17 +121,29 @@ class FinetuneWorker(QObject):
     failed = Signal(str, str)
     tunedChanged = Signal(str)
     tunedFailed = Signal(str)
+    exported = Signal(str, dict)
+    exportFailed = Signal(str, str)
+    compareText = Signal(str, str)
+    compareDone = Signal(dict)
+    compareFailed = Signal(str)
+    scored = Signal(dict)
 
     def __init__(self, model_source) -> None:
         """``model_source``: a callable giving the loaded `LoadedModel` or None (thread-safe)."""
         super().__init__()
         self.model_source = model_source
         self.stop_flag = threading.Event()
+        self.compare_stop = threading.Event()
+        self._full_models: dict[str, object] = {}  # out_dir of a full run -> its merged model, loaded
+        self._rate: float | None = None
         self._adapters: dict[str, tuple[object, list]] = {}  # out_dir -> (the model they fit, LoRA layers)
         self.active = ""  # out_dir of the adapter in the model now ("" = base)
         self.requestPreview.connect(self._on_preview)
         self.requestTrain.connect(self._on_train)
         self.requestUseTuned.connect(self._on_use_tuned)
+        self.requestExport.connect(self._on_export)
+        self.requestCompare.connect(self._on_compare)
+        self.requestScore.connect(self._on_score)
 
     def train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
         """Called on the UI thread; the flag is cleared here so a Stop pressed before the run starts counts."""
@@ -139,8 +188,14 @@ class FinetuneWorker(QObject):
                 "train_chunks": len(data.train),
                 "val_chunks": len(data.val),
                 "train_tokens": data.train_tokens,
+                "flops_per_second": self._matmul_rate(),
             }
         )
+
+    def _matmul_rate(self) -> float:
+        if self._rate is None:
+            self._rate = measure_matmul_rate()
+        return self._rate
 
     @Slot(list, dict, str, bool)
     def _on_train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
@@ -159,6 +214,7 @@ class FinetuneWorker(QObject):
                 pending.clear()
                 last[0] = now
 
+        outputs: dict = {}
         try:
             cfg = FinetuneConfig.from_dict(config)
             with hold(lm, self.stop_flag) as held:
@@ -169,25 +225,28 @@ class FinetuneWorker(QObject):
                 detach_lora(lm.model)  # train on the base model
                 self.active = ""
                 self.tunedChanged.emit("")
-                try:
+                in_place = cfg.method == "lora" and trains_in_place(lm.model)
+                if in_place:
+                    result, layers = self._train_in_place(lm, paths, cfg, out_dir, resume, progress, outputs)
+                else:  # a float32 copy: the chat's weights stay as they are
+                    trainee = float32_copy(lm)
                     result = finetune(
-                        lm,
+                        trainee,
                         paths,
                         out_dir,
                         cfg,
                         progress=progress,
                         should_stop=self.stop_flag,
                         resume=resume,
-                        export=False,
+                        export=cfg.method == "full",
                     )
-                    adapter_dir = None
+                    layers = []
                     if result.status == "finished" and cfg.method == "lora":
-                        adapter_dir = str(save_peft_adapter(lm, Path(out_dir) / "adapter", cfg))
-                finally:
-                    layers = detach_lora(lm.model)  # back to the base model, whatever happened
-                    lm.model.eval()
-                    for p in lm.model.parameters():
-                        p.requires_grad_(False)
+                        outputs["adapter_dir"] = str(save_peft_adapter(trainee, Path(out_dir) / "adapter", cfg))
+                    for key in ("merged_dir", "gguf_path", "gguf_skipped"):
+                        if getattr(result, key) is not None:
+                            outputs[key] = str(getattr(result, key))
+                    del trainee
             if result.status == "finished" and layers:
                 self._adapters[out_dir] = (lm, layers)
         except Exception as e:  # noqa: BLE001 (a thread boundary: the panel must hear of any failure)
@@ -206,9 +265,50 @@ class FinetuneWorker(QObject):
                 "val_loss_before": result.val_loss_before,
                 "val_loss_after": result.val_loss_after,
                 "history": result.history,
-                "adapter_dir": adapter_dir,
+                "adapter_dir": outputs.get("adapter_dir"),
+                "outputs": outputs,
             }
         )
+
+    def _train_in_place(self, lm, paths, cfg, out_dir, resume, progress, outputs):
+        try:
+            result = finetune(
+                lm,
+                paths,
+                out_dir,
+                cfg,
+                progress=progress,
+                should_stop=self.stop_flag,
+                resume=resume,
+                export=False,
+            )
+            if result.status == "finished":
+                outputs["adapter_dir"] = str(save_peft_adapter(lm, Path(out_dir) / "adapter", cfg))
+        finally:
+            layers = detach_lora(lm.model)  # back to the base model, whatever happened
+            lm.model.eval()
+            for p in lm.model.parameters():
+                p.requires_grad_(False)
+        return result, layers
+
+    def _activate(self, lm, out_dir: str, model_path: str) -> None:
+        """Put the run's adapter into the model ("" = the base model); raises on failure. Lock held."""
+        if not out_dir:
+            detach_lora(lm.model)
+            self.active = ""
+            return
+        if model_path and model_path != str(lm.path):
+            raise ValueError(f"this run was trained on {Path(model_path).name}; load that model first")
+        kept = self._adapters.get(out_dir)
+        detach_lora(lm.model)
+        self.active = ""
+        if kept is not None and kept[0] is lm:
+            attach_lora(lm.model, kept[1])
+        else:  # after a restart, trained on a copy, or another copy of the model: read the saved adapter
+            load_peft_adapter(lm.model, Path(out_dir) / "adapter", merge=False)
+            self._adapters[out_dir] = (lm, lora_layers(lm.model))
+        lm.model.eval()
+        self.active = out_dir
 
     @Slot(str, str)
     def _on_use_tuned(self, out_dir: str, model_path: str) -> None:
@@ -218,23 +318,136 @@ class FinetuneWorker(QObject):
             return
         try:
             with lm.lock:
-                if not out_dir:
-                    detach_lora(lm.model)
-                    self.active = ""
-                    self.tunedChanged.emit("")
-                    return
-                if model_path and model_path != str(lm.path):
-                    raise ValueError(f"this run was trained on {Path(model_path).name}; load that model first")
-                kept = self._adapters.get(out_dir)
-                detach_lora(lm.model)
-                if kept is not None and kept[0] is lm:
-                    attach_lora(lm.model, kept[1])
-                else:  # after a restart, or another copy of the model: read the adapter the run saved
-                    load_peft_adapter(lm.model, Path(out_dir) / "adapter", merge=False)
-                    self._adapters[out_dir] = (lm, lora_layers(lm.model))
-                lm.model.eval()
-                self.active = out_dir
+                self._activate(lm, out_dir, model_path)
         except (EmberError, ValueError, OSError, RuntimeError) as e:
             self.tunedFailed.emit(str(e))
             return
         self.tunedChanged.emit(out_dir)
+
+    @Slot(str, str, str)
+    def _on_export(self, out_dir: str, model_path: str, gguf_type: str) -> None:
+        """A LoRA run's merged outputs: the adapter folded into a float32 copy of the base, written as
+        ``merged/`` and ``model.gguf``."""
+        from engine.finetune.export import save_merged_hf
+        from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
+        from engine.loader import load_model
+
+        try:
+            lm = self.model_source()
+            device = str(lm.model.device) if lm is not None else "cpu"
+            copy = load_model(model_path, device=device, dtype="float32")
+            load_peft_adapter(copy.model, Path(out_dir) / "adapter", merge=True)
+            info = {"merged_dir": str(save_merged_hf(copy, Path(out_dir) / "merged"))}
+            try:
+                info["gguf_path"] = str(save_merged_gguf(copy, Path(out_dir) / "model.gguf", gguf_type))
+            except GGUFExportUnsupported as e:
+                info["gguf_skipped"] = str(e)
+        except Exception as e:  # noqa: BLE001 (thread boundary)
+            self.exportFailed.emit(out_dir, str(e))
+            return
+        self.exported.emit(out_dir, info)
+
+    # The compare view
+
+    def _tuned(self, lm, out_dir: str, model_path: str, method: str):
+        """(separate tuned model or None when the adapters are in ``lm.model``, what to restore after).
+        Called with the lock held."""
+        if method == "full":
+            tuned = self._full_models.get(out_dir)
+            if tuned is None:
+                from engine.loader import load_model
+
+                tuned = load_model(Path(out_dir) / "merged", device=str(lm.model.device), dtype="float32")
+                self._full_models = {out_dir: tuned}  # one kept: they are whole models
+            return tuned.model, None
+        previous = self.active
+        if previous != out_dir:
+            self._activate(lm, out_dir, model_path)
+        return None, previous
+
+    def _restore(self, lm, previous: str | None) -> None:
+        if previous is not None and previous != self.active:
+            self._activate(lm, previous, "")
+
+    @Slot(str, str, str, str, int, bool)
+    def _on_compare(self, out_dir: str, model_path: str, method: str, prompt: str, max_tokens: int, chat: bool):
+        lm = self.model_source()
+        if lm is None:
+            self.compareFailed.emit("No model is loaded.")
+            return
+        replies = {"base": "", "tuned": ""}
+        try:
+            with hold(lm, self.compare_stop) as held:
+                if not held:
+                    self.compareDone.emit({**replies, "cancelled": True})
+                    return
+                text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+                prompt_ids = lm.encode_prompt(text)
+                tuned_model, previous = self._tuned(lm, out_dir, model_path, method)
+                try:
+                    with lora_disabled(lm.model):
+                        replies["base"], _ = self._generate("base", lm.model, lm, prompt_ids, max_tokens)
+                    replies["tuned"], tuned_ids = self._generate(
+                        "tuned", tuned_model or lm.model, lm, prompt_ids, max_tokens
+                    )
+                    scored = None
+                    if tuned_ids and not self.compare_stop.is_set():
+                        scored = self._score(lm, tuned_model, prompt_ids + tuned_ids, start=len(prompt_ids))
+                finally:
+                    self._restore(lm, previous)
+        except Exception as e:  # noqa: BLE001 (thread boundary)
+            self.compareFailed.emit(str(e))
+            return
+        self.compareDone.emit({**replies, "scored": scored, "cancelled": self.compare_stop.is_set()})
+
+    def _generate(self, side: str, model, lm, prompt_ids: list[int], max_tokens: int) -> tuple[str, list[int]]:
+        model.drop_cache()
+        gen = Generation(
+            model,
+            lm.tokenizer,
+            prompt_ids,
+            SamplerSettings(temperature=0.0),
+            max_tokens=max_tokens,
+            should_stop=self.compare_stop,
+            context_length=lm.context_length,
+        )
+        pending, last = "", time.monotonic()
+        for event in gen:
+            pending += event.text
+            if time.monotonic() - last >= EMIT_SECONDS:
+                self.compareText.emit(side, pending)
+                pending, last = "", time.monotonic()
+        if pending:
+            self.compareText.emit(side, pending)
+        model.drop_cache()
+        return gen.text, list(gen.ids)
+
+    def _score(self, lm, tuned_model, ids: list[int], start: int = 1) -> dict:
+        diffs = logprob_difference(lm, ids, tuned_model)
+        tokens = [{**asdict(d), "diff": d.diff} for d in diffs if d.index >= start]
+        mean = sum(t["diff"] for t in tokens) / len(tokens) if tokens else 0.0
+        return {"tokens": tokens, "mean_diff": mean, "start": start}
+
+    @Slot(str, str, str, str)
+    def _on_score(self, out_dir: str, model_path: str, method: str, text: str) -> None:
+        lm = self.model_source()
+        if lm is None:
+            self.compareFailed.emit("No model is loaded.")
+            return
+        try:
+            with hold(lm, self.compare_stop) as held:
+                if not held:
+                    return
+                ids = lm.tokenizer.encode(text, add_bos=lm.tokenizer.add_bos)
+                if len(ids) < 2:
+                    raise ValueError("the text needs at least two tokens")
+                ids = ids[: lm.context_length]
+                tuned_model, previous = self._tuned(lm, out_dir, model_path, method)
+                try:
+                    result = self._score(lm, tuned_model, ids)
+                finally:
+                    self._restore(lm, previous)
+        except Exception as e:  # noqa: BLE001 (thread boundary)
+            self.compareFailed.emit(str(e))
+            return
+        self.scored.emit(result)

@@ -1,7 +1,9 @@
 """Fine-tuning on the user's own files: choose files or a folder (dialog or drag-and-drop), preview what
 will be trained, settings, Start / Stop / Resume, progress with ETA and tokens/s, a live chart of the
 training and validation loss, past runs (kept in ``finetune_runs.json`` in the data folder), and the
-switch that puts a run's adapter into the chat model.
+switch that puts a run's adapter into the chat model, the compare view (`desktop.panels.compare`) and the
+merged exports (``merged/`` and ``model.gguf``) of a finished run. Before Start, an estimate of the run's
+time and memory for the chosen settings (`engine.finetune.estimate`); LoRA or full fine-tuning.
 
 `FinetunePanel` is widgets only; `FinetuneController` owns the `desktop.finetune_worker.FinetuneWorker`
 and its thread, the list of runs, and ties them to the panel and the main window.
@@ -12,6 +14,8 @@ Signals of the panel:
     stopRequested()
     resumeRequested(str out_dir)
     useTunedToggled(bool)
+    compareRequested(str out_dir)
+    exportRequested(str out_dir)
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -45,8 +50,11 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.finetune_worker import FinetuneWorker
+from desktop.panels.compare import CompareDialog
 from desktop.panels.how_it_works_steps import ORANGE, styled
 from desktop.presets import write_json_atomic
+from engine.finetune.estimate import estimate_run
+from engine.finetune.lora import ALL_TARGETS
 from engine.finetune.train import latest_checkpoint
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
 BLUE = "#3a7be8"
 RUNS_FILE = "finetune_runs.json"
 RESUMABLE = ("cancelled", "interrupted", "failed")
+GiB = 1 << 30
 
 
 def duration(seconds: float) -> str:
@@ -68,8 +77,9 @@ def duration(seconds: float) -> str:
 
 def settings_text(cfg: dict) -> str:
     steps = f"{cfg.get('steps')} steps" if cfg.get("steps") else f"{cfg.get('epochs', 1):g} epochs"
+    method = "full" if cfg.get("method") == "full" else f"LoRA r{cfg.get('rank')}"
     return (
-        f"LoRA r{cfg.get('rank')}, {steps}, lr {cfg.get('lr', 0):g}, "
+        f"{method}, {steps}, lr {cfg.get('lr', 0):g}, "
         f"seq {cfg.get('seq_len')}, batch {cfg.get('batch_size')}, val {cfg.get('val_fraction', 0):g}"
     )
 
@@ -84,11 +94,16 @@ class FinetunePanel(QWidget):
     stopRequested = Signal()
     resumeRequested = Signal(str)
     useTunedToggled = Signal(bool)
+    compareRequested = Signal(str)
+    exportRequested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.paths: list[str] = []
+        self.model_config = None  # the loaded model's ModelConfig, for the estimate
+        self.device_type = "cpu"
+        self.flops_per_second: float | None = None  # measured on the worker with the preview
         layout = QVBoxLayout(self)
 
         # Data
@@ -127,7 +142,16 @@ class FinetunePanel(QWidget):
 
         # Settings
         box = QGroupBox("Settings")
-        form = QFormLayout(box)
+        box_layout = QVBoxLayout(box)
+        form = QFormLayout()
+        box_layout.addLayout(form)
+        self.method = QComboBox(accessibleName="Fine-tuning method")
+        self.method.addItem("LoRA adapter (small, fast)", "lora")
+        self.method.addItem("Full: every weight (float32 copy)", "full")
+        self.method.setToolTip(
+            "LoRA trains a small adapter beside the frozen weights; full fine-tuning trains every weight of a\n"
+            "float32 copy of the model and needs several times its size in memory."
+        )
         self.rank = QSpinBox(minimum=1, maximum=256, value=8, accessibleName="LoRA rank")
         self.epochs = QDoubleSpinBox(minimum=0.1, maximum=100, value=1.0, decimals=1, singleStep=0.5)
         self.epochs.setAccessibleName("Epochs")
@@ -135,12 +159,14 @@ class FinetunePanel(QWidget):
         self.steps.setSpecialValueText("from epochs")
         self.lr = QDoubleSpinBox(minimum=0.000001, maximum=0.1, value=0.0002, decimals=6, singleStep=0.00005)
         self.lr.setAccessibleName("Learning rate")
+        self.lr.setValue(0.0002)  # again: the keyword value above was rounded to the default 2 decimals
         self.seq_len = QSpinBox(minimum=16, maximum=8192, value=256, singleStep=64, accessibleName="Sequence length")
         self.batch = QSpinBox(minimum=1, maximum=256, value=4, accessibleName="Batch size")
         self.val_fraction = QDoubleSpinBox(minimum=0.0, maximum=0.5, value=0.1, decimals=2, singleStep=0.05)
         self.val_fraction.setAccessibleName("Validation fraction")
         self.checkpoint_every = QSpinBox(minimum=0, maximum=100_000, value=50, accessibleName="Checkpoint every")
         self.checkpoint_every.setSpecialValueText("at the end only")
+        form.addRow("Method", self.method)
         form.addRow("LoRA rank", self.rank)
         form.addRow("Epochs", self.epochs)
         form.addRow("Steps", self.steps)
@@ -151,7 +177,7 @@ class FinetunePanel(QWidget):
         form.addRow("Checkpoint every", self.checkpoint_every)
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        form.addRow(self.estimate)
+        box_layout.addWidget(self.estimate)  # not a form row: a wrapped label there gets one line's height
         layout.addWidget(box)
 
         # Run
@@ -198,6 +224,19 @@ class FinetunePanel(QWidget):
         self.use_tuned.setEnabled(False)
         self.use_tuned.setToolTip("Chat with the selected run's adapter on the loaded model; untick for the base model")
         runs_layout.addWidget(self.use_tuned)
+        row = QHBoxLayout()
+        self.compare = QPushButton("Compare base and tuned…", enabled=False)
+        self.compare.setAccessibleName("Compare the base and the tuned model")
+        self.export = QPushButton("Write merged model", enabled=False)
+        self.export.setAccessibleName("Write the merged model as a folder and a GGUF file")
+        self.export.setToolTip("Fold the adapter into the weights: merged/ (Hugging Face) and model.gguf")
+        row.addWidget(self.compare)
+        row.addWidget(self.export)
+        runs_layout.addLayout(row)
+        self.outputs = QLabel("")
+        self.outputs.setWordWrap(True)
+        self.outputs.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        runs_layout.addWidget(self.outputs)
         layout.addWidget(runs)
 
         self.add_folder.clicked.connect(self._on_add_folder)
@@ -207,8 +246,11 @@ class FinetunePanel(QWidget):
         self.stop.clicked.connect(self.stopRequested)
         self.resume.clicked.connect(self._on_resume)
         self.use_tuned.toggled.connect(self.useTunedToggled)
-        for w in (self.epochs, self.steps, self.batch):
+        self.compare.clicked.connect(lambda: self.selected_run() and self.compareRequested.emit(self.selected_run()))
+        self.export.clicked.connect(lambda: self.selected_run() and self.exportRequested.emit(self.selected_run()))
+        for w in (self.epochs, self.steps, self.batch, self.rank, self.seq_len):
             w.valueChanged.connect(self.update_estimate)
+        self.method.currentIndexChanged.connect(self._on_method)
         # The chunks depend on the sequence length and the split: preview again once the value settles.
         self._repreview = QTimer(self, singleShot=True, interval=400)
         self._repreview.timeout.connect(self._on_repreview)
@@ -259,7 +301,7 @@ class FinetunePanel(QWidget):
     def config(self) -> dict[str, Any]:
         """The settings as `engine.finetune.FinetuneConfig` fields."""
         return {
-            "method": "lora",
+            "method": self.method.currentData(),
             "rank": self.rank.value(),
             "alpha": 2.0 * self.rank.value(),
             "epochs": self.epochs.value(),
@@ -298,12 +340,47 @@ class FinetunePanel(QWidget):
         self.update_estimate()
 
     @Slot()
+    def _on_method(self) -> None:
+        self.rank.setEnabled(self.method.currentData() == "lora")
+        self.update_estimate()
+
+    @Slot()
     def update_estimate(self) -> None:
         if not self._train_chunks:
             self.estimate.setText("")
             return
-        steps = self.steps.value() or max(1, math.ceil(self.epochs.value() * self._train_chunks / self.batch.value()))
-        self.estimate.setText(f"{steps} optimizer steps over {self._train_chunks} training chunks.")
+        if self.model_config is None:
+            steps = self.steps.value() or max(
+                1, math.ceil(self.epochs.value() * self._train_chunks / self.batch.value())
+            )
+            self.estimate.setText(f"{steps} optimizer steps over {self._train_chunks} training chunks.")
+            return
+        e = estimate_run(
+            self.model_config,
+            method=self.method.currentData(),
+            rank=self.rank.value(),
+            targets=ALL_TARGETS,
+            seq_len=self.seq_len.value(),
+            batch_size=self.batch.value(),
+            grad_accum=1,
+            train_chunks=self._train_chunks,
+            steps=self.steps.value() or None,
+            epochs=self.epochs.value(),
+            device_type=self.device_type,
+            flops_per_second=self.flops_per_second,
+        )
+        time_text = f"about {duration(e.seconds)}" if e.seconds is not None else "unknown"
+        trainable = f"{e.trainable_params / 1e6:.1f} M trainable weights"
+        self.estimate.setText(
+            f"{e.steps} optimizer steps over {self._train_chunks} training chunks ({e.tokens:,} tokens, {trainable}).\n"
+            f"Estimate: time {time_text} · memory about {e.memory_bytes / GiB:.1f} GiB "
+            f"(weights {e.weights_bytes / GiB:.1f}, optimizer {e.optimizer_bytes / GiB:.1f}, "
+            f"activations {e.activation_bytes / GiB:.1f}). Rough: measured on this machine now."
+        )
+        self.estimate.setToolTip(
+            "Time: the training FLOPs over this machine's measured matrix-multiply speed; memory: float32 weights,\n"
+            "gradients and AdamW moments of the trained weights, and the activations of one batch."
+        )
 
     def set_training(self, training: bool) -> None:
         self.start.setEnabled(not training)
@@ -311,8 +388,8 @@ class FinetunePanel(QWidget):
         for w in (self.add_folder, self.add_files, self.clear):
             w.setEnabled(not training)
         if training:
-            self.resume.setEnabled(False)
-            self.use_tuned.setEnabled(False)
+            for w in (self.resume, self.use_tuned, self.compare, self.export):
+                w.setEnabled(False)
 
     def show_history(self, history: list[dict], val_before: float | None = None) -> None:
         """The curves; ``val_before`` (the validation loss before training) is drawn at step 0."""
@@ -361,6 +438,8 @@ class FinetuneController(QObject):
         panel.stopRequested.connect(self.stop)  # not worker.stop: that would queue behind the run
         panel.resumeRequested.connect(self.resume)
         panel.useTunedToggled.connect(self._on_use_tuned)
+        panel.compareRequested.connect(self.open_compare)
+        panel.exportRequested.connect(self.export)
         panel.runs.currentItemChanged.connect(self._on_run_selected)
         # Bound slots of this UI-thread object (a lambda would run on the worker's thread).
         self.worker.previewed.connect(self._on_previewed)
@@ -371,6 +450,15 @@ class FinetuneController(QObject):
         self.worker.failed.connect(self._on_failed)
         self.worker.tunedChanged.connect(self._on_tuned_changed)
         self.worker.tunedFailed.connect(self._on_tuned_failed)
+        self.worker.exported.connect(self._on_exported)
+        self.worker.exportFailed.connect(self._on_export_failed)
+        self.worker.compareText.connect(self._on_compare_text)
+        self.worker.compareDone.connect(self._on_compare_done)
+        self.worker.compareFailed.connect(self._on_compare_failed)
+        self.worker.scored.connect(self._on_scored)
+        self.compare_dialog: CompareDialog | None = None
+        self.compare_run = ""  # out_dir of the run the open compare view is about
+        self.exporting = ""
         engine.loaded.connect(self._on_model_loaded)
         self._show_runs()
 
@@ -448,6 +536,10 @@ class FinetuneController(QObject):
     @Slot(dict)
     def _on_previewed(self, preview: dict) -> None:
         if preview["paths"] == self.panel.paths:  # not an answer for files since replaced
+            lm = self.window.worker.model
+            if lm is not None:
+                self.panel.model_config, self.panel.device_type = lm.config, lm.model.device.type
+            self.panel.flops_per_second = preview.get("flops_per_second")
             self.panel.show_preview(preview)
 
     @Slot(str)
@@ -540,11 +632,17 @@ class FinetuneController(QObject):
         for key in ("status", "step", "total_steps", "val_loss_before", "val_loss_after", "history", "adapter_dir"):
             if key in result and (result[key] is not None or key not in record):
                 record[key] = result[key]
+        record.setdefault("outputs", {}).update(result.get("outputs") or {})
         if result["status"] == "finished":
             before, after = record.get("val_loss_before"), record.get("val_loss_after")
             losses = f" Validation loss {before:.3f} → {after:.3f}." if before is not None and after is not None else ""
             self.panel.status.setText(
-                f"Finished {record['step']} steps.{losses} Tick “Use the tuned model in chat” to try it."
+                f"Finished {record['step']} steps.{losses} "
+                + (
+                    "Tick “Use the tuned model in chat” to try it."
+                    if record.get("adapter_dir")
+                    else "Compare it with the base."
+                )
             )
         else:
             self.panel.status.setText(
@@ -578,11 +676,113 @@ class FinetuneController(QObject):
             if record is not None:
                 self.panel.show_history(record.get("history", []), record.get("val_loss_before"))
             self.panel.resume.setEnabled(record is not None and record.get("status") in RESUMABLE)
-            usable = record is not None and record.get("status") == "finished" and bool(record.get("adapter_dir"))
+            finished = record is not None and record.get("status") == "finished"
+            usable = finished and bool(record.get("adapter_dir"))
             self.panel.use_tuned.setEnabled(usable or bool(self.worker.active))
+            outputs = (record or {}).get("outputs") or {}
+            self.panel.compare.setEnabled(usable or (finished and bool(outputs.get("merged_dir"))))
+            self.panel.export.setEnabled(usable and not self.exporting)
+        self.panel.outputs.setText(self._outputs_text(record))
         self.panel.use_tuned.blockSignals(True)
         self.panel.use_tuned.setChecked(bool(self.worker.active) and self.worker.active == out_dir)
         self.panel.use_tuned.blockSignals(False)
+
+    @staticmethod
+    def _outputs_text(record: dict | None) -> str:
+        if record is None:
+            return ""
+        outputs = dict(record.get("outputs") or {})
+        if record.get("adapter_dir"):
+            outputs.setdefault("adapter_dir", record["adapter_dir"])
+        labels = (("adapter_dir", "Adapter"), ("merged_dir", "Merged folder"), ("gguf_path", "GGUF"))
+        lines = [f"{label}: {outputs[key]}" for key, label in labels if outputs.get(key)]
+        if outputs.get("gguf_skipped"):
+            lines.append(f"No GGUF: {outputs['gguf_skipped']}")
+        return "\n".join(lines)
+
+    # Merged exports
+
+    @Slot(str)
+    def export(self, out_dir: str) -> None:
+        record = self._run(out_dir)
+        if record is None or self.exporting or self.training:
+            return
+        self.exporting = out_dir
+        self.panel.export.setEnabled(False)
+        self.panel.status.setText("Writing the merged model (folder and GGUF)…")
+        self.worker.requestExport.emit(out_dir, record.get("model", ""), "f16")
+
+    @Slot(str, dict)
+    def _on_exported(self, out_dir: str, info: dict) -> None:
+        self.exporting = ""
+        record = self._run(out_dir)
+        if record is not None:
+            record.setdefault("outputs", {}).update(info)
+            self._save_runs()
+        self.panel.status.setText(
+            "Merged model written: " + ", ".join(str(v) for k, v in info.items() if k != "gguf_skipped")
+        )
+        self._on_run_selected()
+
+    @Slot(str, str)
+    def _on_export_failed(self, out_dir: str, message: str) -> None:
+        self.exporting = ""
+        self.panel.status.setText(f"Could not write the merged model: {message}")
+        self._on_run_selected()
+
+    # The compare view
+
+    @Slot(str)
+    def open_compare(self, out_dir: str) -> None:
+        record = self._run(out_dir)
+        if record is None or self._refused():
+            return
+        if self.compare_dialog is not None:
+            self.compare_dialog.close()
+        dialog = CompareDialog(record.get("name", Path(out_dir).name), self.window)
+        method = record.get("config", {}).get("method", "lora")
+        model = record.get("model", "")
+        dialog.compareRequested.connect(
+            lambda prompt, n, chat: self._send_compare(dialog, out_dir, model, method, prompt, n, chat)
+        )
+        dialog.scoreRequested.connect(lambda text: self._send_score(dialog, out_dir, model, method, text))
+        dialog.stopRequested.connect(self.worker.compare_stop.set)
+        self.compare_dialog, self.compare_run = dialog, out_dir
+        dialog.show()
+
+    def _send_compare(self, dialog, out_dir, model, method, prompt, n, chat) -> None:
+        if self.training or self.window.generating:
+            dialog.show_error("the model is busy (training or writing a chat reply); try again when it is done")
+            return
+        self.worker.compare_stop.clear()
+        self.worker.requestCompare.emit(out_dir, model, method, prompt, n, chat)
+
+    def _send_score(self, dialog, out_dir, model, method, text) -> None:
+        if self.training or self.window.generating:
+            dialog.show_error("the model is busy (training or writing a chat reply); try again when it is done")
+            return
+        self.worker.compare_stop.clear()
+        self.worker.requestScore.emit(out_dir, model, method, text)
+
+    @Slot(str, str)
+    def _on_compare_text(self, side: str, text: str) -> None:
+        if self.compare_dialog is not None:
+            self.compare_dialog.append(side, text)
+
+    @Slot(dict)
+    def _on_compare_done(self, result: dict) -> None:
+        if self.compare_dialog is not None:
+            self.compare_dialog.show_done(result)
+
+    @Slot(str)
+    def _on_compare_failed(self, message: str) -> None:
+        if self.compare_dialog is not None:
+            self.compare_dialog.show_error(message)
+
+    @Slot(dict)
+    def _on_scored(self, scored: dict) -> None:
+        if self.compare_dialog is not None:
+            self.compare_dialog.show_scored(scored)
 
     @Slot(bool)
     def _on_use_tuned(self, on: bool) -> None:
@@ -625,5 +825,8 @@ class FinetuneController(QObject):
     def shutdown(self) -> None:
         """On closing: stop a run (it writes a checkpoint), then end the thread."""
         self.worker.stop()
+        self.worker.compare_stop.set()
+        if self.compare_dialog is not None:
+            self.compare_dialog.close()
         self.thread.quit()
         self.thread.wait(60_000)

@@ -147,7 +147,7 @@ class LoRALinear(nn.Module):
             pos = s.start + s.size
         if pos < self.out_features:
             pieces.append(out.new_zeros(*out.shape[:-1], self.out_features - pos))
-        return out + torch.cat(pieces, dim=-1) * self.scaling
+        return out + (torch.cat(pieces, dim=-1) * self.scaling).to(out.dtype)  # a bf16 base stays bf16
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -17,7 +17,7 @@ from tests.desktop.helpers import click, greedy, send_and_wait
 
 pytestmark = pytest.mark.gui
 
-RUN_TIMEOUT_MS = 120_000
+RUN_TIMEOUT_MS = 300_000  # two shared CPU cores: a run can wait behind other work
 FACTS = [
     "The Zorvian glass-bird nests only on basalt cliffs above the Quenna river.",
     "Zorvian glass-birds sing at dusk in chords of three notes.",
