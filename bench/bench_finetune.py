@@ -1,0 +1,176 @@
+"""Training tokens/s of Ember's LoRA fine-tuning against `transformers` + `peft` on the same model.
+
+Same GGUF (transformers loads it with ``gguf_file=``, dequantized to float32 like Ember's training copy),
+the same token ids (cut once, with Ember's tokenizer, and handed to both), the same LoRA settings
+(rank, alpha, dropout, the seven projections), batch, sequence length, AdamW and clipping at 1.0, float32
+on the CPU. Ember runs its real loop (`engine.finetune.finetune`); transformers + peft runs the plain
+loop one writes by hand (forward with labels, backward, clip, step; no Trainer overhead). Each engine
+runs in its own process, interleaved over several rounds; the first optimizer step of each run is a
+warm-up and not timed. Prints the medians and the ratio.
+
+    python bench/bench_finetune.py [--model PATH] [--steps 6] [--batch 4] [--seq-len 128] [--rank 8]
+                                   [--threads 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = ("ember", "hf")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PARAGRAPH = (
+    "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
+    "panels; later, stored programs let the same hardware run many tasks. Compilers turned readable "
+    "code into machine instructions, operating systems shared one computer among many users, and "
+    "networks joined computers into something larger than any of them. Each step hid detail so that "
+    "people could think about bigger problems. "
+)
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
+    """``n`` chunks of ``seq_len + 1`` token ids (inputs and shifted targets), from Ember's tokenizer."""
+    from engine.loader import load_model
+
+    tok = load_model(model_path, device="cpu", dtype="float32").tokenizer
+    ids = tok.encode(PARAGRAPH * (1 + n * (seq_len + 1) // 60), add_bos=False)
+    need = n * (seq_len + 1)
+    while len(ids) < need:
+        ids = ids + ids
+    return [ids[i * (seq_len + 1) : (i + 1) * (seq_len + 1)] for i in range(n)]
+
+
+def run_ember(model_path: str, chunks: list[list[int]], args) -> dict:
+    from engine.finetune import FinetuneConfig, finetune
+    from engine.finetune.data import Dataset, Example
+    from engine.loader import load_model
+
+    lm = load_model(model_path, device="cpu", dtype="float32")
+    data = Dataset([Example(c, [1] * len(c)) for c in chunks], [], [], args.seq_len)
+    cfg = FinetuneConfig(
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        dropout=args.dropout,
+        target_modules=TARGETS,
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        steps=args.steps + 1,
+        lr=2e-4,
+        warmup_steps=0,
+        val_fraction=0.0,
+        eval_every=10**9,
+        gguf="none",
+    )
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        finetune(lm, data, out, cfg, progress=lambda p: stamps.append(time.perf_counter()), export=False)
+    timed = stamps[-1] - stamps[0]  # steps 2 .. N+1; step 1 is the warm-up
+    return {"tokens_per_s": args.steps * args.batch * args.seq_len / timed, "peak_rss_mib": peak_rss_mib()}
+
+
+def run_hf(model_path: str, chunks: list[list[int]], args) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model_path)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = LoraConfig(
+        r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout, target_modules=TARGETS, task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    stamps = []
+    for _ in range(args.steps + 1):
+        pick = torch.randint(len(chunks), (args.batch,), generator=gen).tolist()
+        batch = torch.tensor([chunks[i] for i in pick])
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    timed = stamps[-1] - stamps[0]
+    return {"tokens_per_s": args.steps * args.batch * args.seq_len / timed, "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a GGUF file (default: the default model)")
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps (plus one warm-up)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--chunks", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.model is None:
+        from engine.default_model import default_model_path
+
+        args.model = str(default_model_path())
+
+    if args.engine:  # a child: one engine, one run, a JSON line
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        chunks = json.loads(Path(args.chunks).read_text())
+        result = (run_ember if args.engine == "ember" else run_hf)(args.model, chunks, args)
+        print(json.dumps(result))
+        return
+
+    chunks = make_chunks(args.model, max(16, 4 * args.batch), args.seq_len)
+    results: dict[str, list[dict]] = {e: [] for e in ENGINES}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(chunks, f)
+    common = ["--model", args.model, "--chunks", f.name, "--threads", str(args.threads), "--steps", str(args.steps)]
+    common += ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--rank", str(args.rank)]
+    common += ["--dropout", str(args.dropout)]
+    try:
+        for r in range(args.rounds):
+            for engine in ENGINES if r % 2 == 0 else reversed(ENGINES):
+                cmd = [sys.executable, __file__, "--engine", engine, *common]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                res = json.loads(out.strip().splitlines()[-1])
+                results[engine].append(res)
+                print(
+                    f"round {r + 1} {engine:5s}: {res['tokens_per_s']:.1f} tok/s, "
+                    f"peak RSS {res['peak_rss_mib']:.0f} MiB"
+                )
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+    med = {e: statistics.median(x["tokens_per_s"] for x in results[e]) for e in ENGINES}
+    rss = {e: statistics.median(x["peak_rss_mib"] for x in results[e]) for e in ENGINES}
+    print(
+        f"\n{Path(args.model).name}: LoRA r{args.rank} on all 7 projections, "
+        f"batch {args.batch} x {args.seq_len} tokens, "
+        f"{args.steps} timed steps, {args.threads} threads, CPU, float32, medians of {args.rounds} interleaved rounds"
+    )
+    print(f"  Ember                 {med['ember']:8.1f} training tok/s   peak RSS {rss['ember']:6.0f} MiB")
+    print(f"  transformers + peft   {med['hf']:8.1f} training tok/s   peak RSS {rss['hf']:6.0f} MiB")
+    print(f"  ratio Ember / transformers+peft: {med['ember'] / med['hf']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
