@@ -102,6 +102,8 @@ def apply_penalties(logits: torch.Tensor, history: Sequence[int] | torch.Tensor,
     Only the last ``s.repetition_window`` tokens of ``history`` count (all of them when 0).  Token ids
     beyond the logits' vocabulary (an embedding larger than the output head) are ignored.
     """
+    if s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty:
+        return logits.to(torch.float32, copy=True)  # nothing to apply: skip the bincount over the vocabulary
     out = logits.to(torch.float32, copy=True)
     ids = torch.as_tensor(history, dtype=torch.long, device=out.device).flatten()
     if s.repetition_window:
@@ -126,12 +128,6 @@ def _keep_argmax(scores: torch.Tensor) -> torch.Tensor:
     best = scores.argmax()
     kept[best] = scores[best]
     return kept
-
-
-def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k highest scores (and any tied with the k-th)."""
-    kth = torch.topk(scores, min(k, scores.shape[-1])).values[-1]
-    return scores.masked_fill(scores < kth, -math.inf)
 
 
 def _top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
@@ -175,8 +171,16 @@ def filter_logits(logits: torch.Tensor, s: SamplerSettings) -> torch.Tensor:
     if s.is_greedy:
         return _keep_argmax(scores)
     scores = scores / s.temperature
-    if s.top_k:
-        scores = _top_k(scores, s.top_k)
+    if s.top_k and s.top_k < scores.shape[-1]:
+        # The later filters only ever see what top-k kept, so they run on those few tokens instead of
+        # sorting the whole vocabulary; the result is the same (removed tokens carry no probability).
+        kept = (scores >= torch.topk(scores, s.top_k).values[-1]).nonzero().squeeze(-1)
+        return torch.full_like(scores, -math.inf).scatter_(0, kept, _filter_rest(scores[kept], s))
+    return _filter_rest(scores, s)
+
+
+def _filter_rest(scores: torch.Tensor, s: SamplerSettings) -> torch.Tensor:
+    """Top-p, min-p and typical-p, in that order."""
     if s.top_p < 1.0:
         scores = _top_p(scores, s.top_p)
     if s.min_p > 0.0:

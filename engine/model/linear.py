@@ -17,4 +17,6 @@ class Linear(nn.Linear):
     (the float32 residual stream is cast down on the way in)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        if x.dtype != self.weight.dtype:
+            x = x.to(self.weight.dtype)
+        return F.linear(x, self.weight, self.bias)

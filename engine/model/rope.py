@@ -38,20 +38,21 @@ class RotaryTable:
         self._cos = self._sin = torch.empty(0)
 
     def get(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
-        """cos, sin of shape ``(length, rotary_dim)`` for positions ``start .. start+length``."""
+        """cos, sin of shape ``(length, 1, rotary_dim)`` for positions ``start .. start+length``: they
+        broadcast over heads laid out as ``(B, T, heads, head_dim)``."""
         end = start + length
         if self._cos.shape[0] < end or self._cos.device != device or self._cos.dtype != dtype:
             n = max(end, 2 * self._cos.shape[0], 256)
             pos = torch.arange(n, dtype=torch.float32, device="cpu")
             freqs = torch.outer(pos, self.inv_freq)  # (n, rotary_dim // 2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
-            self._cos = emb.cos().to(device=device, dtype=dtype)
-            self._sin = emb.sin().to(device=device, dtype=dtype)
+            self._cos = emb.cos().to(device=device, dtype=dtype).unsqueeze(1)  # (n, 1, rotary_dim)
+            self._sin = emb.sin().to(device=device, dtype=dtype).unsqueeze(1)
         return self._cos[start:end], self._sin[start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` features of ``x`` (B, nh, T, hd) by position."""
+    """Rotate the first ``rotary_dim`` features of ``x`` (B, T, heads, hd) by position."""
     rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     half = rot // 2

@@ -22,16 +22,19 @@ from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
 
 
 class RMSNorm(nn.Module):
+    """Normalised in float32, as the reference implementations do; the weight is kept in float32 (see
+    `Transformer.keep_norms_float32`), so on the float32 residual stream this is one fused op. The q/k
+    norms of Qwen3 get model-dtype input and return it."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 (as the reference implementations do), then scale: float32 on the
-        # residual stream, the model dtype for q/k norms (whose input is in the model dtype).
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * y
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -65,17 +68,17 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, nh, T, hd), keys and values (B, nkv, T, hd), normed and rotated."""
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim)  # (B, T, nkv, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        qkv = self.wqkv(x).view(B, T, -1, self.head_dim)  # (B, T, nh + 2 nkv, hd)
+        nh, nkv = self.n_head, self.n_kv_head
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hd)
-        if rotary is not None:
-            cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return q, k, v
+            q, k, v = qkv.split((nh, nkv, nkv), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
+        else:
+            qk, v = qkv[:, :, : nh + nkv], qkv[:, :, nh + nkv :]
+        if rotary is not None:  # queries and keys rotated together: half the ops of one pass each
+            qk = apply_rotary(qk, *rotary)
+        q, k = qk[:, :, :nh], qk[:, :, nh:]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hd)
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """Merge heads and project: (B, nh, T, hd) -> (B, T, n_embd)."""
@@ -142,6 +145,14 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
+
+    def keep_norms_float32(self) -> Transformer:
+        """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
+        scale is float32 (see the module docstring)."""
+        for m in self.modules():
+            if isinstance(m, (RMSNorm, LayerNorm)):
+                m.float()
+        return self
 
     @property
     def device(self) -> torch.device:

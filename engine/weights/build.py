@@ -44,7 +44,7 @@ def _assign(model: Transformer, state: dict[str, torch.Tensor], path: str | Path
     except RuntimeError as e:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
         raise ModelFileError(path, f"tensors do not match the model's declared sizes: {detail}") from None
-    return model.eval()
+    return model.keep_norms_float32().eval()
 
 
 def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], path: str | Path) -> Transformer:
