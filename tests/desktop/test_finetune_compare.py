@@ -194,3 +194,35 @@ def test_full_finetune_from_the_panel(qtbot, make_window, dialogs, tmp_path):
     with torch.inference_mode():
         assert not torch.allclose(tuned.model(ids), before, atol=1e-3)
     window.close()
+
+
+def test_disk_full_during_a_checkpoint_then_resume_from_the_panel(qtbot, make_window, dialogs, tmp_path, monkeypatch):
+    import errno
+
+    import engine.finetune.train as train
+
+    window, panel, ft = _panel(qtbot, make_window, dialogs, tmp_path)
+    panel.steps.setValue(6)
+    panel.checkpoint_every.setValue(2)
+    real = train.save_file
+
+    def full_disk(tensors, path, *a, **k):
+        if "step-00000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(train, "save_file", full_disk)
+    click(qtbot, panel.start)
+    qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
+    (run,) = ft.runs
+    assert run["status"] == "failed" and "the disk is full" in run["error"]
+    assert "previous checkpoint step-00000002 is intact" in panel.status.text()
+    assert panel.resume.isEnabled()
+
+    monkeypatch.setattr(train, "save_file", real)  # space freed
+    click(qtbot, panel.resume)
+    qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
+    run = ft.runs[0]
+    assert run["status"] == "finished" and run["step"] == 6
+    assert [h["step"] for h in run["history"]] == [1, 2, 3, 4, 5, 6]
+    window.close()
