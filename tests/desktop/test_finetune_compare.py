@@ -193,6 +193,16 @@ def test_full_finetune_from_the_panel(qtbot, make_window, dialogs, tmp_path):
     tuned = load_model(outputs["gguf_path"], dtype="float32")
     with torch.inference_mode():
         assert not torch.allclose(tuned.model(ids), before, atol=1e-3)
+
+    click(qtbot, panel.compare)  # the tuned side is the run's merged folder, loaded beside the chat's model
+    dialog = ft.compare_dialog
+    dialog.prompt.setPlainText(PROMPT)
+    dialog.max_tokens.setValue(4)
+    click(qtbot, dialog.compare)
+    qtbot.waitUntil(lambda: dialog.compare.isEnabled(), timeout=RUN_TIMEOUT_MS)
+    assert dialog.status.text().startswith("Done"), dialog.status.text()
+    assert dialog.base_reply.toPlainText() and dialog.tuned_reply.toPlainText() and dialog.tokens
+    dialog.close()
     window.close()
 
 
