@@ -1,18 +1,32 @@
-"""Ember's engine against `transformers` on the same GGUF, same prompt, same lengths, in one run.
+"""Ember's engine against llama.cpp and `transformers` on the same GGUF, the same token ids, the same lengths.
 
-Each engine runs in its own subprocess (so peak RSS is its own), interleaved over several rounds;
-prints the medians and the ratios.
-    python bench/bench_engine.py [--model PATH] [--prompt-tokens 500] [--gen-tokens 256] [--threads 2] [--rounds 3]
+    python bench/bench_engine.py [--model PATH] [--prompt-tokens 500] [--gen-tokens 256] [--threads 2] [--rounds 5]
+
+Engines (each run in its own subprocess, so peak RSS is its own, interleaved over the rounds):
+- ``ember``: the default CPU mode (bf16, 4-bit weights packed), loaded from its weight cache;
+  ``ember-first-load`` times the load with an empty cache (packing from the GGUF and writing the cache).
+- ``ember-exact``: float32 dequantized weights, the reference for the quality columns.
+- ``transformers-bf16``: transformers from the same GGUF in bf16.
+- ``llama.cpp``: llama-cpp-python, when installed (``make bench-peers`` builds it, 15-20 minutes).
+
+Quality, against ``ember-exact``: the largest logit difference over the first 128 prompt positions,
+and the index of the first generated token where greedy output departs from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 PARAGRAPH = (
     "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
@@ -21,6 +35,7 @@ PARAGRAPH = (
     "networks joined computers into something larger than any of them. Each step hid detail so that "
     "people could think about bigger problems. "
 )
+LOGIT_POSITIONS = 128
 
 
 def make_prompt(tokenizer_encode, n_tokens: int) -> list[int]:
@@ -31,70 +46,156 @@ def make_prompt(tokenizer_encode, n_tokens: int) -> list[int]:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent's
+    high-water mark across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(model_path: str, n_prompt: int, n_gen: int) -> dict:
+def _ember(args, dtype: str) -> dict:
+    import torch
+
     from engine.generate import Generation
     from engine.loader import load_model
     from engine.sampling import SamplerSettings
 
     t0 = time.perf_counter()
-    lm = load_model(model_path, device="cpu")
+    lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)
     load = time.perf_counter() - t0
-    prompt = make_prompt(lambda t: lm.tokenizer.encode(t, add_bos=False), n_prompt)
+    prompt = args.prompt
+    with torch.inference_mode():
+        logits = lm.model(torch.tensor([prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
     greedy = SamplerSettings(temperature=0.0)
-    # One short warm-up, as llama.cpp's own benchmark does.
-    list(Generation(lm.model, lm.tokenizer, prompt[:16], greedy, max_tokens=4))
-    gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=n_gen, ignore_eos=True)
-    text = "".join(e.text for e in gen)
+    list(Generation(lm.model, lm.tokenizer, prompt[:16], greedy, max_tokens=4))  # warm-up, as llama-bench does
+    gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=args.gen_tokens, ignore_eos=True)
+    events = list(gen)
     s = gen.stats
     return {
         "load_s": load,
+        "from_cache": lm.from_cache,
         "prefill_tps": s.prefill_tokens_per_second,
         "decode_tps": s.decode_tokens_per_second,
-        "generated": s.generated_tokens,
         "peak_rss_mib": peak_rss_mib(),
-        "text": text[:80],
+        "ids": [e.id for e in events],
+        "logits": logits,
     }
 
 
-def run_transformers(model_path: str, n_prompt: int, n_gen: int) -> dict:
-    import os
+def run_ember(args) -> dict:
+    return _ember(args, "auto")
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = os.path.split(os.path.abspath(model_path))
+def run_ember_exact(args) -> dict:
+    return _ember(args, "float32")
+
+
+def run_ember_first_load(args) -> dict:
+    from engine.loader import load_model
+
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    lm = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
+    assert not lm.from_cache
+    return {"load_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}
+
+
+def run_transformers_bf16(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder, name = os.path.split(os.path.abspath(args.model))
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16).eval()
     load = time.perf_counter() - t0
-    prompt = make_prompt(lambda t: tok.encode(t, add_special_tokens=False), n_prompt)
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([args.prompt])
     with torch.inference_mode():
+        logits = model(ids[:, :LOGIT_POSITIONS]).logits[0].float().numpy()
         model.generate(ids[:, :16], max_new_tokens=4, do_sample=False)  # warm-up
         t0 = time.perf_counter()
         model(ids, use_cache=True)
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=n_gen, min_new_tokens=n_gen, do_sample=False)
+        out = model.generate(ids, max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens, do_sample=False)
         total = time.perf_counter() - t0
-    generated = out.shape[1] - ids.shape[1]
-    decode = (generated - 1) / max(total - prefill, 1e-9)
+    generated = out[0, ids.shape[1] :].tolist()
     return {
         "load_s": load,
-        "prefill_tps": n_prompt / prefill,
-        "decode_tps": decode,
-        "generated": generated,
+        "prefill_tps": len(args.prompt) / prefill,
+        "decode_tps": (len(generated) - 1) / max(total - prefill, 1e-9),
         "peak_rss_mib": peak_rss_mib(),
-        "text": tok.decode(out[0, ids.shape[1] :])[:80],
+        "ids": generated,
+        "logits": logits,
     }
 
 
-ENGINES = {"ember": run_ours, "transformers": run_transformers}
+def run_llama_cpp(args) -> dict:
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(
+        args.model,
+        n_ctx=len(args.prompt) + args.gen_tokens + 16,
+        n_batch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        logits_all=True,
+        verbose=False,
+    )
+    load = time.perf_counter() - t0
+    head = args.prompt[:LOGIT_POSITIONS]
+    llm.eval(head)
+    logits = np.array(llm.scores[: len(head)], dtype=np.float32)
+    llm.reset()
+    llm.eval(args.prompt[:16])  # warm-up
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(args.prompt)
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    prefill = time.perf_counter() - t0
+    ids = [token]
+    t0 = time.perf_counter()
+    while len(ids) < args.gen_tokens:
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        ids.append(token)
+    decode = time.perf_counter() - t0
+    return {
+        "load_s": load,
+        "prefill_tps": len(args.prompt) / prefill,
+        "decode_tps": (len(ids) - 1) / decode,
+        "peak_rss_mib": peak_rss_mib(),
+        "ids": ids,
+        "logits": logits,
+    }
+
+
+ENGINES = {
+    "ember-first-load": run_ember_first_load,
+    "ember": run_ember,
+    "ember-exact": run_ember_exact,
+    "transformers-bf16": run_transformers_bf16,
+    "llama.cpp": run_llama_cpp,
+}
+
+
+def _child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.prompt = json.loads(Path(args.prompt_file).read_text())
+    result = ENGINES[args.engine](args)
+    logits = result.pop("logits", None)
+    if logits is not None:
+        np.save(Path(args.out_dir) / f"{args.engine}.npy", logits)
+    print(json.dumps(result))
+
+
+def _departure(ids: list[int], reference: list[int]) -> int | None:
+    """The index of the first token that differs from the reference; None when none does."""
+    return next((i for i, (a, b) in enumerate(zip(ids, reference, strict=False)) if a != b), None)
 
 
 def main() -> None:
@@ -103,59 +204,71 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=500)
     p.add_argument("--gen-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--prompt-file", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
         from engine.default_model import default_model_path
 
         args.model = str(default_model_path())
-    import torch
-
-    torch.set_num_threads(args.threads)
     if args.engine:
-        print(json.dumps(ENGINES[args.engine](args.model, args.prompt_tokens, args.gen_tokens)))
+        _child(args)
         return
-    runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
-    for _ in range(args.rounds):
-        for engine in ENGINES:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--engine",
-                engine,
-                "--model",
-                args.model,
-                "--threads",
-                str(args.threads),
-                "--prompt-tokens",
-                str(args.prompt_tokens),
-                "--gen-tokens",
-                str(args.gen_tokens),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            runs[engine].append(json.loads(out.strip().splitlines()[-1]))
-    results = {
-        engine: {key: rs[0][key] if key == "text" else statistics.median(r[key] for r in rs) for key in rs[0]}
-        for engine, rs in runs.items()
+    from engine.loader import load_model
+
+    tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
+    prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)
+    engines = [e for e in ENGINES if e != "llama.cpp" or importlib.util.find_spec("llama_cpp")]
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt_file = Path(tmp) / "prompt.json"
+        prompt_file.write_text(json.dumps(prompt))
+        for r in range(args.rounds):
+            cache_dir = Path(tmp) / f"cache-{r}"  # empty for ember-first-load, then warm for ember
+            for engine in engines:
+                cmd = [sys.executable, __file__, "--engine", engine, "--model", args.model]
+                cmd += ["--threads", str(args.threads), "--gen-tokens", str(args.gen_tokens)]
+                cmd += ["--prompt-file", str(prompt_file), "--out-dir", tmp, "--cache-dir", str(cache_dir)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                runs[engine].append(json.loads(out.strip().splitlines()[-1]))
+        reference = runs["ember-exact"][0]["ids"]
+        ref_logits = np.load(Path(tmp) / "ember-exact.npy")
+        quality = {}
+        for engine in engines:
+            if (Path(tmp) / f"{engine}.npy").exists():
+                diff = float(np.abs(np.load(Path(tmp) / f"{engine}.npy") - ref_logits).max())
+                quality[engine] = (diff, _departure(runs[engine][0]["ids"], reference))
+    print(
+        f"model {args.model}\nprompt {len(prompt)} tokens, {args.gen_tokens} generated, greedy, {args.threads} "
+        f"threads, CPU, medians of {args.rounds} interleaved rounds\n"
+    )
+    med = {
+        e: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith(("_s", "_tps", "_mib"))}
+        for e, rs in runs.items()
     }
     print(
-        f"model {args.model}\nprompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, greedy, "
-        f"{args.threads} threads, CPU, fp32, medians of {args.rounds} interleaved rounds\n"
+        f"{'engine':<20}{'load s':>8}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}"
+        f"{'max |dlogit|':>14}{'departs at':>12}"
     )
-    print(f"{'engine':<14}{'load s':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}")
-    for name, r in results.items():
-        print(
-            f"{name:<14}{r['load_s']:>9.2f}{r['prefill_tps']:>15.1f}{r['decode_tps']:>14.1f}{r['peak_rss_mib']:>14.0f}"
-        )
-    a, b = results["ember"], results["transformers"]
+    for name, r in med.items():
+        diff, dep = quality.get(name, (None, None))
+        cols = [f"{r['load_s']:>8.2f}"]
+        cols += [f"{r[k]:>15.1f}" if k in r else f"{'':>15}" for k in ("prefill_tps",)]
+        cols += [f"{r[k]:>14.1f}" if k in r else f"{'':>14}" for k in ("decode_tps",)]
+        cols += [f"{r['peak_rss_mib']:>14.0f}"]
+        cols += [f"{diff:>14.3f}" if diff is not None else f"{'':>14}"]
+        cols += [f"{'never' if dep is None and diff is not None else dep if dep is not None else '':>12}"]
+        print(f"{name:<20}" + "".join(cols))
+    peer = "llama.cpp" if "llama.cpp" in med else "transformers-bf16"
+    a, b = med["ember"], med[peer]
     print(
-        f"\nember / transformers: load {b['load_s'] / a['load_s']:.1f}x faster, prefill "
-        f"{a['prefill_tps'] / b['prefill_tps']:.2f}x, decode {a['decode_tps'] / b['decode_tps']:.2f}x, "
-        f"peak RSS {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+        f"\nember / {peer}: load (cached) {b['load_s'] / a['load_s']:.2f}x faster, first load "
+        f"{med['ember-first-load']['load_s']:.2f} s, prefill {a['prefill_tps'] / b['prefill_tps']:.2f}x, "
+        f"decode {a['decode_tps'] / b['decode_tps']:.2f}x, peak RSS {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
     )
-    for name, r in results.items():
-        print(f"{name} text: {r['text']!r}")
 
 
 if __name__ == "__main__":
