@@ -311,6 +311,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         ckpt = latest_checkpoint(args.out)
         if ckpt is not None:  # the run's own settings, so the data and its order are the same
             config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
+            config.gguf = args.gguf
     data = build_dataset(
         args.paths,
         lm.tokenizer,

@@ -473,8 +473,11 @@ def finetune(
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise FinetuneError(f"{out}: no complete checkpoint to resume from")
-    if checkpoint is not None:
-        config = FinetuneConfig.from_dict(json.loads((checkpoint / "state.json").read_text())["config"])
+    if checkpoint is not None:  # the run's own settings; only the GGUF type (an export choice) may change
+        saved = FinetuneConfig.from_dict(json.loads((checkpoint / "state.json").read_text())["config"])
+        if config is not None:
+            saved.gguf = config.gguf
+        config = saved
     config = config or FinetuneConfig()
     if not isinstance(data, Dataset):
         data = build_dataset(
