@@ -23,7 +23,7 @@ from engine.gguf.reader import GGUFFile, read_gguf
 from engine.memory import check_fits
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
-from engine.weights.build import build_model, model_from_state
+from engine.weights.build import build_model, model_from_state, use_int8_head
 from engine.weights.from_gguf import gguf_state_dict
 from engine.weights.from_hf import (
     PICKLE_SUFFIXES,
@@ -36,7 +36,7 @@ from engine.weights.from_hf import (
 from engine.weights.pack_cache import PackCache, file_key
 
 GGUF_MAGIC = b"GGUF"
-PACKED_MODE = "cpu-bf16-int4"  # the only mode whose weights are cached: repacking is what costs time
+PACKED_MODE = "cpu-bf16-int4-int8head"  # the only mode whose weights are cached: repacking is what costs time
 log = logging.getLogger(__name__)
 
 
@@ -158,6 +158,7 @@ def _load_gguf(
         if model is None:
             model = build_model(cfg, gguf_state_dict(cfg, names, get, get_linear), path, device, dtype, progress)
             if pack_int4:
+                use_int8_head(model)
                 PackCache(cache_dir).save(path, file_key(path, PACKED_MODE), model.state_dict())
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()

@@ -16,6 +16,8 @@ from engine.errors import ModelFileError
 from engine.gguf.int4_groups import Int4Groups
 from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_supported
+from engine.model.int8_linear import Int8Linear
+from engine.model.linear import Linear
 
 
 def _use_int4(model: Transformer, path: str) -> Int4Linear:
@@ -47,10 +49,20 @@ def _assign(model: Transformer, state: dict[str, torch.Tensor], path: str | Path
     return model.keep_norms_float32().eval()
 
 
+def use_int8_head(model: Transformer) -> Transformer:
+    """Swap a dense (or tied) output head for `Int8Linear`; an int4 head stays as it is."""
+    if model.lm_head is None or isinstance(model.lm_head, Linear):
+        weight = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
+        model.lm_head = Int8Linear.from_weight(weight)
+    return model
+
+
 def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], path: str | Path) -> Transformer:
-    """The model from a state saved off a built one (`state_dict`), int4 layers included."""
+    """The model from a state saved off a built one (`state_dict`), int4 layers and int8 head included."""
     with torch.device("meta"):
         model = Transformer(cfg)
+        if "lm_head.qweight" in state:
+            model.lm_head = Int8Linear(cfg.n_embd, cfg.vocab_size)
     for name in state:
         if name.endswith(".packed"):
             _use_int4(model, name.removesuffix(".packed"))

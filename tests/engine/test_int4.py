@@ -15,6 +15,7 @@ from engine.gguf.int4_groups import GROUP, Int4Groups, int4_groups
 from engine.gguf.types import GGMLType
 from engine.loader import load_model
 from engine.model.int4_linear import Int4Linear
+from engine.model.int8_linear import Int8Linear
 from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
@@ -69,6 +70,16 @@ def test_the_int4_layer_computes_the_dequantized_projection(shape):
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
+def test_the_int8_head_computes_the_projection_within_a_row_step():
+    weight = torch.randn(96, 64, generator=torch.Generator().manual_seed(3))
+    head = Int8Linear.from_weight(weight)
+    assert head.qweight.dtype == torch.int8 and int(head.qweight.abs().max()) == 127
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+    expected = F.linear(x, weight)
+    # per weight at most half a step (row max / 254), plus bf16 activations and output
+    assert (head(x).float() - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
 def test_a_packed_tiny_model_matches_its_float32_reference(qtype, tiny_models, tmp_path):
     _, reference = tiny_models("llama")
@@ -99,6 +110,7 @@ def test_the_default_model_packed_stays_close_to_the_exact_mode():
     exact = load_model(dtype="float32")
     packed = load_model()
     assert sum(isinstance(m, Int4Linear) for m in packed.model.modules()) == 30 * 4
+    assert isinstance(packed.model.lm_head, Int8Linear)  # the tied Q8_0 embedding as an int8 head
     ids = torch.tensor([exact.encode_prompt("The Eiffel Tower is in Paris, the capital of France. It was built in")])
     with torch.inference_mode():
         a, b = exact.model(ids)[0], packed.model(ids)[0]
