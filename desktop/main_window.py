@@ -735,6 +735,8 @@ class MainWindow(QMainWindow):
         self._reload_messages()
         if saved.ok:
             self._start(fit, None)
+        else:
+            self.chat.input.setPlainText(text)  # the edit is not lost: send it once there is room
 
     def delete_turn(self, turn: int) -> None:
         if self._stream or not self._save_unsaved_reply():

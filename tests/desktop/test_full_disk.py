@@ -199,3 +199,25 @@ def test_a_preset_saved_to_a_full_disk_is_refused_cleanly_and_saves_once_there_i
     click(qtbot, save)
     assert "Mine" in presets.names() and "Mine" in presets.user_file.read_text(encoding="utf-8")
     count("full disk: GUI operations that failed visibly and worked again")
+
+
+def test_an_edit_resent_to_a_full_disk_changes_nothing_and_works_once_there_is_room(qtbot, window, dialogs):
+    greedy(window, max_tokens=8)
+    send_and_wait(qtbot, window, "What is the capital of Spain?")
+    before = saved(window)
+    disk = FullDisk(window.store.db)
+    window.store.db = disk
+    disk.full = True
+    window.chat.editRequested.emit(0, "What is the capital of Portugal?")  # Edit and resend on the question
+    assert dialogs.texts("warning")[0].startswith("The disk is full: your edited message was not saved.")
+    assert saved(window) == before and window._stream is None
+    assert window.chat.input.toPlainText() == "What is the capital of Portugal?"  # the edit is not lost
+
+    disk.full = False
+    window.chat.input.clear()
+    window.chat.editRequested.emit(0, "What is the capital of Portugal?")
+    wait_idle(qtbot, window)
+    after = saved(window)
+    assert after[0] == ("user", "What is the capital of Portugal?", "complete") and after[1][2] == "complete"
+    assert len(after) == 2
+    count("full disk: GUI operations that failed visibly and worked again")
