@@ -80,15 +80,6 @@ class Attention(nn.Module):
         q, k = qk[:, :, :nh], qk[:, :, nh:]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hd)
 
-    def _one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention of one new position to all cached ones, (B, nh, 1, hd) -> (B, nh, 1, hd): three
-        small ops, where the CPU's fused kernel costs several times more for a single query. The
-        queries sharing a key/value head are stacked as rows of one matmul (grouped-query attention)."""
-        B, nh, _, hd = q.shape
-        grouped = q.view(B, self.n_kv_head, nh // self.n_kv_head, hd)  # (B, nkv, group, hd)
-        scores = torch.matmul(grouped, k.transpose(-1, -2)).float().mul_(hd**-0.5)  # (B, nkv, group, S)
-        return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(B, nh, 1, hd)
-
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """Merge heads and project: (B, nh, T, hd) -> (B, T, n_embd)."""
         B, _, T, _ = y.shape
@@ -99,8 +90,6 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, nkv, start+T, hd)
         gqa = self.n_head != self.n_kv_head
-        if mask is None and q.shape[2] == 1 and q.device.type == "cpu":
-            return self.output(self._one_query(q, k, v))
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
         else:
