@@ -38,24 +38,29 @@ class RotaryTable:
         self._cos = self._sin = torch.empty(0)
 
     def get(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
-        """cos, sin of shape ``(length, 1, rotary_dim)`` for positions ``start .. start+length``: they
-        broadcast over heads laid out as ``(B, T, heads, head_dim)``."""
+        """cos and signed sin (see `apply_rotary`) of shape ``(length, 1, rotary_dim)`` for positions
+        ``start .. start+length``: they broadcast over heads laid out as ``(B, T, heads, head_dim)``."""
         end = start + length
         if self._cos.shape[0] < end or self._cos.device != device or self._cos.dtype != dtype:
             n = max(end, 2 * self._cos.shape[0], 256)
             pos = torch.arange(n, dtype=torch.float32, device="cpu")
             freqs = torch.outer(pos, self.inv_freq)  # (n, rotary_dim // 2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
+            # sin with rotate-half's sign folded in: rotate_half(x) * sin == x.roll(half) * signed_sin
+            signed_sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
             self._cos = emb.cos().to(device=device, dtype=dtype).unsqueeze(1)  # (n, 1, rotary_dim)
-            self._sin = emb.sin().to(device=device, dtype=dtype).unsqueeze(1)
+            self._sin = signed_sin.to(device=device, dtype=dtype).unsqueeze(1)
         return self._cos[start:end], self._sin[start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` features of ``x`` (B, T, heads, hd) by position."""
+    """Rotate the first ``rotary_dim`` features of ``x`` (B, T, heads, hd) by position.
+
+    ``x * cos + rotate_half(x) * sin`` in three ops: ``rotate_half(x)`` is ``x`` rolled by half the
+    rotary width with the first half negated, and that sign lives in the table's ``sin``."""
     rot = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    half = rot // 2
-    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    out = x_rot * cos + rotated * sin
-    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+    if rot == x.shape[-1]:
+        return torch.addcmul(x * cos, x.roll(rot // 2, dims=-1), sin)
+    x_rot = x[..., :rot]
+    out = torch.addcmul(x_rot * cos, x_rot.roll(rot // 2, dims=-1), sin)
+    return torch.cat((out, x[..., rot:]), dim=-1)

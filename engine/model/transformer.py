@@ -23,8 +23,7 @@ from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
 
 class RMSNorm(nn.Module):
     """Normalised in float32, as the reference implementations do; the weight is kept in float32 (see
-    `Transformer.keep_norms_float32`), so on the float32 residual stream this is one fused op. The q/k
-    norms of Qwen3 get model-dtype input and return it."""
+    `Transformer.keep_norms_float32`). The q/k norms of Qwen3 get model-dtype input and return it."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -33,7 +32,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            # Spelled out: on the CPU this is half the time of F.rms_norm, whose kernel runs more ops.
+            return x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(self.eps)) * self.weight
         return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
