@@ -43,8 +43,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.dtype != DTYPE:
-            flat = flat.to(DTYPE)
+        if flat.dtype != DTYPE or not flat.is_contiguous():  # the kernel reads rows as dense memory
+            flat = flat.to(DTYPE).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scale_zero)
         if self.bias is not None:
             y = y + self.bias

@@ -40,8 +40,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.dtype != DTYPE:
-            flat = flat.to(DTYPE)
+        if flat.dtype != DTYPE or not flat.is_contiguous():  # the kernel reads rows as dense memory
+            flat = flat.to(DTYPE).contiguous()
         y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.row_scale)
         return y.view(*x.shape[:-1], self.out_features)
 

@@ -121,3 +121,15 @@ def test_the_default_model_packed_stays_close_to_the_exact_mode():
     for _ in gen:
         pass
     assert "Paris" in gen.text
+
+
+def test_packed_layers_take_strided_input():
+    groups = int4_groups(torch.from_numpy(_blocks(Q.Q4_0, 32, 64, seed=5).reshape(-1).copy()), GGMLType.Q4_0, (32, 64))
+    int4 = Int4Linear(64, 32, bias=False)
+    for name, t in Int4Linear.pack(groups).items():
+        setattr(int4, name, t)
+    int8 = Int8Linear.from_weight(groups.dequantize())
+    x = torch.randn(64, 6).bfloat16().t()  # (6, 64), transposed: not contiguous
+    assert not x.is_contiguous()
+    for layer in (int4, int8):
+        assert torch.equal(layer(x), layer(x.contiguous()))
