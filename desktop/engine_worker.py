@@ -76,6 +76,7 @@ def model_info(lm: LoadedModel) -> dict[str, Any]:
         "weight_types": lm.weight_types,
         "device": str(lm.model.device),
         "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "precision": lm.precision,
         "load_seconds": lm.load_seconds,
         "template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
         "template_warning": lm.template_warning,

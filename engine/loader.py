@@ -22,6 +22,8 @@ from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
 from engine.gguf.reader import GGUFFile, read_gguf
 from engine.memory import check_fits
 from engine.model import Transformer
+from engine.model.int4_linear import Int4Linear
+from engine.model.int8_linear import Int8Linear
 from engine.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
 from engine.weights.from_gguf import gguf_state_dict
@@ -62,6 +64,18 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def precision(self) -> str:
+        """How the weights compute, in words: the dtype, and any layers kept 4-bit or in int8."""
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        int4 = sum(isinstance(m, Int4Linear) for m in self.model.modules())
+        parts = [f"{dtype} (exact)" if dtype == "float32" else dtype]
+        if int4:
+            parts.append(f"{int4} projections in packed 4-bit")
+        if isinstance(self.model.lm_head, Int8Linear):
+            parts.append("int8 output head")
+        return ", ".join(parts)
 
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """The conversation in the model's template. A template stopped for what it tried (not one that

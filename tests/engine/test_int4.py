@@ -111,6 +111,8 @@ def test_the_default_model_packed_stays_close_to_the_exact_mode():
     packed = load_model()
     assert sum(isinstance(m, Int4Linear) for m in packed.model.modules()) == 30 * 4
     assert isinstance(packed.model.lm_head, Int8Linear)  # the tied Q8_0 embedding as an int8 head
+    assert packed.precision == "bfloat16, 120 projections in packed 4-bit, int8 output head"
+    assert exact.precision == "float32 (exact)"
     ids = torch.tensor([exact.encode_prompt("The Eiffel Tower is in Paris, the capital of France. It was built in")])
     with torch.inference_mode():
         a, b = exact.model(ids)[0], packed.model(ids)[0]
