@@ -17,7 +17,9 @@ PYINSTALLER_PIN := pyinstaller==6.22.3
 DISTDIR ?= dist
 WORKDIR ?= build
 
-.PHONY: run chat test bench lint clean package package-env
+LLAMA_CPP_PIN := llama-cpp-python[server]==0.3.36
+
+.PHONY: run chat test bench bench-peers lint clean package package-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +42,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
+
+# The benchmark's and the remote tests' independent peer: llama.cpp built for this CPU (15-20 minutes)
+bench-peers: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP_PIN)'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine tests bench
