@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = "1"
 EDGE_BYTES = 64 * 1024
+KEEP_ENTRIES = 4  # the most recently written; older ones are deleted (each is about the model's size)
 CACHE_DIR_ENV = "EMBER_CACHE_DIR"
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,16 @@ class PackCache:
             tensors = {name: t.detach().contiguous() for name, t in state.items()}
             save_file(tensors, tmp, metadata={"key": key, "model": str(model_file.resolve())})
             os.replace(tmp, entry)
+            self._prune()
             return entry
         except (OSError, SafetensorError) as e:
             log.warning("could not write the weight cache %s: %s", entry, e)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             return None
+
+    def _prune(self) -> None:
+        entries = sorted(self.directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in entries[KEEP_ENTRIES:]:
+            with contextlib.suppress(OSError):
+                old.unlink()

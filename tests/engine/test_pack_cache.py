@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.loader import load_model
-from engine.weights.pack_cache import PackCache
+from engine.weights.pack_cache import KEEP_ENTRIES, PackCache
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
 
@@ -79,3 +79,15 @@ def test_an_unwritable_cache_directory_only_costs_the_cache(q4_file, tmp_path, c
     lm = load_model(q4_file, device="cpu", cache_dir=blocker)
     assert not lm.from_cache and torch.isfinite(_logits(lm)).all()
     assert "could not write the weight cache" in caplog.text
+
+
+def test_only_the_most_recent_entries_are_kept(q4_file, tmp_path):
+    cache = PackCache(tmp_path / "c")
+    files = []
+    for i in range(KEEP_ENTRIES + 2):
+        copy = tmp_path / f"m{i}.gguf"
+        copy.write_bytes(q4_file.read_bytes())
+        load_model(copy, device="cpu", cache_dir=tmp_path / "c")
+        files.append(copy)
+    kept = {p.name for p in cache.directory.glob("*.safetensors")}
+    assert kept == {cache.entry(f).name for f in files[-KEEP_ENTRIES:]}
