@@ -19,7 +19,7 @@ class KVCache:
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k, v`` (B, nkv, T, hd) at ``start`` and return every key and value up to ``start + T``."""
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        T = k.shape[2]
+        self.k.narrow(2, start, T).copy_(k)
+        self.v.narrow(2, start, T).copy_(v)
+        return self.k.narrow(2, 0, start + T), self.v.narrow(2, 0, start + T)
