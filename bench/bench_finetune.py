@@ -40,6 +40,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rates(stamps: list[float], args) -> dict:
+    """Steps 2 .. N+1 (step 1 is the warm-up): tokens/s over all of them and over the median step (which a
+    moment of contention from other processes moves less)."""
+    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    per_step = args.batch * args.seq_len
+    return {
+        "tokens_per_s": len(steps) * per_step / sum(steps),
+        "median_step_tokens_per_s": per_step / statistics.median(steps),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
 def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
     """``n`` chunks of ``seq_len + 1`` token ids (inputs and shifted targets), from Ember's tokenizer."""
     from engine.loader import load_model
@@ -76,8 +88,7 @@ def run_ember(model_path: str, chunks: list[list[int]], args) -> dict:
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as out:
         finetune(lm, data, out, cfg, progress=lambda p: stamps.append(time.perf_counter()), export=False)
-    timed = stamps[-1] - stamps[0]  # steps 2 .. N+1; step 1 is the warm-up
-    return {"tokens_per_s": args.steps * args.batch * args.seq_len / timed, "peak_rss_mib": peak_rss_mib()}
+    return _rates(stamps, args)
 
 
 def run_hf(model_path: str, chunks: list[list[int]], args) -> dict:
@@ -107,8 +118,7 @@ def run_hf(model_path: str, chunks: list[list[int]], args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
-    timed = stamps[-1] - stamps[0]
-    return {"tokens_per_s": args.steps * args.batch * args.seq_len / timed, "peak_rss_mib": peak_rss_mib()}
+    return _rates(stamps, args)
 
 
 def main() -> None:
@@ -154,13 +164,15 @@ def main() -> None:
                 res = json.loads(out.strip().splitlines()[-1])
                 results[engine].append(res)
                 print(
-                    f"round {r + 1} {engine:5s}: {res['tokens_per_s']:.1f} tok/s, "
+                    f"round {r + 1} {engine:5s}: {res['tokens_per_s']:.1f} tok/s "
+                    f"(median step {res['median_step_tokens_per_s']:.1f}), "
                     f"peak RSS {res['peak_rss_mib']:.0f} MiB"
                 )
     finally:
         Path(f.name).unlink(missing_ok=True)
 
     med = {e: statistics.median(x["tokens_per_s"] for x in results[e]) for e in ENGINES}
+    med_step = {e: statistics.median(x["median_step_tokens_per_s"] for x in results[e]) for e in ENGINES}
     rss = {e: statistics.median(x["peak_rss_mib"] for x in results[e]) for e in ENGINES}
     print(
         f"\n{Path(args.model).name}: LoRA r{args.rank} on all 7 projections, "
@@ -170,6 +182,10 @@ def main() -> None:
     print(f"  Ember                 {med['ember']:8.1f} training tok/s   peak RSS {rss['ember']:6.0f} MiB")
     print(f"  transformers + peft   {med['hf']:8.1f} training tok/s   peak RSS {rss['hf']:6.0f} MiB")
     print(f"  ratio Ember / transformers+peft: {med['ember'] / med['hf']:.2f}x")
+    print(
+        f"  by median step: Ember {med_step['ember']:.1f}, transformers + peft {med_step['hf']:.1f} tok/s, "
+        f"ratio {med_step['ember'] / med_step['hf']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
