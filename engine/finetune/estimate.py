@@ -5,8 +5,9 @@ and AdamW's two moments, and the activations autograd keeps for one micro-batch 
 about ``12 * n_embd + 4 * intermediate`` floats; the logits three times over; eager attention's scores
 twice). Time is the training FLOPs (forward ``2N`` per token, backward ``2N`` more for LoRA, which needs
 no weight gradients of the frozen base, ``4N`` for full) over this machine's measured float32 matmul
-rate times an efficiency that small-batch training reaches (measured: SmolLM2-135M, LoRA, batch 4 x
-128 tokens on 2 CPU cores ran at ~12% of the 1024^3 matmul rate).
+rate times the efficiency training reaches (measured on a quiet 2-core CPU: SmolLM2-135M, LoRA, batch
+4 x 128 tokens, 269 tokens/s, i.e. ~45% of the 512^3 matmul rate of 330 GFLOP/s; when other processes
+share the cores both numbers drop and the estimate follows only as far as the 0.2 s measurement does).
 
 `measure_matmul_rate` takes ~0.2 s; call it off the UI thread.
 """
@@ -21,7 +22,7 @@ import torch
 
 from engine.config import ModelConfig
 
-EFFICIENCY = {"cpu": 0.12, "cuda": 0.3, "mps": 0.2}
+EFFICIENCY = {"cpu": 0.45, "cuda": 0.3, "mps": 0.2}  # cuda, mps: guesses, not measured
 FLOAT = 4
 
 
@@ -96,7 +97,7 @@ def estimate_run(
     if flops_per_second:
         flops_per_token = (6 if method == "full" else 4) * n
         flops_per_token += 6 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim  # attention scores
-        seconds = tokens * flops_per_token / (flops_per_second * EFFICIENCY.get(device_type, 0.12))
+        seconds = tokens * flops_per_token / (flops_per_second * EFFICIENCY.get(device_type, EFFICIENCY["cpu"]))
     return RunEstimate(
         steps=total,
         tokens=tokens,
