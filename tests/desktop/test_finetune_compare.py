@@ -163,6 +163,7 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     outputs = ft.runs[0]["outputs"]
     assert Path(outputs["merged_dir"], "model.safetensors").is_file() and Path(outputs["gguf_path"]).is_file()
     assert "GGUF:" in panel.outputs.text()
+    shot(panel, "finetune-outputs")
     merged = load_model(outputs["gguf_path"], dtype="float32")
     with torch.inference_mode():
         x = torch.tensor([ids])
