@@ -73,11 +73,11 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k, v = qkv.split((nh, nkv, nkv), dim=2)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
-        else:
-            qk, v = qkv[:, :, : nh + nkv], qkv[:, :, nh + nkv :]
+        else:  # narrow: one op per view, where [:, :, a:b] is one per dimension
+            qk, v = qkv.narrow(2, 0, nh + nkv), qkv.narrow(2, nh + nkv, nkv)
         if rotary is not None:  # queries and keys rotated together: half the ops of one pass each
             qk = apply_rotary(qk, *rotary)
-        q, k = qk[:, :, :nh], qk[:, :, nh:]
+        q, k = qk.narrow(2, 0, nh), qk.narrow(2, nh, nkv)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hd)
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
