@@ -217,6 +217,9 @@ class Sampler:
         if self.settings.is_greedy:
             return int(penalized.argmax()), penalized.log_softmax(dim=-1)
         log_probs = filter_logits(penalized, self.settings).log_softmax(dim=-1)
-        probs = log_probs.exp().to(self._generator.device)
-        token = torch.multinomial(probs, 1, generator=self._generator)
+        # Drawn among the tokens the filters kept: the same distribution, and a draw over the whole
+        # vocabulary costs about a millisecond on the CPU where this costs microseconds.
+        kept = torch.isfinite(log_probs).nonzero().squeeze(-1)
+        probs = log_probs[kept].exp().to(self._generator.device)
+        token = kept[torch.multinomial(probs, 1, generator=self._generator).to(kept.device)]
         return int(token), log_probs
