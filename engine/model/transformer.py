@@ -59,7 +59,6 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
         self.wqkv = Linear(cfg.n_embd, q_dim + 2 * kv_dim, bias=cfg.qkv_bias or cfg.linear_bias)
         self.wo = Linear(q_dim, cfg.n_embd, bias=cfg.linear_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
