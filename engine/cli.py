@@ -304,7 +304,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     # Training wants float32 weights unless asked otherwise (LoRA factors are float32 either way); the
     # loader's own default may be a packed low-precision layout meant for chat.
     dtype = "float32" if args.dtype == "auto" else args.dtype
-    lm = load_model(args.model, device=args.device, dtype=dtype)
+    lm = load_model(args.model, device=args.device, dtype=dtype, pack=False)  # packed kernels have no backward
     if args.resume:
         from engine.finetune import latest_checkpoint
 

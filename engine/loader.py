@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
 from engine.gguf.reader import GGUFFile, read_gguf
 from engine.memory import check_fits
 from engine.model import Transformer
-from engine.model.int4_linear import Int4Linear
+from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
 from engine.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
@@ -125,27 +126,37 @@ def _template(source: str | None, tokenizer: Tokenizer) -> tuple[ChatTemplate, s
         return _fallback(tokenizer, e)
 
 
-def _cached_model(cfg: ModelConfig, path: Path, cache_dir: Path | None, progress) -> Transformer | None:
+def _cached_model(cfg: ModelConfig, path: Path, cache: PackCache, key: str, progress) -> Transformer | None:
     """The packed model from the weight cache, when it holds one made from this very file."""
-    state = PackCache(cache_dir).load(path, file_key(path, PACKED_MODE))
+    state = cache.load(path, key)
     if state is None:
         return None
     try:
         model = model_from_state(cfg, state, path)
-    except ModelFileError as e:  # a cache from an older layout of the model code: rebuild it
+    except Exception as e:  # an entry that reads but does not fit the model code: rebuild it
         log.warning("rebuilding the weight cache: %s", e)
+        cache.discard(path)
         return None
     if progress is not None:
         progress(1.0)
     return model
 
 
+def _packed_weight_bytes(gguf: GGUFFile) -> int:
+    """Memory for the weights when 4-bit tensors stay packed (about their size in the file) and the
+    others are bf16."""
+    return sum(
+        info.nbytes if info.ggml_type in INT4_TYPES else math.prod(info.shape) * 2 for info in gguf.tensors.values()
+    )
+
+
 def _load_gguf(
-    path: Path, device, dtype, fits: Callable[[ModelConfig], int], progress, cache_dir: Path | None
+    path: Path, device, dtype, fits: Callable[..., int], progress, cache_dir: Path | None, pack: bool
 ) -> LoadedModel:
     cfg, gguf = _open_gguf(path)
+    pack_int4 = pack and device.type == "cpu" and dtype == torch.bfloat16 and int4_kernels_available()
     with gguf:
-        estimate = fits(cfg)
+        estimate = fits(cfg, _packed_weight_bytes(gguf) if pack_int4 else None)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, str(path))
         names = set(gguf.tensors)
         layers = {int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()}
@@ -166,14 +177,18 @@ def _load_gguf(
                 return gguf.load_int4_groups(name)
             return get(name)
 
-        pack_int4 = device.type == "cpu" and dtype == torch.bfloat16
-        model = _cached_model(cfg, path, cache_dir, progress) if pack_int4 else None
+        cache = PackCache(cache_dir)
+        key = file_key(path, PACKED_MODE) if pack_int4 else ""
+        model = _cached_model(cfg, path, cache, key, progress) if pack_int4 else None
         from_cache = model is not None
         if model is None:
             model = build_model(cfg, gguf_state_dict(cfg, names, get, get_linear), path, device, dtype, progress)
             if pack_int4:
                 use_int8_head(model)
-                PackCache(cache_dir).save(path, file_key(path, PACKED_MODE), model.state_dict())
+                # Only models with packed layers (repacking is what the cache saves), and only if the file
+                # did not change while it was read.
+                if any(isinstance(m, Int4Linear) for m in model.modules()) and file_key(path, PACKED_MODE) == key:
+                    cache.save(path, key, model.state_dict())
         if "rope_freqs.weight" in names:  # Llama 3.1 stores its rope scaling as per-frequency factors
             model.rotary.inv_freq = model.rotary.inv_freq / get("rope_freqs.weight").float()
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
@@ -194,7 +209,7 @@ def _load_gguf(
     )
 
 
-def _load_hf(folder: Path, device, dtype, fits: Callable[[ModelConfig], int], progress) -> LoadedModel:
+def _load_hf(folder: Path, device, dtype, fits: Callable[..., int], progress) -> LoadedModel:
     cfg = read_config(folder)
     files = safetensors_files(folder)
     estimate = fits(cfg)
@@ -245,11 +260,13 @@ def load_model(
     check_memory: bool = True,
     progress: Callable[[float], None] | None = None,
     cache_dir: str | Path | None = None,
+    pack: bool = True,
 ) -> LoadedModel:
     """Load a GGUF file or a Hugging Face safetensors folder (None: the default model).
 
-    On the CPU in bf16 (the default there), 4-bit GGUF weights stay packed and the packed model is kept in
-    ``cache_dir`` (default: the user's cache directory, see `engine.weights.pack_cache`) for the next load.
+    On the CPU in bf16 (the default there), 4-bit GGUF weights stay packed (unless ``pack`` is False:
+    training needs dense weights) and the packed model is kept in ``cache_dir`` (default: the user's cache
+    directory, see `engine.weights.pack_cache`) for the next load.
 
     Raises `ModelFileError` for unusable files, `OutOfMemoryError` (before allocating) when the
     estimate exceeds free memory, and `ValueError` for a bad device or dtype name.
@@ -261,9 +278,9 @@ def load_model(
     if not path.exists():
         raise ModelFileError(path, "no such file or folder")
 
-    def fits(cfg: ModelConfig) -> int:
+    def fits(cfg: ModelConfig, weight_bytes: int | None = None) -> int:
         ctx = min(context_length or cfg.max_seq_len, cfg.max_seq_len)
-        return check_fits(cfg, dt, dev, ctx, path.name) if check_memory else 0
+        return check_fits(cfg, dt, dev, ctx, path.name, weight_bytes) if check_memory else 0
 
     if path.is_dir():
         lm = _load_hf(path, dev, dt, fits, progress)
@@ -274,7 +291,7 @@ def load_model(
             magic = f.read(4)
         if magic != GGUF_MAGIC:
             raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
-        lm = _load_gguf(path, dev, dt, fits, progress, Path(cache_dir) if cache_dir else None)
+        lm = _load_gguf(path, dev, dt, fits, progress, Path(cache_dir) if cache_dir else None, pack)
     lm.context_length = min(context_length or lm.config.max_seq_len, lm.config.max_seq_len)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -15,10 +15,11 @@ MiB = 1 << 20
 _OVERHEAD = 0.15
 
 
-def estimate_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int) -> int:
-    """Weights in ``dtype`` plus a KV cache for ``context`` positions plus overhead."""
+def estimate_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int, weight_bytes: int | None = None) -> int:
+    """Weights in ``dtype`` (or ``weight_bytes`` when the loader knows better: packed 4-bit weights) plus a
+    KV cache for ``context`` positions plus overhead."""
     size = torch.finfo(dtype).bits // 8
-    weights = cfg.n_params * size
+    weights = cfg.n_params * size if weight_bytes is None else weight_bytes
     kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * size
     return int(weights * (1 + _OVERHEAD)) + kv
 
@@ -31,9 +32,11 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_fits(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, context: int, name: str) -> int:
+def check_fits(
+    cfg: ModelConfig, dtype: torch.dtype, device: torch.device, context: int, name: str, weight_bytes: int | None = None
+) -> int:
     """Return the estimate, or raise `OutOfMemoryError` saying how much is needed and free."""
-    need = estimate_bytes(cfg, dtype, context)
+    need = estimate_bytes(cfg, dtype, context, weight_bytes)
     free = available_bytes(device)
     if need > free:
         raise OutOfMemoryError(

@@ -17,6 +17,12 @@ from engine.gguf.int4_groups import GROUP, Int4Groups
 DTYPE = torch.bfloat16  # what the kernel wants for activations, scales and zeros
 
 
+def int4_kernels_available() -> bool:
+    """torch 2.6 and later ship the CPU int4 kernels (and the int8 one the output head uses)."""
+    ops = torch.ops.aten
+    return all(hasattr(ops, op) for op in ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu"))
+
+
 def int4_supported(shape: torch.Size | tuple[int, int], device: torch.device) -> bool:
     """Whether a ``(out, in)`` weight can use the kernel: CPU only, whole groups, rows a multiple of 16."""
     out_features, in_features = shape

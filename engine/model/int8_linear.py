@@ -25,11 +25,19 @@ class Int8Linear(nn.Module):
         self.register_buffer("row_scale", torch.empty(out_features, dtype=DTYPE))
 
     @staticmethod
-    def quantize(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The ``qweight`` and ``row_scale`` buffers for a dense ``(out, in)`` weight."""
-        w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        return {"qweight": torch.round(w / scale[:, None]).to(torch.int8), "row_scale": scale.to(DTYPE)}
+    def quantize(weight: torch.Tensor, rows_per_step: int = 4096) -> dict[str, torch.Tensor]:
+        """The ``qweight`` and ``row_scale`` buffers for a dense ``(out, in)`` weight, a block of rows at a
+        time (a float32 copy of a large vocabulary's head would cost gigabytes at once). Rows are rounded
+        against the bf16 scale the kernel multiplies by."""
+        qweight = torch.empty(weight.shape, dtype=torch.int8)
+        scales = torch.empty(weight.shape[0], dtype=DTYPE)
+        for start in range(0, weight.shape[0], rows_per_step):
+            w = weight[start : start + rows_per_step].detach().float()
+            scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(DTYPE).tiny).to(DTYPE)
+            q = torch.round(w / scale.float()[:, None]).clamp_(-127, 127)
+            qweight[start : start + rows_per_step] = q.to(torch.int8)
+            scales[start : start + rows_per_step] = scale
+        return {"qweight": qweight, "row_scale": scales}
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor) -> Int8Linear:

@@ -65,7 +65,7 @@ def test_the_int4_layer_computes_the_dequantized_projection(shape):
     x = torch.randn(5, in_features, generator=torch.Generator().manual_seed(2))
     expected = F.linear(x, groups.dequantize())  # float32, exact weights
     got = layer(x).float()
-    assert got.dtype == torch.float32 and got.shape == (5, out_features)
+    assert got.shape == (5, out_features)
     # bf16 activations, scales and zeros: about 3 significant digits
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
 
@@ -80,16 +80,21 @@ def test_the_int8_head_computes_the_projection_within_a_row_step():
     assert (head(x).float() - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
-def test_a_packed_tiny_model_matches_its_float32_reference(qtype, tiny_models, tmp_path):
-    _, reference = tiny_models("llama")
-    path = tmp_path / "tiny-q4.gguf"
-    write_gguf("llama", reference, path, qtype=qtype)
+@pytest.mark.parametrize(
+    ("arch", "qtype"),
+    [("llama", Q.Q4_0), ("llama", Q.Q4_1), ("qwen2", Q.Q4_0), ("qwen3", Q.Q4_1), ("phi3", Q.Q4_0), ("gpt2", Q.Q4_1)],
+)
+def test_a_packed_tiny_model_matches_its_float32_reference(arch, qtype, tiny_models, tmp_path):
+    _, reference = tiny_models(arch)
+    path = tmp_path / f"tiny-{arch}.gguf"
+    write_gguf(arch, reference, path, qtype=qtype)
     exact = load_model(path, device="cpu", dtype="float32", cache_dir=tmp_path / "cache")
     packed = load_model(path, device="cpu", cache_dir=tmp_path / "cache")  # CPU default: bf16 + int4
     assert packed.model.dtype == torch.bfloat16
-    assert sum(isinstance(m, Int4Linear) for m in packed.model.modules()) == 2 * 4 + 1  # qkv, wo, gate_up, down; head
-    assert not any(isinstance(m, Int4Linear) for m in exact.model.modules())
+    # every projection of both layers packed: qkv, wo, (gate_)up and down
+    assert sum(isinstance(m, Int4Linear) for m in packed.model.layers.modules()) == 2 * 4
+    assert isinstance(packed.model.lm_head, (Int4Linear, Int8Linear))  # a Q4 output, else the int8 head
+    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in exact.model.modules())
     tokens = torch.randint(3, VOCAB, (1, 24), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         a, b = exact.model(tokens), packed.model(tokens)
@@ -104,6 +109,17 @@ def test_a_packed_tiny_model_matches_its_float32_reference(qtype, tiny_models, t
             packed.model.drop_cache()
             assert int(packed.model(torch.tensor([seq]))[0, -1].argmax()) == token
             seq.append(token)
+
+
+def test_packing_can_be_declined_for_training(tiny_models, tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_gguf("llama", tiny_models("llama")[1], path, qtype=Q.Q4_0)
+    dense = load_model(path, device="cpu", dtype="bfloat16", pack=False, cache_dir=tmp_path / "c")
+    packed = load_model(path, device="cpu", dtype="bfloat16", cache_dir=tmp_path / "c")
+    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in dense.model.modules())
+    assert dense.model.dtype == torch.bfloat16 and not dense.from_cache
+    # the memory check counts packed weights at their packed size
+    assert packed.memory_estimate < dense.memory_estimate
 
 
 def test_the_default_model_packed_stays_close_to_the_exact_mode():

@@ -3,12 +3,14 @@ damaged cache entry or an unwritable cache directory each fall back to repacking
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 import torch
 
 from engine.loader import load_model
+from engine.weights import pack_cache
 from engine.weights.pack_cache import KEEP_ENTRIES, PackCache
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
@@ -42,18 +44,31 @@ def test_the_exact_mode_neither_reads_nor_writes_the_cache(q4_file, tmp_path):
     assert not lm.from_cache and not (tmp_path / "c").exists()
 
 
-def test_a_changed_model_file_is_repacked_not_served_stale(q4_file, tiny_models, tmp_path):
-    cache = tmp_path / "c"
-    load_model(q4_file, device="cpu", cache_dir=cache)
-    # same path, different weights (another model written over it), and an mtime set back to the old one
-    stat = q4_file.stat()
-    write_gguf("llama", tiny_models("llama-rope-linear")[1], q4_file, qtype=gguf.GGMLQuantizationType.Q4_1)
-    os.utime(q4_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    reloaded = load_model(q4_file, device="cpu", cache_dir=cache)
-    fresh = load_model(q4_file, device="cpu", cache_dir=tmp_path / "other")
+def test_a_same_size_rewrite_with_the_old_mtime_is_repacked_not_served_stale(tiny_models, tmp_path, monkeypatch):
+    # Edges far smaller than the file, so only the samples between them can see the new weights.
+    monkeypatch.setattr(pack_cache, "EDGE_BYTES", 256)
+    _, reference = tiny_models("llama")
+    path, cache = tmp_path / "model.gguf", tmp_path / "c"
+    write_gguf("llama", reference, path, qtype=gguf.GGMLQuantizationType.Q4_1)
+    load_model(path, device="cpu", cache_dir=cache)
+    stat = path.stat()
+    changed = copy.deepcopy(reference)
+    with torch.no_grad():  # one tensor in the middle of the file: the edges stay as they were
+        changed.model.layers[0].mlp.down_proj.weight.mul_(-1.5)
+    write_gguf("llama", changed, path, qtype=gguf.GGMLQuantizationType.Q4_1)
+    assert path.stat().st_size == stat.st_size  # same metadata, same shapes: same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    reloaded = load_model(path, device="cpu", cache_dir=cache)
+    fresh = load_model(path, device="cpu", cache_dir=tmp_path / "other")
     assert not reloaded.from_cache
     assert torch.equal(_logits(reloaded), _logits(fresh))
-    assert load_model(q4_file, device="cpu", cache_dir=cache).from_cache  # the entry was rewritten
+    assert load_model(path, device="cpu", cache_dir=cache).from_cache  # the entry was rewritten
+
+
+def test_an_entry_from_another_cpu_instruction_set_is_not_used(q4_file, tmp_path, monkeypatch):
+    load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "OTHER")
+    assert not load_model(q4_file, device="cpu", cache_dir=tmp_path / "c").from_cache
 
 
 def test_a_touched_model_file_invalidates_the_entry(q4_file, tmp_path):
