@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -55,6 +56,30 @@ def file_key(model_file: Path, mode: str) -> str:
     return h.hexdigest()
 
 
+_DTYPES = {"BF16": torch.bfloat16, "F32": torch.float32, "F16": torch.float16, "U8": torch.uint8, "I8": torch.int8}
+
+
+def _read_into_new_tensors(entry: Path, shapes: dict[str, tuple[list[int], torch.dtype]]) -> dict[str, torch.Tensor]:
+    """Read each tensor of a safetensors file straight into a new tensor (``readinto``), not through a
+    memory map: the model's memory is then the only copy, and a map of the whole file would add its
+    size to the peak resident set."""
+    with open(entry, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+        out = {}
+        for name, (shape, dtype) in shapes.items():
+            start, end = header[name]["data_offsets"]
+            t = torch.empty(shape, dtype=dtype)
+            view = memoryview(t.view(-1).view(torch.uint8).numpy())
+            if end - start != len(view):
+                raise ValueError(f"{name}: {end - start} bytes for a tensor of {len(view)}")
+            fh.seek(8 + header_len + start)
+            if fh.readinto(view) != len(view):
+                raise ValueError(f"{name}: the file ends inside the tensor")
+            out[name] = t
+    return out
+
+
 class PackCache:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = (directory or default_cache_dir()) / "packed"
@@ -64,18 +89,21 @@ class PackCache:
         return self.directory / f"{name}.safetensors"
 
     def load(self, model_file: Path, key: str) -> dict[str, torch.Tensor] | None:
-        """The cached state for ``model_file`` if its key matches, else None. The tensors are copied
-        out of the file into memory of torch's own: the packed kernels read whole vectors and want
-        its alignment, and the entry may be replaced or pruned while the model lives."""
+        """The cached state for ``model_file`` if its key matches, else None. The tensors live in memory
+        of torch's own, not in a map of the file: the packed kernels read whole vectors (in CI the int8
+        kernel crashed reading a head mapped from the file), and the entry may be replaced or pruned
+        while the model lives."""
         entry = self.entry(model_file)
         if not entry.is_file():
             return None
         try:
-            with safe_open(entry, framework="pt") as f:
+            with safe_open(entry, framework="pt") as f:  # the library validates the header
                 if (f.metadata() or {}).get("key") != key:
                     return None
-                return {name: f.get_tensor(name).clone() for name in f.keys()}
-        except (OSError, SafetensorError, ValueError) as e:
+                layout = {name: f.get_slice(name) for name in f.keys()}
+                shapes = {name: (sl.get_shape(), _DTYPES[sl.get_dtype()]) for name, sl in layout.items()}
+            return _read_into_new_tensors(entry, shapes)
+        except (OSError, SafetensorError, ValueError, KeyError) as e:
             log.warning("ignoring the unreadable weight cache %s: %s", entry, e)
             return None
 
