@@ -57,6 +57,7 @@ from desktop.serve_controller import LocalServer
 from desktop.settings import Settings
 from desktop.store import Message
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
+from desktop.ui_gc import collect_on_ui_thread
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ FINISHED = {  # the engine's finish_reason, for the readout
 class MainWindow(QMainWindow):
     def __init__(self, dirs: DataDirs, *, load_model_on_start: bool = True) -> None:
         super().__init__()
+        collect_on_ui_thread()  # never collect widgets on a worker thread
         self.setWindowTitle("Ember")
         self.dirs = dirs
         self.settings = Settings(dirs.settings_file)
