@@ -23,21 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_engine import PARAGRAPH, peak_rss_mib  # this folder: the scripts run from it
+
 ENGINES = ("ember", "hf")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PARAGRAPH = (
-    "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
-    "panels; later, stored programs let the same hardware run many tasks. Compilers turned readable "
-    "code into machine instructions, operating systems shared one computer among many users, and "
-    "networks joined computers into something larger than any of them. Each step hid detail so that "
-    "people could think about bigger problems. "
-)
-
-
-def peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rates(stamps: list[float], args) -> dict:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine.gguf.int4_groups import GROUP, Int4Groups
+from engine.model.linear import kernel_rows
 
 DTYPE = torch.bfloat16  # what the kernel wants for activations, scales and zeros
 
@@ -48,9 +49,7 @@ class Int4Linear(nn.Module):
         return {"packed": packed, "scale_zero": scale_zero}  # scale_zero: (in / GROUP, out, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != DTYPE or not flat.is_contiguous():  # the kernel reads rows as dense memory
-            flat = flat.to(DTYPE).contiguous()
+        flat = kernel_rows(x, self.in_features, DTYPE)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scale_zero)
         if self.bias is not None:
             y = y + self.bias

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.model.linear import kernel_rows
+
 DTYPE = torch.bfloat16  # the kernel's activation and scale type
 
 
@@ -47,9 +49,7 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != DTYPE or not flat.is_contiguous():  # the kernel reads rows as dense memory
-            flat = flat.to(DTYPE).contiguous()
+        flat = kernel_rows(x, self.in_features, DTYPE)
         y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.row_scale)
         return y.view(*x.shape[:-1], self.out_features)
 

@@ -20,3 +20,11 @@ class Linear(nn.Linear):
         if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         return F.linear(x, self.weight, self.bias)
+
+
+def kernel_rows(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as dense ``(rows, in_features)`` of ``dtype``: what the packed weight kernels read."""
+    flat = x.reshape(-1, in_features)
+    if flat.dtype != dtype or not flat.is_contiguous():
+        flat = flat.to(dtype).contiguous()
+    return flat
