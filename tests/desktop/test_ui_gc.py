@@ -25,3 +25,27 @@ def test_garbage_cycles_are_collected_on_the_ui_thread(qtbot, window):
     worker.join()
     qtbot.waitUntil(lambda: bool(finalised_on), timeout=5000)
     assert finalised_on == [threading.main_thread().ident]
+
+
+def test_cycles_among_frozen_survivors_are_reclaimed_when_everything_is_walked(qtbot, window, monkeypatch):
+    from desktop import ui_gc
+
+    finalised: list[bool] = []
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            finalised.append(True)
+
+    survivor = Cycle()
+    gc.collect()
+    gc.freeze()  # as a full collection leaves a survivor
+    del survivor  # now garbage that only a walk of the frozen objects can find
+    monkeypatch.setattr(ui_gc, "FULL_EVERY", 1)
+    monkeypatch.setattr(ui_gc, "THAW_EVERY", 1000)
+    qtbot.wait(2500)  # full collections of what came after the freeze only
+    assert not finalised
+    monkeypatch.setattr(ui_gc, "THAW_EVERY", 1)
+    qtbot.waitUntil(lambda: bool(finalised), timeout=5000)
