@@ -5,6 +5,8 @@
 Engines (each run in its own subprocess, so peak RSS is its own, interleaved over the rounds):
 - ``ember``: the default CPU mode (bf16, 4-bit weights packed), loaded from its weight cache;
   ``ember-first-load`` times the load with an empty cache (packing from the GGUF and writing the cache).
+- ``ember-compiled``: ``ember`` with its decoding step compiled (``--compile``; needs a C++ compiler),
+  the compile timed apart from the load: the first round fills Inductor's cache, later ones reuse it.
 - ``ember-exact``: float32 dequantized weights, the reference for the quality columns.
 - ``transformers-bf16``: transformers from the same GGUF in bf16.
 - ``llama.cpp``: llama-cpp-python, when installed (``make bench-peers`` builds it, 15-20 minutes).
@@ -56,7 +58,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _ember(args, dtype: str) -> dict:
+def _ember(args, dtype: str, compile: bool = False) -> dict:
     import torch
 
     from engine.generate import Generation
@@ -66,6 +68,12 @@ def _ember(args, dtype: str) -> dict:
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)
     load = time.perf_counter() - t0
+    compile_s = {}
+    if compile:
+        from engine.model.compiled import compile_decoding, warm_up
+
+        compile_decoding(lm.model)
+        compile_s["compile_s"] = warm_up(lm.model)
     prompt = args.prompt
     with torch.inference_mode():
         logits = lm.model(torch.tensor([prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
@@ -76,6 +84,7 @@ def _ember(args, dtype: str) -> dict:
     s = gen.stats
     return {
         "load_s": load,
+        **compile_s,
         "from_cache": lm.from_cache,
         "prefill_tps": s.prefill_tokens_per_second,
         "decode_tps": s.decode_tokens_per_second,
@@ -87,6 +96,10 @@ def _ember(args, dtype: str) -> dict:
 
 def run_ember(args) -> dict:
     return _ember(args, "auto")
+
+
+def run_ember_compiled(args) -> dict:
+    return _ember(args, "auto", compile=True)
 
 
 def run_ember_exact(args) -> dict:
@@ -175,6 +188,7 @@ def run_llama_cpp(args) -> dict:
 ENGINES = {
     "ember-first-load": run_ember_first_load,
     "ember": run_ember,
+    "ember-compiled": run_ember_compiled,
     "ember-exact": run_ember_exact,
     "transformers-bf16": run_transformers_bf16,
     "llama.cpp": run_llama_cpp,
@@ -217,11 +231,18 @@ def main() -> None:
     if args.engine:
         _child(args)
         return
+    import torch
+
     from engine.loader import load_model
 
     tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
     prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)
-    engines = [e for e in ENGINES if e != "llama.cpp" or importlib.util.find_spec("llama_cpp")]
+    from engine.model.compiled import unavailable_reason
+
+    skip = {"llama.cpp"} if importlib.util.find_spec("llama_cpp") is None else set()
+    if unavailable_reason(torch.device("cpu")):
+        skip.add("ember-compiled")
+    engines = [e for e in ENGINES if e not in skip]
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     with tempfile.TemporaryDirectory() as tmp:
         prompt_file = Path(tmp) / "prompt.json"
@@ -264,6 +285,12 @@ def main() -> None:
         print(f"{name:<20}" + "".join(cols))
     peer = "llama.cpp" if "llama.cpp" in med else "transformers-bf16"
     a, b = med["ember"], med[peer]
+    if "ember-compiled" in runs:
+        compiles = [r["compile_s"] for r in runs["ember-compiled"]]
+        median = med["ember-compiled"]["compile_s"]
+        print(f"\nember-compiled: compiling took {compiles[0]:.1f} s in round 1, median {median:.1f} s")
+        c = med["ember-compiled"]
+        print(f"ember-compiled / {peer}: decode {c['decode_tps'] / med[peer]['decode_tps']:.2f}x")
     print(
         f"\nember / {peer}: load (cached) {b['load_s'] / a['load_s']:.2f}x faster, first load "
         f"{med['ember-first-load']['load_s']:.2f} s, prefill {a['prefill_tps'] / b['prefill_tps']:.2f}x, "

@@ -48,6 +48,17 @@ def _model_options() -> argparse.ArgumentParser:
     return p
 
 
+def _compile_option() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step with torch.compile: faster tokens after minutes of compiling the first "
+        "time (seconds later); needs a C++ compiler on the CPU, triton on CUDA",
+    )
+    return p
+
+
 def _generation_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     defaults = {f.name: f.default for f in fields(SamplerSettings)}
@@ -66,14 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", parents=[_model_options()], help="describe a model file")
     info.add_argument("--json", action="store_true", help="print JSON")
-    gen = sub.add_parser("generate", parents=[_model_options(), _generation_options()], help="generate text")
+    running = [_model_options(), _compile_option()]  # the options of the commands that run the model
+    gen = sub.add_parser("generate", parents=[*running, _generation_options()], help="generate text")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--json", action="store_true", help="one JSON object per generated token")
     gen.add_argument("--stats", action="store_true", help="print timings and memory to stderr at the end")
     gen.add_argument("--adapter", help="a LoRA adapter folder (PEFT layout, e.g. the 'adapter' of a finetune run)")
-    sub.add_parser("chat", parents=[_model_options(), _generation_options()], help="interactive chat")
-    serve = sub.add_parser("serve", parents=[_model_options()], help="serve the model over an OpenAI-compatible API")
+    sub.add_parser("chat", parents=[*running, _generation_options()], help="interactive chat")
+    serve = sub.add_parser("serve", parents=running, help="serve the model over an OpenAI-compatible API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
     serve.add_argument("--api-key", help="require this bearer key (default: $EMBER_API_KEY; needed off loopback)")
@@ -129,7 +141,16 @@ def _load(args: argparse.Namespace):
         from engine.finetune import load_peft_adapter
 
         load_peft_adapter(lm.model, args.adapter)
+    if getattr(args, "compile", False):
+        from engine.model.compiled import compile_decoding, warm_up
+
+        compile_decoding(lm.model)
+        print(f"compiled the decoding step in {warm_up(lm.model, _stderr):.1f} s", file=sys.stderr)
     return lm
+
+
+def _stderr(message: str) -> None:
+    print(f"{message}...", file=sys.stderr, flush=True)
 
 
 def cmd_info(args: argparse.Namespace) -> None:

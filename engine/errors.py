@@ -33,3 +33,7 @@ class UnsafeTemplateError(TemplateError):
 
 class OutOfMemoryError(EmberError):
     """A model that would not fit in the memory available, refused before allocating."""
+
+
+class CompileUnavailableError(EmberError):
+    """Decoding cannot be compiled here (no C++ compiler, no Triton, an unsupported device)."""

@@ -170,8 +170,11 @@ def add_lora(
     dropout: float = 0.0,
     targets: tuple[str, ...] | list[str] = ALL_TARGETS,
 ) -> list[LoRALinear]:
-    """Freeze the model and wrap the targeted projections in `LoRALinear`; returns the new layers."""
+    """Freeze the model and wrap the targeted projections in `LoRALinear`; returns the new layers.
+    A compiled decoding step is dropped: the model decodes eagerly from then on (see
+    `engine.model.compiled`)."""
     targets = tuple(targets)
+    model.compiled_step = None
     table = layer_slices(model.cfg)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -144,6 +144,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
+        self.compiled_step = None  # `run` compiled for one-token cached steps, see engine.model.compiled
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
@@ -209,16 +210,22 @@ class Transformer(nn.Module):
         return self.lm_head(x).float()
 
     def forward(self, tokens: torch.Tensor, start: int = 0, *, last_only: bool = False) -> torch.Tensor:
-        B, T = tokens.shape
+        T = tokens.shape[1]
         if self.caches is None and start != 0:
             raise ValueError("start > 0 needs a KV cache (call setup_cache first)")
         if start + T > (self.cache_capacity if self.caches else self.cfg.max_seq_len):
             raise ValueError(f"positions up to {start + T} exceed the cache or context length")
+        if T == 1 and self.compiled_step is not None and self.caches and not torch.is_grad_enabled():
+            return self.compiled_step(tokens, start)
+        return self.run(tokens, start, last_only)
+
+    def run(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
+        """`forward` without its checks: what torch.compile traces."""
         x = self.embed(tokens, start)
         rotary = None
         if self.rotary is not None:
-            rotary = self.rotary.get(start, T, x.device, self.dtype)
-        mask = self._mask(start, T)
+            rotary = self.rotary.get(start, tokens.shape[1], x.device, self.dtype)
+        mask = self._mask(start, tokens.shape[1])
         for i, layer in enumerate(self.layers):
             cache = self.caches[i] if self.caches else None
             x = layer(x, rotary, cache, start, mask)
