@@ -28,7 +28,11 @@ from engine.errors import CompileUnavailableError
 from engine.model.transformer import Transformer
 from engine.weights.pack_cache import default_cache_dir
 
-WARM_UP_POSITIONS = 8
+# Steps at positions 2..7 on a cache of 8: the general graph and the one for the step that fills the cache.
+# Positions 0 and 1 are left out: torch.compile specialises on those values, and a decode step is at 1 only
+# after a one-token prompt.
+WARM_UP_POSITIONS = range(2, 8)
+ROTARY_POSITIONS = 131072  # the rotary table is grown once, to the context or this, so it never grows mid-reply
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -57,6 +61,8 @@ def compile_decoding(model: Transformer) -> None:
     if reason:
         raise CompileUnavailableError(reason)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
+    if model.rotary is not None:  # a table that grows would fail the graph's guards and recompile it
+        model.rotary.get(0, min(model.cfg.max_seq_len, ROTARY_POSITIONS), model.device, model.dtype)
     options = {"cpp_wrapper": True} if model.device.type == "cpu" else {}
     # dynamic: the position and the cache's length vary from step to step, one graph serves them all
     model.compiled_step = torch.compile(model.run, dynamic=True, options=options)
@@ -69,10 +75,10 @@ def warm_up(model: Transformer, progress: Callable[[str], None] | None = None) -
     if progress is not None:
         progress("Compiling the decoding step (minutes the first time, seconds after)")
     try:
-        model.setup_cache(WARM_UP_POSITIONS)
+        model.setup_cache(WARM_UP_POSITIONS.stop)
         with torch.inference_mode():
             token = torch.zeros((1, 1), dtype=torch.long, device=model.device)
-            for pos in range(WARM_UP_POSITIONS):  # several positions: the graph generalises over them
+            for pos in WARM_UP_POSITIONS:
                 model(token, pos)
     finally:
         model.caches = caches
