@@ -29,6 +29,7 @@ Signals:
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -42,10 +43,12 @@ from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
+from engine.model.compiled import compile_decoding, warm_up
 from engine.model_lock import hold
 from engine.sampling import SamplerSettings
 
 BATCH_SECONDS = 1 / 30
+log = logging.getLogger(__name__)
 
 
 def fingerprint(path: Path) -> str:
@@ -63,7 +66,7 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_info(lm: LoadedModel) -> dict[str, Any]:
+def model_info(lm: LoadedModel, compile_warning: str | None = None) -> dict[str, Any]:
     cfg = lm.config
     return {
         "path": str(lm.path),
@@ -80,18 +83,20 @@ def model_info(lm: LoadedModel) -> dict[str, Any]:
         "load_seconds": lm.load_seconds,
         "template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
         "template_warning": lm.template_warning,
+        "compile_warning": compile_warning,
         "memory_estimate": lm.memory_estimate,
         "fingerprint": fingerprint(lm.path),
     }
 
 
 class EngineWorker(QObject):
-    requestLoad = Signal(str, str, str)  # path ("" = default model), device, dtype
+    requestLoad = Signal(str, str, str, bool)  # path ("" = default model), device, dtype, compile
     requestGenerate = Signal(list, dict, dict)  # prompt ids, sampler settings, options
     requestRemoteGenerate = Signal(list, dict, dict)  # messages, sampler settings, options (base_url, model, …)
 
     loadStarted = Signal(str)
     loadProgress = Signal(int)
+    loadStage = Signal(str)  # a stage with no fraction to show (compiling)
     loaded = Signal(dict)
     loadFailed = Signal(str)
     generationStarted = Signal(dict)
@@ -152,8 +157,8 @@ class EngineWorker(QObject):
         """Thread-safe: the running generation stops after the current token."""
         self.cancel_flag.set()
 
-    @Slot(str, str, str)
-    def _on_load(self, path: str, device: str, dtype: str) -> None:
+    @Slot(str, str, str, bool)
+    def _on_load(self, path: str, device: str, dtype: str, compile: bool) -> None:
         self.loadStarted.emit(path)
         last = [-1]
 
@@ -168,9 +173,21 @@ class EngineWorker(QObject):
         except (EmberError, ValueError, OSError, RuntimeError) as e:
             self.loadFailed.emit(str(e))
             return
+        warning = self._compile(lm) if compile else None
         with self._lock:
             self._model = lm
-        self.loaded.emit(model_info(lm))
+        self.loaded.emit(model_info(lm, warning))
+
+    def _compile(self, lm: LoadedModel) -> str | None:
+        """Compile the decoding step (engine.model.compiled); a failure leaves the model eager and says why."""
+        try:
+            compile_decoding(lm.model)
+            warm_up(lm.model, self.loadStage.emit)
+        except Exception as e:  # noqa: BLE001 (a compiler's failure can be anything; the model still works)
+            lm.model.compiled_step = None
+            log.warning("compiling the decoding step failed", exc_info=True)
+            return f"Not compiled, running uncompiled: {e}"
+        return None
 
     @Slot(list, dict)
     def _on_inspect(self, ids: list, settings: dict) -> None:

@@ -98,7 +98,10 @@ class MainWindow(QMainWindow):
         self.sampling = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", dirs.sampling_presets))
         self.prompts = PromptsPanel(Presets(resources_dir() / "presets" / "prompts.json", dirs.prompt_presets))
         self.model_panel = ModelPanel(
-            self.settings.get("model/recent"), self.settings.get("model/device"), self.settings.get("model/dtype")
+            self.settings.get("model/recent"),
+            self.settings.get("model/device"),
+            self.settings.get("model/dtype"),
+            self.settings.get("model/compile"),
         )
         self.search = QLineEdit(
             placeholderText="Search conversations (Ctrl+F)",
@@ -237,6 +240,7 @@ class MainWindow(QMainWindow):
         self.model_panel.loadRequested.connect(self._on_load_requested)
         w.loadStarted.connect(self.model_panel.on_load_started)
         w.loadProgress.connect(self.model_panel.on_load_progress)
+        w.loadStage.connect(self.model_panel.on_load_stage)
         w.loaded.connect(self.model_panel.on_loaded)
         w.loaded.connect(self._on_loaded)
         w.loadFailed.connect(self.model_panel.on_load_failed)
@@ -468,16 +472,17 @@ class MainWindow(QMainWindow):
 
     # The model
 
-    @Slot(str, str, str)
-    def _on_load_requested(self, path: str, device: str, dtype: str) -> None:
+    @Slot(str, str, str, bool)
+    def _on_load_requested(self, path: str, device: str, dtype: str, compile: bool) -> None:
         if self._stream:
             self.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
             return
         self.settings.set("model/device", device)
         self.settings.set("model/dtype", dtype)
+        self.settings.set("model/compile", compile)
         self.remote.use_local()
         self._loading = True
-        self.worker.requestLoad.emit(path, device, dtype)
+        self.worker.requestLoad.emit(path, device, dtype, compile)
 
     @Slot(dict)
     def _on_loaded(self, info: dict) -> None:

@@ -76,6 +76,8 @@ class LoadedModel:
             parts.append(f"{int4} projections in packed 4-bit")
         if isinstance(self.model.lm_head, Int8Linear):
             parts.append("int8 output head")
+        if self.model.compiled_step is not None:
+            parts.append("decoding compiled")
         return ", ".join(parts)
 
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
