@@ -144,7 +144,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
-        self.compiled_step = None  # `run` compiled for one-token cached steps, see engine.model.compiled
+        self.compiled_step = None  # `Transformer.run` compiled for decoding steps, see engine.model.compiled
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
@@ -215,9 +215,20 @@ class Transformer(nn.Module):
             raise ValueError("start > 0 needs a KV cache (call setup_cache first)")
         if start + T > (self.cache_capacity if self.caches else self.cfg.max_seq_len):
             raise ValueError(f"positions up to {start + T} exceed the cache or context length")
-        if T == 1 and self.compiled_step is not None and self.caches and not torch.is_grad_enabled():
-            return self.compiled_step(tokens, start)
+        if self.compiled_step is not None and self._decoding(T, start):
+            return self.compiled_step(self, tokens, start)
         return self.run(tokens, start, last_only)
+
+    def _decoding(self, T: int, start: int) -> bool:
+        """A step the compiled graph serves (see engine.model.compiled): one token at position 2 or later,
+        in inference mode, on the KV cache, with no mask to build."""
+        return (
+            T == 1
+            and start >= 2
+            and bool(self.caches)
+            and torch.is_inference_mode_enabled()
+            and (self._mask(start, 1) is None)
+        )
 
     def run(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
         """`forward` without its checks: what torch.compile traces."""

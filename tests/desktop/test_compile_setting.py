@@ -49,7 +49,7 @@ def test_compiling_on_load_shows_a_busy_bar_and_replies_go_through_it(qtbot, win
     model = window.worker.model.model
     steps: list[int] = []
     compiled = model.compiled_step
-    model.compiled_step = lambda tokens, start: steps.append(start) or compiled(tokens, start)
+    model.compiled_step = lambda m, tokens, start: steps.append(start) or compiled(m, tokens, start)
     greedy(window, max_tokens=6)
     send_and_wait(qtbot, window, "a b c")
     reply = window.store.messages(window.cid)[-1]

@@ -43,9 +43,15 @@ def test_cycles_among_frozen_survivors_are_reclaimed_when_everything_is_walked(q
     gc.collect()
     gc.freeze()  # as a full collection leaves a survivor
     del survivor  # now garbage that only a walk of the frozen objects can find
+    full: list[int] = []
+    count_full = lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append(1)  # noqa: E731
+    gc.callbacks.append(count_full)
     monkeypatch.setattr(ui_gc, "FULL_EVERY", 1)
-    monkeypatch.setattr(ui_gc, "THAW_EVERY", 1000)
-    qtbot.wait(2500)  # full collections of what came after the freeze only
+    monkeypatch.setattr(ui_gc, "THAW_EVERY", 10**9)  # no thaw within the test, whatever the tick count
+    try:
+        qtbot.waitUntil(lambda: len(full) >= 2, timeout=5000)  # full collections of what came after the freeze
+    finally:
+        gc.callbacks.remove(count_full)
     assert not finalised
     monkeypatch.setattr(ui_gc, "THAW_EVERY", 1)
     qtbot.waitUntil(lambda: bool(finalised), timeout=5000)

@@ -42,21 +42,59 @@ def test_compiled_steps_give_the_eager_logits_and_reply(packed_pair):
     assert seconds > 0 and compiled.model.caches is None  # the scratch cache is not left behind
     calls = []
     step = compiled.model.compiled_step
-    compiled.model.compiled_step = lambda *a: calls.append(a[1]) or step(*a)
+    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
     prompt = torch.randint(3, VOCAB, (24,), generator=torch.Generator().manual_seed(2)).tolist()
     replies = []
     for lm in (eager, compiled):
         gen = Generation(lm.model, lm.tokenizer, prompt, SamplerSettings.greedy(), max_tokens=20, ignore_eos=True)
-        replies.append([e.id for e in gen])
+        with torch._dynamo.config.patch(error_on_recompile=True):  # the warm-up compiled all a reply needs
+            replies.append([e.id for e in gen])
     assert replies[0] == replies[1]
     assert calls == list(range(24, 24 + 19))  # every decode step went through the compiled graph
     with torch.inference_mode():  # the last position's logits, compiled against eager
         a, b = (lm.model(torch.tensor([[replies[0][-1]]]), 24 + 19)[0, -1] for lm in (eager, compiled))
     assert (a - b).abs().max() <= 0.02 * a.abs().max()
+    calls.clear()
+    with torch.no_grad():  # other one-token passes (comparisons, explanations) stay eager
+        compiled.model(torch.tensor([[5]]), 30)
+    with torch.inference_mode():
+        compiled.model(torch.tensor([[5]]), 0)
+    assert calls == []
 
 
 @needs_compiler
-def test_lora_layers_send_the_model_back_to_eager_decoding(packed_pair, tiny_models, tmp_path):
+def test_a_model_whose_kv_heads_match_the_warm_up_cache_does_not_recompile(tmp_path):
+    """torch.compile gives equal sizes one symbol: a scratch cache as long as some model dimension
+    would tie the two, and the first reply would recompile for the real cache's length."""
+    from engine.config import ModelConfig
+    from engine.model import Transformer
+
+    cfg = ModelConfig(
+        arch="llama",
+        vocab_size=64,
+        n_embd=64,
+        n_layer=1,
+        n_head=8,
+        n_kv_head=8,
+        head_dim=8,
+        intermediate_size=64,
+        max_seq_len=512,
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    compile_decoding(model)
+    warm_up(model)
+    model.setup_cache(256)
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        model(torch.tensor([[1, 2, 3]]), 0)
+        for pos in (3, 4, 100, 255):
+            model(torch.tensor([[4]]), pos)
+
+
+@needs_compiler
+def test_lora_layers_send_the_model_back_to_eager_decoding(tiny_models, tmp_path):
     path = tmp_path / "tiny.gguf"
     write_gguf("llama", tiny_models("llama")[1], path)
     lm = load_model(path, device="cpu", dtype="float32")
