@@ -38,7 +38,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
-from engine.errors import EmberError
+from engine.errors import CompileUnavailableError, EmberError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
@@ -183,8 +183,7 @@ class EngineWorker(QObject):
         try:
             compile_decoding(lm.model)
             warm_up(lm.model, self.loadStage.emit)
-        except Exception as e:  # noqa: BLE001 (a compiler's failure can be anything; the model still works)
-            lm.model.compiled_step = None
+        except CompileUnavailableError as e:  # warm_up turns any compiler failure into this, model left eager
             log.warning("compiling the decoding step failed", exc_info=True)
             return f"Not compiled, running uncompiled: {e}"
         return None

@@ -232,11 +232,12 @@ class Transformer(nn.Module):
 
     def run(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
         """`forward` without its checks: what torch.compile traces."""
+        T = tokens.shape[1]
         x = self.embed(tokens, start)
         rotary = None
         if self.rotary is not None:
-            rotary = self.rotary.get(start, tokens.shape[1], x.device, self.dtype)
-        mask = self._mask(start, tokens.shape[1])
+            rotary = self.rotary.get(start, T, x.device, self.dtype)
+        mask = self._mask(start, T)
         for i, layer in enumerate(self.layers):
             cache = self.caches[i] if self.caches else None
             x = layer(x, rotary, cache, start, mask)
