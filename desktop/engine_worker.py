@@ -38,12 +38,12 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
+from engine.compiling import compile_decoding
 from engine.errors import CompileUnavailableError, EmberError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
-from engine.model.compiled import compile_decoding, warm_up
 from engine.model_lock import hold
 from engine.sampling import SamplerSettings
 
@@ -179,11 +179,10 @@ class EngineWorker(QObject):
         self.loaded.emit(model_info(lm, warning))
 
     def _compile(self, lm: LoadedModel) -> str | None:
-        """Compile the decoding step (engine.model.compiled); a failure leaves the model eager and says why."""
+        """Compile the decoding step (engine.compiling); a failure leaves the model eager and says why."""
         try:
-            compile_decoding(lm.model)
-            warm_up(lm.model, self.loadStage.emit)
-        except CompileUnavailableError as e:  # warm_up turns any compiler failure into this, model left eager
+            compile_decoding(lm, self.loadStage.emit, should_stop=self.cancel_flag.is_set)
+        except CompileUnavailableError as e:  # any compiler failure, or a stop; the model is left eager
             log.warning("compiling the decoding step failed", exc_info=True)
             return f"Not compiled, running uncompiled: {e}"
         return None

@@ -144,7 +144,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
-        self.compiled_step = None  # `Transformer.run` compiled for decoding steps, see engine.model.compiled
+        self.compiled_step = None  # decoding steps compiled ahead of time, see engine.model.compiled
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
@@ -230,12 +230,12 @@ class Transformer(nn.Module):
             and (self._mask(start, 1) is None)
         )
 
-    def run(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
-        """`forward` without its checks: what torch.compile traces."""
+    def run(self, tokens: torch.Tensor, start: int, last_only: bool = False, rotary=None) -> torch.Tensor:
+        """`forward` without its checks: what `engine.model.compiled` exports, given the step's rotary
+        rows (cos, sin) instead of the table."""
         T = tokens.shape[1]
         x = self.embed(tokens, start)
-        rotary = None
-        if self.rotary is not None:
+        if rotary is None and self.rotary is not None:
             rotary = self.rotary.get(start, T, x.device, self.dtype)
         mask = self._mask(start, T)
         for i, layer in enumerate(self.layers):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PySide6.QtCore import QTimer
 
+from engine.compiling import BUILDING
 from engine.model.compiled import unavailable_reason
 from tests.desktop.helpers import greedy, send_and_wait
 from tests.engine.test_gguf_architectures import write_gguf
@@ -15,7 +16,7 @@ from tests.engine.tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.gui
 gguf = pytest.importorskip("gguf")
-LOAD_TIMEOUT_MS = 600_000  # a cold compile; seconds once Inductor's cache holds it
+LOAD_TIMEOUT_MS = 600_000  # a first build; milliseconds once the cache holds it
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_compiling_on_load_shows_a_busy_bar_and_replies_go_through_it(qtbot, win
     timer.start()
     _load(qtbot, window, tiny_gguf)
     timer.stop()
-    assert busy == {"Compiling the decoding step (minutes the first time, seconds after)…"}
+    assert busy <= {f"{BUILDING}…"}  # busy only while building: a library already in the cache loads at once
     assert panel.progress.maximum() == 100 and not panel.progress.isVisible()
     assert "decoding compiled" in panel.facts.text() and "Not compiled" not in panel.facts.text()
 

@@ -1,18 +1,23 @@
-"""Compiled decoding (engine.model.compiled): one-token steps through torch.compile give the eager
-model's logits within bf16 tolerance and the same greedy reply, on a packed tiny model; LoRA layers send
-the model back to eager decoding; a missing compiler is a clear error."""
+"""Compiled decoding (engine.model.compiled, engine.compiling): the AOTInductor step gives the eager
+model's logits within bf16 tolerance and the same greedy reply on a packed tiny model, writes the KV
+cache as eager does, is built once per model shape in a child process and loaded from the cache after,
+leaves every other pass eager, and a missing compiler or a stop request is a clear error."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from engine.cli import main
+from engine.compiling import compile_decoding, package_path
 from engine.errors import CompileUnavailableError
 from engine.finetune.lora import add_lora
 from engine.generate import Generation
 from engine.loader import load_model
-from engine.model.compiled import compile_decoding, unavailable_reason, warm_up
+from engine.model.compiled import structure_key, unavailable_reason
 from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
@@ -24,35 +29,44 @@ needs_compiler = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def packed_pair(tiny_models, tmp_path_factory):
-    """The same packed tiny llama twice: one left eager, one compiled."""
-    folder = tmp_path_factory.mktemp("compiled")
-    path = folder / "tiny.gguf"
+def tiny_q4(tiny_models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("compiled") / "tiny.gguf"
     write_gguf("llama", tiny_models("llama")[1], path, qtype=gguf.GGMLQuantizationType.Q4_1)
-    eager = load_model(path, device="cpu", cache_dir=folder / "cache")
-    compiled = load_model(path, device="cpu", cache_dir=folder / "cache")
-    compile_decoding(compiled.model)
-    return eager, compiled
+    return path
+
+
+@pytest.fixture(scope="module")
+def packed_pair(tiny_q4, tmp_path_factory):
+    """The same packed tiny llama twice: one left eager, one compiled (built into a fresh cache)."""
+    cache = tmp_path_factory.mktemp("compile-cache")
+    eager = load_model(tiny_q4, device="cpu", cache_dir=cache)
+    compiled = load_model(tiny_q4, device="cpu", cache_dir=cache)
+    stages: list[str] = []
+    compile_decoding(compiled, stages.append, cache_dir=cache)
+    assert len(stages) == 1 and "Compiling" in stages[0]  # built, the first time
+    return eager, compiled, cache
+
+
+def _reply(lm, prompt, n=20) -> list[int]:
+    gen = Generation(lm.model, lm.tokenizer, prompt, SamplerSettings.greedy(), max_tokens=n, ignore_eos=True)
+    return [e.id for e in gen]
 
 
 @needs_compiler
-def test_compiled_steps_give_the_eager_logits_and_reply(packed_pair):
-    eager, compiled = packed_pair
-    seconds = warm_up(compiled.model)
-    assert seconds > 0 and compiled.model.caches is None  # the scratch cache is not left behind
+def test_compiled_steps_give_the_eager_logits_cache_and_reply(packed_pair):
+    eager, compiled, _ = packed_pair
     calls = []
     step = compiled.model.compiled_step
     compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
     prompt = torch.randint(3, VOCAB, (24,), generator=torch.Generator().manual_seed(2)).tolist()
-    replies = []
-    for lm in (eager, compiled):
-        gen = Generation(lm.model, lm.tokenizer, prompt, SamplerSettings.greedy(), max_tokens=20, ignore_eos=True)
-        with torch._dynamo.config.patch(error_on_recompile=True):  # the warm-up compiled all a reply needs
-            replies.append([e.id for e in gen])
+    replies = [_reply(lm, prompt) for lm in (eager, compiled)]
     assert replies[0] == replies[1]
-    assert calls == list(range(24, 24 + 19))  # every decode step went through the compiled graph
-    with torch.inference_mode():  # the last position's logits, compiled against eager
+    assert calls == list(range(24, 24 + 19))  # every decode step went through the compiled step
+    with torch.inference_mode():  # the next position's logits and the cache rows it wrote, against eager
         a, b = (lm.model(torch.tensor([[replies[0][-1]]]), 24 + 19)[0, -1] for lm in (eager, compiled))
+        for ce, cc in zip(eager.model.caches, compiled.model.caches, strict=True):
+            assert torch.allclose(ce.k[:, :, : 24 + 20].float(), cc.k[:, :, : 24 + 20].float(), atol=0.02)
+            assert torch.allclose(ce.v[:, :, : 24 + 20].float(), cc.v[:, :, : 24 + 20].float(), atol=0.02)
     assert (a - b).abs().max() <= 0.02 * a.abs().max()
     calls.clear()
     with torch.no_grad():  # other one-token passes (comparisons, explanations) stay eager
@@ -60,60 +74,91 @@ def test_compiled_steps_give_the_eager_logits_and_reply(packed_pair):
     with torch.inference_mode():
         compiled.model(torch.tensor([[5]]), 0)
     assert calls == []
+    compiled.model.compiled_step = step
 
 
 @needs_compiler
-def test_a_model_whose_kv_heads_match_the_warm_up_cache_does_not_recompile(tmp_path):
-    """torch.compile gives equal sizes one symbol: a scratch cache as long as some model dimension
-    would tie the two, and the first reply would recompile for the real cache's length."""
-    from engine.config import ModelConfig
-    from engine.model import Transformer
-
-    cfg = ModelConfig(
-        arch="llama",
-        vocab_size=64,
-        n_embd=64,
-        n_layer=1,
-        n_head=8,
-        n_kv_head=8,
-        head_dim=8,
-        intermediate_size=64,
-        max_seq_len=512,
-    )
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    compile_decoding(model)
-    warm_up(model)
-    model.setup_cache(256)
-    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
-        model(torch.tensor([[1, 2, 3]]), 0)
-        for pos in (3, 4, 100, 255):
-            model(torch.tensor([[4]]), pos)
+def test_one_library_serves_every_cache_size_and_a_batch_falls_back_to_eager(packed_pair):
+    eager, compiled, _ = packed_pair
+    prompt = torch.randint(3, VOCAB, (5,), generator=torch.Generator().manual_seed(3)).tolist()
+    for capacity in (8, 64, eager.config.max_seq_len):
+        outs = []
+        for lm in (eager, compiled):
+            lm.model.setup_cache(capacity)
+            with torch.inference_mode():
+                lm.model(torch.tensor([prompt]), 0)
+                outs.append(lm.model(torch.tensor([[7]]), 5)[0, -1])
+        assert (outs[0] - outs[1]).abs().max() <= 0.02 * outs[0].abs().max()
+    for lm in (eager, compiled):  # a batch of two is not what was compiled: eager answers it
+        lm.model.setup_cache(16, batch=2)
+        with torch.inference_mode():
+            lm.model(torch.tensor([prompt, prompt]), 0)
+            outs.append(lm.model(torch.tensor([[7], [8]]), 5))
+    assert torch.equal(outs[-2], outs[-1])
 
 
 @needs_compiler
-def test_lora_layers_send_the_model_back_to_eager_decoding(tiny_models, tmp_path):
+def test_the_library_is_built_once_and_loaded_from_the_cache(packed_pair, tiny_q4, monkeypatch):
+    _, compiled, cache = packed_pair
+    assert package_path(compiled.model, cache).is_file()
+    again = load_model(tiny_q4, device="cpu", cache_dir=cache)
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a cached library was built again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    stages: list[str] = []
+    seconds = compile_decoding(again, stages.append, cache_dir=cache)
+    assert stages == [] and seconds < 2 and again.model.compiled_step is not None
+    assert "decoding compiled" in again.precision
+    add_lora(again.model, rank=2)  # LoRA layers change the module tree: back to eager decoding
+    assert again.model.compiled_step is None and "decoding compiled" not in again.precision
+
+
+def test_the_key_follows_shapes_and_types_not_weight_values(tiny_models, tmp_path):
     path = tmp_path / "tiny.gguf"
     write_gguf("llama", tiny_models("llama")[1], path)
-    lm = load_model(path, device="cpu", dtype="float32")
-    compile_decoding(lm.model)
-    assert lm.model.compiled_step is not None
-    add_lora(lm.model, rank=2)
-    assert lm.model.compiled_step is None
+    a = load_model(path, device="cpu", dtype="float32").model
+    b = load_model(path, device="cpu", dtype="float32").model
+    with torch.no_grad():
+        b.tok_emb.weight.add_(1.0)
+    assert structure_key(a) == structure_key(b)
+    assert structure_key(a) != structure_key(load_model(path, device="cpu", dtype="bfloat16").model)
+    other = tmp_path / "qwen2.gguf"
+    write_gguf("qwen2", tiny_models("qwen2")[1], other)
+    assert structure_key(a) != structure_key(load_model(other, device="cpu", dtype="float32").model)
 
 
-def test_a_missing_compiler_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
+@needs_compiler
+def test_a_stop_request_kills_the_build_at_once(tiny_q4, tmp_path):
+    lm = load_model(tiny_q4, device="cpu", cache_dir=tmp_path)
+    with pytest.raises(CompileUnavailableError, match="stopped"):
+        compile_decoding(lm, cache_dir=tmp_path, should_stop=lambda: True)
+    assert lm.model.compiled_step is None and not package_path(lm.model, tmp_path).exists()
+
+
+def test_a_missing_compiler_is_a_clear_error(tiny_q4, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     reason = unavailable_reason(torch.device("cpu"))
     assert reason and "no-such-compiler-here" in reason
-    path = tmp_path / "tiny.gguf"
-    write_gguf("llama", tiny_models("llama")[1], path)
-    lm = load_model(path, device="cpu", dtype="float32")
+    lm = load_model(tiny_q4, device="cpu", cache_dir=tmp_path)
     with pytest.raises(CompileUnavailableError, match="C\\+\\+ compiler"):
-        compile_decoding(lm.model)
+        compile_decoding(lm, cache_dir=tmp_path)
     assert lm.model.compiled_step is None
+
+
+@needs_compiler
+def test_loading_a_built_library_does_not_import_the_compiler(packed_pair, tiny_q4):
+    """What keeps compiled decoding's memory near eager's: only the library is loaded, not Inductor."""
+    _, _, cache = packed_pair
+    script = (
+        "import sys; from engine.loader import load_model; from engine.compiling import compile_decoding\n"
+        f"lm = load_model({str(tiny_q4)!r}, device='cpu', cache_dir={str(cache)!r})\n"
+        f"compile_decoding(lm, cache_dir={str(cache)!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo', 'sympy')))[:3])"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
@@ -123,21 +168,17 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 @needs_compiler
-def test_the_cli_compiles_on_request_and_replies_as_eager(capsys, tiny_models, tmp_path):
-    path = tmp_path / "tiny.gguf"
-    write_gguf("llama", tiny_models("llama")[1], path, qtype=gguf.GGMLQuantizationType.Q4_1)
-    argv = ("generate", str(path), "--prompt", "a b c", "--temperature", "0", "--max-tokens", "8")
+def test_the_cli_compiles_on_request_and_replies_as_eager(capsys, tiny_q4):
+    argv = ("generate", str(tiny_q4), "--prompt", "a b c", "--temperature", "0", "--max-tokens", "8")
     code, eager_out, _ = _cli(capsys, *argv)
     assert code == 0
     code, out, err = _cli(capsys, *argv, "--compile")
     assert code == 0 and out == eager_out
-    assert "compiled the decoding step in" in err
+    assert "compiled decoding ready in" in err
 
 
-def test_the_cli_says_why_it_cannot_compile(capsys, tiny_models, tmp_path, monkeypatch):
+def test_the_cli_says_why_it_cannot_compile(capsys, tiny_q4, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    path = tmp_path / "tiny.gguf"
-    write_gguf("llama", tiny_models("llama")[1], path)
-    code, out, err = _cli(capsys, "generate", str(path), "--prompt", "a b", "--compile")
+    code, out, err = _cli(capsys, "generate", str(tiny_q4), "--prompt", "a b", "--compile")
     assert code != 0 and out == ""
     assert err.count("\n") == 1 and "no-such-compiler-here" in err and "Traceback" not in err
