@@ -13,6 +13,8 @@ Signals:
     loadProgress(int percent)
     loaded(dict info)            -- model facts for the UI
     loadFailed(str message)      -- the previous model stays loaded and usable
+    compileStarted(str message)  -- building the compiled decoding step, after `loaded` (the model answers)
+    compiled(dict info)          -- the model's facts again: compiled, or why not (``compile_warning``)
     generationStarted(dict info) -- prompt tokens, context length
     tokens(list batch)           -- [{"id", "text", "logprob"}], in order
     generationFinished(dict)     -- text, finish_reason, stats
@@ -96,7 +98,8 @@ class EngineWorker(QObject):
 
     loadStarted = Signal(str)
     loadProgress = Signal(int)
-    loadStage = Signal(str)  # a stage with no fraction to show (compiling)
+    compileStarted = Signal(str)  # emitted from the compiling thread
+    compiled = Signal(dict)  # emitted from the compiling thread
     loaded = Signal(dict)
     loadFailed = Signal(str)
     generationStarted = Signal(dict)
@@ -118,6 +121,7 @@ class EngineWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.cancel_flag = threading.Event()
+        self._stop_compiling = threading.Event()
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
         self.requestLoad.connect(self._on_load)
@@ -173,19 +177,35 @@ class EngineWorker(QObject):
         except (EmberError, ValueError, OSError, RuntimeError) as e:
             self.loadFailed.emit(str(e))
             return
-        warning = self._compile(lm) if compile else None
+        self.stop_compiling()  # the previous model's build, if one runs
         with self._lock:
             self._model = lm
-        self.loaded.emit(model_info(lm, warning))
+        self.loaded.emit(model_info(lm))
+        if compile:
+            self._compile_in_background(lm)
 
-    def _compile(self, lm: LoadedModel) -> str | None:
-        """Compile the decoding step (engine.compiling); a failure leaves the model eager and says why."""
-        try:
-            compile_decoding(lm, self.loadStage.emit, should_stop=self.cancel_flag.is_set)
-        except CompileUnavailableError as e:  # any compiler failure, or a stop; the model is left eager
-            log.warning("compiling the decoding step failed", exc_info=True)
-            return f"Not compiled, running uncompiled: {e}"
-        return None
+    def stop_compiling(self) -> None:
+        """Thread-safe: a build of the compiled decoding step stops at once (its child process is killed)."""
+        self._stop_compiling.set()
+
+    def _compile_in_background(self, lm: LoadedModel) -> None:
+        """Give the model its compiled decoding step (engine.compiling) on a thread of its own: the model
+        answers uncompiled meanwhile, and each step after the swap is compiled. A failure leaves it eager and
+        says why; a stop (another model, the window closing) says nothing."""
+        stop = self._stop_compiling = threading.Event()
+
+        def work() -> None:
+            try:
+                compile_decoding(lm, self.compileStarted.emit, should_stop=stop.is_set)
+                warning = None
+            except CompileUnavailableError as e:
+                if stop.is_set():
+                    return
+                log.warning("compiling the decoding step failed", exc_info=True)
+                warning = f"Not compiled, running uncompiled: {e}"
+            self.compiled.emit(model_info(lm, warning))
+
+        threading.Thread(target=work, name="compile-decoding", daemon=True).start()
 
     @Slot(list, dict)
     def _on_inspect(self, ids: list, settings: dict) -> None:

@@ -240,7 +240,9 @@ class MainWindow(QMainWindow):
         self.model_panel.loadRequested.connect(self._on_load_requested)
         w.loadStarted.connect(self.model_panel.on_load_started)
         w.loadProgress.connect(self.model_panel.on_load_progress)
-        w.loadStage.connect(self.model_panel.on_load_stage)
+        w.compileStarted.connect(self.model_panel.on_compile_started)
+        w.compiled.connect(self.model_panel.on_compiled)
+        w.compiled.connect(self._on_compiled)
         w.loaded.connect(self.model_panel.on_loaded)
         w.loaded.connect(self._on_loaded)
         w.loadFailed.connect(self.model_panel.on_load_failed)
@@ -530,6 +532,11 @@ class MainWindow(QMainWindow):
     def _on_model_notice_link(self, _link: str) -> None:
         """Reload the model from the path it was loaded from (the Model panel's, "" for the default)."""
         self.model_panel.request(self.model_panel.path)
+
+    @Slot(dict)
+    def _on_compiled(self, info: dict) -> None:
+        if self.model_info is not None and self.model_info["path"] == info["path"]:
+            self.model_info = info
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
@@ -827,6 +834,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         """Cancel a running reply, stop serving, wait for the worker, save the partial reply and the layout."""
         self.worker.cancel()
+        self.worker.stop_compiling()
         self.serving.stop()
         self.finetune.shutdown()  # a run stops after its step and writes a checkpoint
         self.thread.quit()

@@ -49,6 +49,8 @@ def compile_decoding(
         if progress is not None:
             progress(BUILDING)
         _build_in_child(lm, path, cache_dir, should_stop)
+    if structure_key(model) != path.stem:  # LoRA layers were added meanwhile, say
+        raise CompileUnavailableError("the model changed while its decoding step was compiled")
     model.compiled_step = CompiledDecoding(model, path)
     return time.perf_counter() - t0
 

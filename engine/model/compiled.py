@@ -74,9 +74,10 @@ def max_positions(model: Transformer) -> int:
 
 
 def structure_key(model: Transformer) -> str:
-    """What a compiled library depends on: torch, the CPU, the model code, the config and every weight's
-    name, shape and dtype (not its values: the weights are inputs)."""
-    h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{model.cfg!r}".encode())
+    """What a compiled library depends on: torch, the CPU and its core count (the generated loops are
+    parallel for that many threads), the model code, the config and every weight's name, shape and dtype
+    (not its values: the weights are inputs)."""
+    h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{os.cpu_count()}|{model.cfg!r}".encode())
     for source in sorted(SOURCES.glob("*.py")):
         h.update(source.read_bytes())
     for name, t in weights(model).items():

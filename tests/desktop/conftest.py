@@ -6,6 +6,10 @@ handed that same object when it asks for the default model. The windows stay ind
 own data directory, settings, store, worker and thread; a generation always starts from an empty KV
 cache; attributes a test changes on the model go through ``monkeypatch`` and are put back. Other paths
 (a broken file, say) are loaded for real.
+
+Windows start with compiled decoding off (the app's default is on): a build in the background would
+compete with the timing tests for the machine's cores, and would give the shared model a compiled step
+other tests do not expect. `test_compile_setting` turns it on.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from typing import Any
 import pytest
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
-from desktop import engine_worker
+from desktop import engine_worker, settings
 from desktop.main_window import MainWindow
 from desktop.paths import DataDirs, data_dirs
 from engine.loader import LoadedModel, load_model
 
 LOAD_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(autouse=True)
+def uncompiled_by_default(monkeypatch) -> None:
+    monkeypatch.setitem(settings.DEFAULTS, "model/compile", False)
 
 
 @pytest.fixture(scope="session")

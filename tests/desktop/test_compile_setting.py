@@ -1,15 +1,20 @@
-"""The model panel's "Compile for faster replies": the load compiles the decoding step with a busy bar and
-says so in the facts, replies go through the compiled step, and the choice survives a restart; without a
-compiler the model loads uncompiled and the panel says why."""
+"""The model panel's "Compile for faster replies": after the load, the decoding step is built in the
+background with a busy bar while the model answers; then the facts say so and replies go through the
+compiled step; closing the window stops the build; the choice survives a restart; without a compiler the
+model stays uncompiled and the panel says why."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import pytest
 import torch
-from PySide6.QtCore import QTimer
 
+from engine import compiling
 from engine.compiling import BUILDING
 from engine.model.compiled import unavailable_reason
+from engine.weights.pack_cache import CACHE_DIR_ENV
 from tests.desktop.helpers import greedy, send_and_wait
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import make_tiny_model
@@ -34,18 +39,28 @@ def _load(qtbot, window, path) -> None:
     )
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache, so the compiled step is really built."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+
+
 @pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
-def test_compiling_on_load_shows_a_busy_bar_and_replies_go_through_it(qtbot, window, make_window, tiny_gguf):
+def test_the_model_answers_while_its_step_compiles_then_replies_go_through_it(
+    qtbot, window, make_window, tiny_gguf, fresh_cache
+):
     panel = window.model_panel
-    busy: set[str] = set()  # the status while the bar is busy (no fraction), sampled on the UI thread
-    timer = QTimer(interval=10)
-    timer.timeout.connect(lambda: panel.progress.maximum() == 0 and busy.add(panel.status.text()))
-    timer.start()
-    _load(qtbot, window, tiny_gguf)
-    timer.stop()
-    assert busy <= {f"{BUILDING}…"}  # busy only while building: a library already in the cache loads at once
+    _load(qtbot, window, tiny_gguf)  # loaded: the build has only begun
+    qtbot.waitUntil(lambda: panel.progress.isVisible() and panel.progress.maximum() == 0, timeout=10_000)
+    assert panel.status.text().startswith(BUILDING) and "answers meanwhile" in panel.status.text()
+    greedy(window, max_tokens=4)
+    send_and_wait(qtbot, window, "a b")  # the model answers, uncompiled, during the build
+    assert window.store.messages(window.cid)[-1].status == "complete"
+
+    qtbot.waitUntil(lambda: "decoding compiled" in window.model_info["precision"], timeout=LOAD_TIMEOUT_MS)
     assert panel.progress.maximum() == 100 and not panel.progress.isVisible()
     assert "decoding compiled" in panel.facts.text() and "Not compiled" not in panel.facts.text()
+    assert "replies are faster now" in panel.status.text()
 
     model = window.worker.model.model
     steps: list[int] = []
@@ -61,9 +76,29 @@ def test_compiling_on_load_shows_a_busy_bar_and_replies_go_through_it(qtbot, win
     assert make_window().model_panel.compile.isChecked()  # the choice survives a restart
 
 
+@pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_closing_the_window_mid_build_stops_the_compiler(qtbot, window, tiny_gguf, fresh_cache, monkeypatch):
+    children: list[subprocess.Popen] = []
+    real = subprocess.Popen
+
+    def record(*args, **kwargs):
+        children.append(real(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(compiling.subprocess, "Popen", record)
+    _load(qtbot, window, tiny_gguf)
+    qtbot.waitUntil(lambda: len(children) == 1, timeout=10_000)
+    t0 = time.monotonic()
+    window.close()
+    children[0].wait(timeout=5)
+    assert time.monotonic() - t0 < 5 and children[0].returncode != 0  # killed, not finished
+    assert window.worker.model.model.compiled_step is None
+
+
 def test_without_a_compiler_the_model_loads_uncompiled_and_says_why(qtbot, window, tiny_gguf, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     _load(qtbot, window, tiny_gguf)
+    qtbot.waitUntil(lambda: window.model_info.get("compile_warning") is not None, timeout=10_000)
     facts = window.model_panel.facts.text()
     assert "Not compiled, running uncompiled" in facts and "no-such-compiler-here" in facts
     assert window.worker.model.model.compiled_step is None
