@@ -13,6 +13,7 @@ logged: the cache is an optimisation, never a requirement.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-FORMAT_VERSION = "2"
+ENGINE = Path(__file__).resolve().parent.parent
+# The code that turns a file into packed tensors: a change to any of it invalidates every entry.
+PACKING_SOURCES = ("gguf/*.py", "weights/*.py", "model/int4_linear.py", "model/int8_linear.py", "loader.py")
 EDGE_BYTES = 64 * 1024
 SAMPLES, SAMPLE_BYTES = 64, 4096
 KEEP_ENTRIES = 4  # the most recently written; older ones are deleted
@@ -41,11 +44,23 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or appdirs.user_cache_dir("Ember", "Ember"))
 
 
+@functools.cache
+def packing_code_digest() -> str:
+    h = hashlib.sha256()
+    for pattern in PACKING_SOURCES:
+        for source in sorted(ENGINE.glob(pattern)):
+            h.update(source.read_bytes())
+    return h.hexdigest()
+
+
 def file_key(model_file: Path, mode: str) -> str:
-    """What the cache entry must match: the file's identity and sampled contents, and how it was packed."""
+    """What the cache entry must match: the file's identity and sampled contents, and how it was packed
+    (by which torch, for which CPU, by which version of the packing code)."""
     st = model_file.stat()
     cpu = f"{platform.machine()}|{torch.backends.cpu.get_cpu_capability()}"
-    h = hashlib.sha256(f"{FORMAT_VERSION}|{torch.__version__}|{cpu}|{mode}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h = hashlib.sha256(
+        f"{packing_code_digest()}|{torch.__version__}|{cpu}|{mode}|{st.st_size}|{st.st_mtime_ns}".encode()
+    )
     with open(model_file, "rb") as f:
         h.update(f.read(EDGE_BYTES))
         for i in range(1, SAMPLES + 1):

@@ -71,6 +71,27 @@ def test_an_entry_from_another_cpu_instruction_set_is_not_used(q4_file, tmp_path
     assert not load_model(q4_file, device="cpu", cache_dir=tmp_path / "c").from_cache
 
 
+def test_a_change_to_the_packing_code_invalidates_the_entry(q4_file, tmp_path, monkeypatch):
+    """No version number to remember to bump: the key covers the code that packs."""
+    from engine.weights import pack_cache
+
+    load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
+    assert load_model(q4_file, device="cpu", cache_dir=tmp_path / "c").from_cache
+    sources = tmp_path / "engine"
+    for pattern in pack_cache.PACKING_SOURCES:
+        for source in pack_cache.ENGINE.glob(pattern):
+            copy = sources / source.relative_to(pack_cache.ENGINE)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(source.read_bytes())
+    (sources / "gguf" / "int4_groups.py").write_text((sources / "gguf" / "int4_groups.py").read_text() + "\n# edit\n")
+    monkeypatch.setattr(pack_cache, "ENGINE", sources)
+    pack_cache.packing_code_digest.cache_clear()
+    try:
+        assert not load_model(q4_file, device="cpu", cache_dir=tmp_path / "c").from_cache
+    finally:
+        pack_cache.packing_code_digest.cache_clear()
+
+
 def test_a_touched_model_file_invalidates_the_entry(q4_file, tmp_path):
     load_model(q4_file, device="cpu", cache_dir=tmp_path / "c")
     os.utime(q4_file, ns=(q4_file.stat().st_atime_ns, q4_file.stat().st_mtime_ns + 10**9))
