@@ -21,7 +21,7 @@ from engine.device import resolve_device, resolve_dtype
 from engine.errors import ModelFileError, TemplateError, UnsafeTemplateError
 from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
 from engine.gguf.reader import GGUFFile, read_gguf
-from engine.memory import check_fits
+from engine.memory import check_fits, return_freed_memory
 from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
@@ -187,6 +187,7 @@ def _load_gguf(
             model = build_model(cfg, gguf_state_dict(cfg, names, get, get_linear), path, device, dtype, progress)
             if pack_int4:
                 use_int8_head(model)
+                return_freed_memory()
                 # Only models with packed layers (repacking is what the cache saves), and only if the file
                 # did not change while it was read.
                 if any(isinstance(m, Int4Linear) for m in model.modules()) and file_key(path, PACKED_MODE) == key:

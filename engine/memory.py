@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import sys
 
 import psutil
@@ -59,3 +62,22 @@ def peak_memory_bytes(device: torch.device) -> int:
         return getattr(info, "peak_wset", info.rss)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed inside the heap back to the system. Packing frees large temporaries one after
+    another, and glibc keeps them for reuse: after a first load of the default model the process stayed
+    at 611 MiB resident, 409 MiB with this (a load from the weight cache: 394). No-op where the C
+    library is not glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -111,16 +111,26 @@ class GGUFFile:
             raise ModelFileError(
                 self.path, f"tensor {name!r} has type {info.ggml_type.name}, which Ember cannot dequantize"
             )
-        # Copied out of the map: torch wants writable memory, and the tensor must outlive close().
-        raw = torch.from_numpy(self.tensor_bytes(name).copy())
+        raw = self._copy_out(name)
         values = dequantize(raw, info.ggml_type, info.shape)
         return values if dtype == torch.float32 else values.to(dtype)
 
     def load_int4_groups(self, name: str) -> Int4Groups:
         """2-D tensor ``name`` of a type in `INT4_TYPES` as its 4-bit codes with per-group scales and offsets."""
         info = self.tensors[name]
+        return int4_groups(self._copy_out(name), info.ggml_type, info.shape)
+
+    def _copy_out(self, name: str) -> torch.Tensor:
+        """Tensor ``name``'s bytes copied out of the map (torch wants writable memory, and the tensor must
+        outlive close()), then the map's pages for them dropped from this process (the file stays in the
+        page cache): otherwise the whole file would count in the resident set until the map is closed,
+        on top of the model built from it."""
         raw = torch.from_numpy(self.tensor_bytes(name).copy())
-        return int4_groups(raw, info.ggml_type, info.shape)
+        info = self.tensors[name]
+        if hasattr(mmap, "MADV_DONTNEED"):
+            start = info.offset - info.offset % mmap.PAGESIZE
+            self._buffer.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+        return raw
 
     def close(self) -> None:
         """Release the memory map; arrays from :meth:`tensor_bytes` still alive keep it mapped until freed."""
