@@ -20,7 +20,7 @@ from engine.loader import load_model
 from engine.model.compiled import structure_key, unavailable_reason
 from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
-from tests.engine.tiny_models import VOCAB
+from tests.engine.tiny_models import ARCHS, VOCAB
 
 gguf = pytest.importorskip("gguf")
 needs_compiler = pytest.mark.skipif(
@@ -182,3 +182,29 @@ def test_the_cli_says_why_it_cannot_compile(capsys, tiny_q4, monkeypatch):
     code, out, err = _cli(capsys, "generate", str(tiny_q4), "--prompt", "a b", "--compile")
     assert code != 0 and out == ""
     assert err.count("\n") == 1 and "no-such-compiler-here" in err and "Traceback" not in err
+
+
+@needs_compiler
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_decodes_compiled_as_eager(arch, tiny_models, tmp_path):
+    """Rotary variants, q/k norms, biases, tied heads, GPT-2's learned positions, and a sliding window
+    (steps past it decode eagerly): one-token logits and cache rows against the eager model's."""
+    folder = tiny_models(arch)[0]
+    eager, compiled = (load_model(folder, device="cpu", dtype="bfloat16") for _ in range(2))
+    compile_decoding(compiled, cache_dir=tmp_path)
+    calls = []
+    step = compiled.model.compiled_step
+    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
+    prompt = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(5))
+    steps = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(6))
+    outs = []
+    for lm in (eager, compiled):
+        lm.model.setup_cache(32)
+        with torch.inference_mode():
+            lm.model(prompt, 0)
+            outs.append(torch.stack([lm.model(steps[:, i : i + 1], 4 + i)[0, -1] for i in range(16)]))
+    assert (outs[0] - outs[1]).abs().max() <= 0.02 * outs[0].abs().max()
+    for ce, cc in zip(eager.model.caches, compiled.model.caches, strict=True):
+        assert torch.allclose(ce.k[:, :, :20].float(), cc.k[:, :, :20].float(), atol=0.02)
+    window = compiled.config.sliding_window
+    assert calls == list(range(4, min(20, window or 20)))  # compiled until a window would mask
