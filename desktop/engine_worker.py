@@ -41,7 +41,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
 from engine.compiling import compile_decoding
-from engine.errors import CompileUnavailableError, EmberError
+from engine.errors import EmberError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
@@ -122,6 +122,7 @@ class EngineWorker(QObject):
         super().__init__()
         self.cancel_flag = threading.Event()
         self._stop_compiling = threading.Event()
+        self._compiling: threading.Thread | None = None
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
         self.requestLoad.connect(self._on_load)
@@ -163,6 +164,7 @@ class EngineWorker(QObject):
 
     @Slot(str, str, str, bool)
     def _on_load(self, path: str, device: str, dtype: str, compile: bool) -> None:
+        self.stop_compiling()  # the current model's build, if one runs
         self.loadStarted.emit(path)
         last = [-1]
 
@@ -177,16 +179,18 @@ class EngineWorker(QObject):
         except (EmberError, ValueError, OSError, RuntimeError) as e:
             self.loadFailed.emit(str(e))
             return
-        self.stop_compiling()  # the previous model's build, if one runs
         with self._lock:
             self._model = lm
         self.loaded.emit(model_info(lm))
         if compile:
             self._compile_in_background(lm)
 
-    def stop_compiling(self) -> None:
-        """Thread-safe: a build of the compiled decoding step stops at once (its child process is killed)."""
+    def stop_compiling(self, wait_s: float = 0.0) -> None:
+        """Thread-safe: a build of the compiled decoding step stops (its processes are killed within
+        ~0.1 s); ``wait_s``: wait that long for it (the window closing, so that none is left behind)."""
         self._stop_compiling.set()
+        if self._compiling is not None and wait_s:
+            self._compiling.join(wait_s)
 
     def _compile_in_background(self, lm: LoadedModel) -> None:
         """Give the model its compiled decoding step (engine.compiling) on a thread of its own: the model
@@ -198,14 +202,16 @@ class EngineWorker(QObject):
             try:
                 compile_decoding(lm, self.compileStarted.emit, should_stop=stop.is_set)
                 warning = None
-            except CompileUnavailableError as e:
+            except Exception as e:  # noqa: BLE001 (any failure: the model answers uncompiled, and says why)
                 if stop.is_set():
                     return
                 log.warning("compiling the decoding step failed", exc_info=True)
                 warning = f"Not compiled, running uncompiled: {e}"
-            self.compiled.emit(model_info(lm, warning))
+            if not stop.is_set() and self.model is lm:  # not for a model already replaced
+                self.compiled.emit(model_info(lm, warning))
 
-        threading.Thread(target=work, name="compile-decoding", daemon=True).start()
+        self._compiling = threading.Thread(target=work, name="compile-decoding", daemon=True)
+        self._compiling.start()
 
     @Slot(list, dict)
     def _on_inspect(self, ids: list, settings: dict) -> None:

@@ -834,7 +834,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         """Cancel a running reply, stop serving, wait for the worker, save the partial reply and the layout."""
         self.worker.cancel()
-        self.worker.stop_compiling()
+        self.worker.stop_compiling(wait_s=2.0)  # its compiler processes are killed, not left behind
         self.serving.stop()
         self.finetune.shutdown()  # a run stops after its step and writes a checkpoint
         self.thread.quit()

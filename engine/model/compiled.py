@@ -29,6 +29,7 @@ import hashlib
 import os
 import shutil
 import sysconfig
+import weakref
 from pathlib import Path
 
 import torch
@@ -37,12 +38,14 @@ from torch import nn
 from engine.errors import CompileUnavailableError
 from engine.model.kv_cache import KVCache
 from engine.model.transformer import Transformer
+from engine.source_digest import source_digest
 
 MIN_POSITIONS = 3  # the step at position 2 is the first compiled (export specialises sizes 0 and 1)
 # Example sizes for export: primes no model dimension equals, since export gives equal sizes one symbol
 # and would tie, say, the cache's length to the position.
 EXAMPLE = (13, 37)  # positions, cache capacity
-SOURCES = Path(__file__).parent  # the model code a library is compiled from: part of its key
+# The code a library is compiled from: part of its key.
+SOURCES = ("model/*.py", "config.py", "gguf/int4_groups.py")
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -67,6 +70,12 @@ def weights(model: Transformer) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
+def weight_specs(model: Transformer) -> list[tuple[str, str, str, tuple[int, ...], tuple[int, ...]]]:
+    """Name, device, dtype, shape and strides of each weight input, in order: what the library was compiled for
+    (it checks none of it when called)."""
+    return [(n, str(t.device), str(t.dtype), tuple(t.shape), t.stride()) for n, t in weights(model).items()]
+
+
 def max_positions(model: Transformer) -> int:
     """The most positions a compiled step covers: the context, or the sliding window where one masks."""
     window = model.cfg.sliding_window
@@ -75,13 +84,11 @@ def max_positions(model: Transformer) -> int:
 
 def structure_key(model: Transformer) -> str:
     """What a compiled library depends on: torch, the CPU and its core count (the generated loops are
-    parallel for that many threads), the model code, the config and every weight's name, shape and dtype
-    (not its values: the weights are inputs)."""
+    parallel for that many threads), the model code, the config and every weight's name, dtype, shape and
+    strides (not its values: the weights are inputs)."""
     h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{os.cpu_count()}|{model.cfg!r}".encode())
-    for source in sorted(SOURCES.glob("*.py")):
-        h.update(source.read_bytes())
-    for name, t in weights(model).items():
-        h.update(f"|{name}:{tuple(t.shape)}:{t.dtype}".encode())
+    h.update(source_digest(SOURCES).encode())
+    h.update(repr(weight_specs(model)).encode())
     return h.hexdigest()[:32]
 
 
@@ -166,6 +173,8 @@ def build(model: Transformer, out: Path) -> None:
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.pt2")  # the packager wants the suffix
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        with open(tmp, "rb+") as f:  # on disk before it takes the name a load trusts
+            os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -178,20 +187,39 @@ class CompiledDecoding:
         try:
             self.runner = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
         except RuntimeError as e:
-            raise CompileUnavailableError(f"the compiled decoding step did not load: {e}") from e
+            raise CompileUnavailableError(f"the compiled decoding step in {package} did not load: {e}") from e
+        self.specs = weight_specs(model)
         self.weights = list(weights(model).values())
         self.limit = max_positions(model)
         self.seen = torch.arange(self.limit)
-        self._caches: list | None = None
-        self._cache_inputs: list[torch.Tensor] = []
+        self._checked_cache = lambda: None  # a weak reference to the first layer's cache last checked
 
     def __call__(self, model: Transformer, tokens: torch.Tensor, start: int) -> torch.Tensor:
         caches = model.caches
-        if start + 1 > self.limit or tokens.shape[0] != 1 or caches[0].k.shape[0] != 1:
+        if (
+            start + 1 > self.limit
+            or tokens.shape != (1, 1)
+            or tokens.dtype != torch.long
+            or tokens.device.type != "cpu"
+            or caches[0].k.shape[0] != 1
+        ):
             return model.run(tokens, start)  # outside what was compiled
-        if caches is not self._caches:  # a new cache: its tensors, once
-            self._caches = caches
-            self._cache_inputs = [c.k for c in caches] + [c.v for c in caches]
+        if self._checked_cache() is not caches[0] and not self._still_fits(model):
+            model.compiled_step = None  # the model changed (new layers, another dtype): eager from now on
+            return model.run(tokens, start)
         cos, sin = _rotary(model, start)
-        inputs = [tokens.contiguous(), cos, sin, self.seen[: start + 1], *self._cache_inputs, *self.weights]
+        inputs = [tokens, cos, sin, self.seen[: start + 1]]
+        inputs += [c.k for c in caches] + [c.v for c in caches] + self.weights
         return self.runner.boxed_run(inputs)[0]
+
+    def _still_fits(self, model: Transformer) -> bool:
+        """Once a cache (a reply): are the weights and the cache still what the library was compiled for?
+        Their tensors are taken afresh, in case some were replaced by equal ones (a merge, a reload)."""
+        caches = model.caches
+        if weight_specs(model) != self.specs or len(caches) != model.cfg.n_layer:
+            return False
+        if any(c.k.dtype != model.dtype or not (c.k.is_contiguous() and c.v.is_contiguous()) for c in caches):
+            return False
+        self.weights = list(weights(model).values())
+        self._checked_cache = weakref.ref(caches[0])
+        return True

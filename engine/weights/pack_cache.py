@@ -28,7 +28,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-ENGINE = Path(__file__).resolve().parent.parent
+from engine.source_digest import source_digest
+
+ENGINE = Path(__file__).resolve().parent.parent  # where PACKING_SOURCES are
 # The code that turns a file into packed tensors: a change to any of it invalidates every entry.
 PACKING_SOURCES = ("gguf/*.py", "weights/*.py", "model/int4_linear.py", "model/int8_linear.py", "loader.py")
 EDGE_BYTES = 64 * 1024
@@ -46,11 +48,7 @@ def default_cache_dir() -> Path:
 
 @functools.cache
 def packing_code_digest() -> str:
-    h = hashlib.sha256()
-    for pattern in PACKING_SOURCES:
-        for source in sorted(ENGINE.glob(pattern)):
-            h.update(source.read_bytes())
-    return h.hexdigest()
+    return source_digest(PACKING_SOURCES, ENGINE)
 
 
 def file_key(model_file: Path, mode: str) -> str:

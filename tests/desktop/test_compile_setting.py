@@ -16,6 +16,7 @@ from engine.compiling import BUILDING
 from engine.model.compiled import unavailable_reason
 from engine.weights.pack_cache import CACHE_DIR_ENV
 from tests.desktop.helpers import greedy, send_and_wait
+from tests.engine.test_compiled import _running_in_session
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import make_tiny_model
 
@@ -76,23 +77,41 @@ def test_the_model_answers_while_its_step_compiles_then_replies_go_through_it(
     assert make_window().model_panel.compile.isChecked()  # the choice survives a restart
 
 
-@pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
-def test_closing_the_window_mid_build_stops_the_compiler(qtbot, window, tiny_gguf, fresh_cache, monkeypatch):
+def _record_children(monkeypatch) -> list[subprocess.Popen]:
     children: list[subprocess.Popen] = []
     real = subprocess.Popen
+    monkeypatch.setattr(compiling.subprocess, "Popen", lambda *a, **k: children.append(real(*a, **k)) or children[-1])
+    return children
 
-    def record(*args, **kwargs):
-        children.append(real(*args, **kwargs))
-        return children[-1]
 
-    monkeypatch.setattr(compiling.subprocess, "Popen", record)
+@pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_closing_the_window_mid_build_stops_the_compiler(qtbot, window, tiny_gguf, fresh_cache, monkeypatch):
+    children = _record_children(monkeypatch)
     _load(qtbot, window, tiny_gguf)
     qtbot.waitUntil(lambda: len(children) == 1, timeout=10_000)
     t0 = time.monotonic()
     window.close()
-    children[0].wait(timeout=5)
-    assert time.monotonic() - t0 < 5 and children[0].returncode != 0  # killed, not finished
+    assert time.monotonic() - t0 < 5 and children[0].poll() is not None  # killed before the window closed
+    assert children[0].returncode != 0 and _running_in_session(children[0].pid) == []
     assert window.worker.model.model.compiled_step is None
+
+
+@pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_loading_another_model_mid_build_stops_it_and_no_stale_result_arrives(
+    qtbot, window, tiny_gguf, fresh_cache, monkeypatch
+):
+    children = _record_children(monkeypatch)
+    _load(qtbot, window, tiny_gguf)
+    qtbot.waitUntil(lambda: len(children) == 1, timeout=10_000)
+    compiled: list[dict] = []
+    window.worker.compiled.connect(compiled.append)
+    window.model_panel.compile.setChecked(False)
+    window.model_panel.request("")  # the default model, uncompiled
+    qtbot.waitUntil(lambda: window.model_info["path"] != str(tiny_gguf), timeout=LOAD_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: children[0].poll() is not None, timeout=5_000)
+    qtbot.wait(500)
+    assert compiled == [] and not window.model_panel.progress.isVisible()
+    assert "decoding compiled" not in window.model_info["precision"]
 
 
 def test_without_a_compiler_the_model_loads_uncompiled_and_says_why(qtbot, window, tiny_gguf, monkeypatch):

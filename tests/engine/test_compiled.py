@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +82,9 @@ def test_compiled_steps_give_the_eager_logits_cache_and_reply(packed_pair):
 @needs_compiler
 def test_one_library_serves_every_cache_size_and_a_batch_falls_back_to_eager(packed_pair):
     eager, compiled, _ = packed_pair
+    calls = []
+    step = compiled.model.compiled_step
+    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
     prompt = torch.randint(3, VOCAB, (5,), generator=torch.Generator().manual_seed(3)).tolist()
     for capacity in (8, 64, eager.config.max_seq_len):
         outs = []
@@ -89,12 +94,47 @@ def test_one_library_serves_every_cache_size_and_a_batch_falls_back_to_eager(pac
                 lm.model(torch.tensor([prompt]), 0)
                 outs.append(lm.model(torch.tensor([[7]]), 5)[0, -1])
         assert (outs[0] - outs[1]).abs().max() <= 0.02 * outs[0].abs().max()
+    assert calls == [5, 5, 5] and compiled.model.compiled_step is not None
     for lm in (eager, compiled):  # a batch of two is not what was compiled: eager answers it
         lm.model.setup_cache(16, batch=2)
         with torch.inference_mode():
             lm.model(torch.tensor([prompt, prompt]), 0)
             outs.append(lm.model(torch.tensor([[7], [8]]), 5))
     assert torch.equal(outs[-2], outs[-1])
+    compiled.model.compiled_step = step
+
+
+@needs_compiler
+def test_a_model_changed_after_compiling_decodes_eagerly_not_from_stale_inputs(tiny_q4, packed_pair):
+    """The library checks none of its inputs: a model whose weights changed type or number since (here
+    the final norm's weight made bf16) must not reach it. The check runs once a cache: the next reply is
+    eager."""
+    _, _, cache = packed_pair
+    lm = load_model(tiny_q4, device="cpu", cache_dir=cache)
+    compile_decoding(lm, cache_dir=cache)
+    lm.model.norm.weight.data = lm.model.norm.weight.data.to(torch.bfloat16)
+    prompt = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    lm.model.setup_cache(16)
+    with torch.inference_mode():
+        lm.model(prompt, 0)
+        out = lm.model(torch.tensor([[7]]), 5)
+        assert lm.model.compiled_step is None
+        assert torch.equal(out, lm.model.run(torch.tensor([[7]]), 5))  # the eager step, rerun
+
+
+@needs_compiler
+def test_a_damaged_library_in_the_cache_is_built_again(tiny_q4, packed_pair):
+    _, compiled, cache = packed_pair
+    path = package_path(compiled.model, cache)
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good[: len(good) // 3])  # a write cut short
+        lm = load_model(tiny_q4, device="cpu", cache_dir=cache)
+        stages: list[str] = []
+        compile_decoding(lm, stages.append, cache_dir=cache)
+        assert stages and lm.model.compiled_step is not None and path.stat().st_size > len(good) // 3
+    finally:
+        path.write_bytes(good)
 
 
 @needs_compiler
@@ -129,12 +169,33 @@ def test_the_key_follows_shapes_and_types_not_weight_values(tiny_models, tmp_pat
     assert structure_key(a) != structure_key(load_model(other, device="cpu", dtype="float32").model)
 
 
+def _running_in_session(sid: int) -> list[int]:
+    """Processes of session ``sid`` that are not zombies (which a container's first process may never reap)."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+            running.append(int(stat.parent.name))
+    return running
+
+
 @needs_compiler
-def test_a_stop_request_kills_the_build_at_once(tiny_q4, tmp_path):
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_stop_request_kills_the_build_and_its_compiler_and_leaves_no_files(tiny_q4, tmp_path, monkeypatch):
+    children: list[subprocess.Popen] = []
+    real = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: children.append(real(*a, **k)) or children[-1])
     lm = load_model(tiny_q4, device="cpu", cache_dir=tmp_path)
-    with pytest.raises(CompileUnavailableError, match="stopped"):
-        compile_decoding(lm, cache_dir=tmp_path, should_stop=lambda: True)
-    assert lm.model.compiled_step is None and not package_path(lm.model, tmp_path).exists()
+    t0 = time.monotonic()
+    with pytest.raises(CompileUnavailableError, match="stopped"):  # mid-build: after 5 s of it
+        compile_decoding(lm, cache_dir=tmp_path, should_stop=lambda: time.monotonic() - t0 > 5)
+    assert time.monotonic() - t0 < 7
+    assert lm.model.compiled_step is None
+    assert _running_in_session(children[0].pid) == []  # no process of the child's is left, g++ included
+    assert list((tmp_path / "compiled").iterdir()) == []  # no library, no half-written one, no spec
 
 
 def test_a_missing_compiler_is_a_clear_error(tiny_q4, tmp_path, monkeypatch):
