@@ -180,6 +180,20 @@ def build(model: Transformer, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Module, parameter and buffer registrations anywhere (a LoRA layer swapped in, a weight replaced): each
+# makes the next compiled step check its inputs again, whatever the cache (see `CompiledDecoding`).
+_registrations = [0]
+
+
+def _count_registration(*_) -> None:
+    _registrations[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_count_registration)
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+
 class CompiledDecoding:
     """A built package loaded for ``model``: ``model.compiled_step``, called as ``step(model, tokens, start)``."""
 
@@ -193,6 +207,7 @@ class CompiledDecoding:
         self.limit = max_positions(model)
         self.seen = torch.arange(self.limit)
         self._checked_cache = lambda: None  # a weak reference to the first layer's cache last checked
+        self._checked_registrations = -1
 
     def __call__(self, model: Transformer, tokens: torch.Tensor, start: int) -> torch.Tensor:
         caches = model.caches
@@ -204,7 +219,8 @@ class CompiledDecoding:
             or caches[0].k.shape[0] != 1
         ):
             return model.run(tokens, start)  # outside what was compiled
-        if self._checked_cache() is not caches[0] and not self._still_fits(model):
+        fresh = self._checked_cache() is caches[0] and self._checked_registrations == _registrations[0]
+        if not fresh and not self._still_fits(model):
             model.compiled_step = None  # the model changed (new layers, another dtype): eager from now on
             return model.run(tokens, start)
         cos, sin = _rotary(model, start)
@@ -213,8 +229,10 @@ class CompiledDecoding:
         return self.runner.boxed_run(inputs)[0]
 
     def _still_fits(self, model: Transformer) -> bool:
-        """Once a cache (a reply): are the weights and the cache still what the library was compiled for?
-        Their tensors are taken afresh, in case some were replaced by equal ones (a merge, a reload)."""
+        """Once a cache (a reply), and after any module registration: are the weights and the cache still
+        what the library was compiled for? Their tensors are taken afresh, in case some were replaced by
+        equal ones (a merge, a reload)."""
+        self._checked_registrations = _registrations[0]
         caches = model.caches
         if weight_specs(model) != self.specs or len(caches) != model.cfg.n_layer:
             return False

@@ -123,6 +123,34 @@ def test_a_model_changed_after_compiling_decodes_eagerly_not_from_stale_inputs(t
 
 
 @needs_compiler
+def test_a_layer_swapped_in_mid_conversation_is_not_skipped_by_the_compiled_step(tiny_q4, packed_pair):
+    """Replies reuse the KV cache; a layer put in between two (the fine-tune panel's tuned layers, say)
+    must take effect at the next step, not be bypassed by the library compiled without it."""
+    _, _, cache = packed_pair
+    lm = load_model(tiny_q4, device="cpu", cache_dir=cache)
+    compile_decoding(lm, cache_dir=cache)
+    model = lm.model
+    model.setup_cache(16)
+    with torch.inference_mode():
+        model(torch.tensor([[3, 4, 5]]), 0)
+        model(torch.tensor([[6]]), 3)
+        assert model.compiled_step is not None
+
+        class Doubled(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return 2 * self.inner(x)
+
+        model.layers[0].mlp.w_down = Doubled(model.layers[0].mlp.w_down)
+        out = model(torch.tensor([[7]]), 4)
+        assert model.compiled_step is None
+        assert torch.equal(out, model.run(torch.tensor([[7]]), 4))
+
+
+@needs_compiler
 def test_a_damaged_library_in_the_cache_is_built_again(tiny_q4, packed_pair):
     _, compiled, cache = packed_pair
     path = package_path(compiled.model, cache)
