@@ -41,7 +41,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
 from engine.compiling import compile_decoding
-from engine.errors import EmberError
+from engine.errors import CompileUnavailableError, EmberError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
@@ -205,7 +205,8 @@ class EngineWorker(QObject):
             except Exception as e:  # noqa: BLE001 (any failure: the model answers uncompiled, and says why)
                 if stop.is_set():
                     return
-                log.warning("compiling the decoding step failed", exc_info=True)
+                if not isinstance(e, CompileUnavailableError):  # a bug, not a missing compiler: its traceback
+                    log.warning("compiling the decoding step failed", exc_info=True)
                 warning = f"Not compiled, running uncompiled: {e}"
             if not stop.is_set() and self.model is lm:  # not for a model already replaced
                 self.compiled.emit(model_info(lm, warning))

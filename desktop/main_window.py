@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, Slot
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
@@ -58,6 +59,7 @@ from desktop.settings import Settings
 from desktop.store import Message
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 from desktop.ui_gc import collect_on_ui_thread
+from engine.model.compiled import unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class MainWindow(QMainWindow):
             self.settings.get("model/device"),
             self.settings.get("model/dtype"),
             self.settings.get("model/compile"),
+            unavailable_reason(torch.device("cpu")),
         )
         self.search = QLineEdit(
             placeholderText="Search conversations (Ctrl+F)",

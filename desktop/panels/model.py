@@ -68,8 +68,16 @@ class ModelPanel(QWidget):
     loadRequested = Signal(str, str, str, bool)
 
     def __init__(
-        self, recent: list[str], device: str, dtype: str, compile: bool = False, parent: QWidget | None = None
+        self,
+        recent: list[str],
+        device: str,
+        dtype: str,
+        compile: bool = False,
+        compile_unavailable: str | None = None,
+        parent: QWidget | None = None,
     ) -> None:
+        """``compile_unavailable``: why decoding cannot be compiled here (a bundled app has no C++ headers),
+        which disables the checkbox and says why in its tooltip."""
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.path = ""
@@ -102,6 +110,10 @@ class ModelPanel(QWidget):
             "while the model answers uncompiled; later loads use it at once. Needs a C++ compiler; without one "
             "the model runs uncompiled and says why."
         )
+        if compile_unavailable:
+            self.compile.setChecked(False)
+            self.compile.setEnabled(False)
+            self.compile.setToolTip(f"Not available here: {compile_unavailable}.")
         self.estimate = QLabel(wordWrap=True, accessibleName="Memory estimate")
         self.progress = QProgressBar(accessibleName="Loading progress")
         self.progress.setVisible(False)

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from desktop import settings
 from engine import compiling
 from engine.compiling import BUILDING
 from engine.model.compiled import unavailable_reason
@@ -122,3 +123,16 @@ def test_without_a_compiler_the_model_loads_uncompiled_and_says_why(qtbot, windo
     assert "Not compiled, running uncompiled" in facts and "no-such-compiler-here" in facts
     assert window.worker.model.model.compiled_step is None
     assert "decoding compiled" not in facts and window.settings.get("model/compile")
+
+
+def test_where_compiling_cannot_work_the_setting_is_greyed_out_with_the_reason(qtbot, make_window, monkeypatch):
+    """As in the bundled app, which ships no C++ headers: nothing is attempted, nothing to read in red."""
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    monkeypatch.setitem(settings.DEFAULTS, "model/compile", True)  # the app's default
+    window = make_window()
+    box = window.model_panel.compile
+    assert not box.isEnabled() and not box.isChecked()
+    assert "no-such-compiler-here" in box.toolTip()
+    window.model_panel.request("")
+    qtbot.waitUntil(lambda: window.model_panel.progress.isHidden(), timeout=LOAD_TIMEOUT_MS)
+    assert window.model_info.get("compile_warning") is None
