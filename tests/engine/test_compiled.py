@@ -49,6 +49,14 @@ def packed_pair(tiny_q4, tmp_path_factory):
     return eager, compiled, cache
 
 
+def _counting(model) -> tuple[list[int], object]:
+    """The positions of the steps that reach the compiled step from now on, and that step."""
+    calls: list[int] = []
+    step = model.compiled_step
+    model.compiled_step = lambda m, tokens, start: calls.append(start) or step(m, tokens, start)
+    return calls, step
+
+
 def _reply(lm, prompt, n=20) -> list[int]:
     gen = Generation(lm.model, lm.tokenizer, prompt, SamplerSettings.greedy(), max_tokens=n, ignore_eos=True)
     return [e.id for e in gen]
@@ -57,9 +65,7 @@ def _reply(lm, prompt, n=20) -> list[int]:
 @needs_compiler
 def test_compiled_steps_give_the_eager_logits_cache_and_reply(packed_pair):
     eager, compiled, _ = packed_pair
-    calls = []
-    step = compiled.model.compiled_step
-    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
+    calls, step = _counting(compiled.model)
     prompt = torch.randint(3, VOCAB, (24,), generator=torch.Generator().manual_seed(2)).tolist()
     replies = [_reply(lm, prompt) for lm in (eager, compiled)]
     assert replies[0] == replies[1]
@@ -82,9 +88,7 @@ def test_compiled_steps_give_the_eager_logits_cache_and_reply(packed_pair):
 @needs_compiler
 def test_one_library_serves_every_cache_size_and_a_batch_falls_back_to_eager(packed_pair):
     eager, compiled, _ = packed_pair
-    calls = []
-    step = compiled.model.compiled_step
-    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
+    calls, step = _counting(compiled.model)
     prompt = torch.randint(3, VOCAB, (5,), generator=torch.Generator().manual_seed(3)).tolist()
     for capacity in (8, 64, eager.config.max_seq_len):
         outs = []
@@ -281,9 +285,7 @@ def test_every_architecture_decodes_compiled_as_eager(arch, tiny_models, tmp_pat
     folder = tiny_models(arch)[0]
     eager, compiled = (load_model(folder, device="cpu", dtype="bfloat16") for _ in range(2))
     compile_decoding(compiled, cache_dir=tmp_path)
-    calls = []
-    step = compiled.model.compiled_step
-    compiled.model.compiled_step = lambda model, tokens, start: calls.append(start) or step(model, tokens, start)
+    calls, _ = _counting(compiled.model)
     prompt = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(5))
     steps = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(6))
     outs = []
