@@ -36,4 +36,5 @@ class OutOfMemoryError(EmberError):
 
 
 class CompileUnavailableError(EmberError):
-    """Decoding cannot be compiled here (no C++ compiler, no Triton, an unsupported device)."""
+    """Decoding cannot be compiled here (no C++ compiler or headers, a device other than the CPU), or its
+    compiling failed or was stopped."""

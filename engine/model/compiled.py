@@ -76,7 +76,11 @@ def weights(model: Transformer) -> dict[str, torch.Tensor]:
 def weight_specs(model: Transformer) -> list[tuple[str, str, str, tuple[int, ...], tuple[int, ...]]]:
     """Name, device, dtype, shape and strides of each weight input, in order: what the library was compiled for
     (it checks none of it when called)."""
-    return [(n, str(t.device), str(t.dtype), tuple(t.shape), t.stride()) for n, t in weights(model).items()]
+    return _specs(weights(model))
+
+
+def _specs(ws: dict[str, torch.Tensor]) -> list[tuple[str, str, str, tuple[int, ...], tuple[int, ...]]]:
+    return [(n, str(t.device), str(t.dtype), tuple(t.shape), t.stride()) for n, t in ws.items()]
 
 
 def max_positions(model: Transformer) -> int:
@@ -205,8 +209,9 @@ class CompiledDecoding:
             self.runner = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
         except RuntimeError as e:
             raise CompileUnavailableError(f"the compiled decoding step in {package} did not load: {e}") from e
-        self.specs = weight_specs(model)
-        self.weights = list(weights(model).values())
+        current = weights(model)
+        self.specs = _specs(current)
+        self.weights = list(current.values())
         self.limit = max_positions(model)
         self.seen = torch.arange(self.limit)
         self._checked_cache = lambda: None  # a weak reference to the first layer's cache last checked
@@ -237,10 +242,11 @@ class CompiledDecoding:
         equal ones (a merge, a reload)."""
         self._checked_registrations = _registrations[0]
         caches = model.caches
-        if weight_specs(model) != self.specs or len(caches) != model.cfg.n_layer:
+        current = weights(model)
+        if _specs(current) != self.specs or len(caches) != model.cfg.n_layer:
             return False
         if any(c.k.dtype != model.dtype or not (c.k.is_contiguous() and c.v.is_contiguous()) for c in caches):
             return False
-        self.weights = list(weights(model).values())
+        self.weights = list(current.values())
         self._checked_cache = weakref.ref(caches[0])
         return True
