@@ -1,7 +1,8 @@
 """`ModelConfig`: the shape of a transformer, read from an HF `config.json` or GGUF metadata.
 
 One vocabulary for sizes throughout the engine: ``n_layer, n_head, n_kv_head, n_embd, head_dim``.
-Importing this module does no torch work.
+The constructors read every value through `engine.model_check`, so a file's bad value is refused with a
+`ConfigError` naming its key before anything is sized by it. Importing this module does no torch work.
 """
 
 from __future__ import annotations
@@ -9,6 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.model_check import (
+    GGUF_NAMES,
+    LLAMA3_SCALING,
+    RULES,
+    ConfigError,
+    Declared,
+    check_tensors,
+    check_value,
+    check_values,
+    describe,
+)
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3")
 
@@ -22,6 +35,46 @@ _HF_MODEL_TYPES = {
 }
 
 _ROPE_TYPES = ("default", "linear", "llama3")
+
+# Field -> key: GGUF's after the "<arch>." prefix, and config.json's (GPT-2 spells them its own way).
+_GGUF_KEYS = {
+    "n_layer": "block_count",
+    "n_head": "attention.head_count",
+    "n_kv_head": "attention.head_count_kv",
+    "n_embd": "embedding_length",
+    "intermediate_size": "feed_forward_length",
+    "max_seq_len": "context_length",
+    "head_dim": "attention.key_length",
+    "rotary_dim": "rope.dimension_count",
+    "norm_eps": "attention.layer_norm_rms_epsilon",
+    "rope_theta": "rope.freq_base",
+    "factor": "rope.scaling.factor",
+    "sliding_window": "attention.sliding_window",
+}
+_HF_KEYS = {
+    "vocab_size": "vocab_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "n_embd": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "max_seq_len": "max_position_embeddings",
+    "head_dim": "head_dim",
+    "norm_eps": "rms_norm_eps",
+    "rope_theta": "rope_theta",
+    "partial_rotary_factor": "partial_rotary_factor",
+    "sliding_window": "sliding_window",
+}
+_HF_GPT2_KEYS = {
+    "vocab_size": "vocab_size",
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "n_kv_head": "n_head",
+    "n_embd": "n_embd",
+    "intermediate_size": "n_inner",
+    "max_seq_len": "n_positions",
+    "norm_eps": "layer_norm_epsilon",
+}
 
 
 @dataclass
@@ -85,92 +138,118 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any]) -> ModelConfig:
-        """From a Hugging Face ``config.json`` dict (transformers 4.x or 5.x spelling)."""
+        """From a Hugging Face ``config.json`` dict (transformers 4.x or 5.x spelling), every value checked
+        (`engine.model_check`); `ConfigError` names the key."""
         model_type = cfg.get("model_type")
         if model_type not in _HF_MODEL_TYPES:
-            raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(_HF_MODEL_TYPES)}")
+            raise ConfigError(f"model_type is {describe(model_type)}; supported: {', '.join(_HF_MODEL_TYPES)}")
         arch = _HF_MODEL_TYPES[model_type]
+        keys = hf_keys(arch)
+        d = Declared(cfg, keys)
+        n_head, n_embd = d("n_head"), d("n_embd")
+        values: dict[str, Any] = dict(arch=arch, vocab_size=d("vocab_size"), n_layer=d("n_layer"), n_head=n_head)
         if arch == "gpt2":
-            n_embd = cfg["n_embd"]
-            return cls(
-                arch=arch,
-                vocab_size=cfg["vocab_size"],
-                n_layer=cfg["n_layer"],
-                n_head=cfg["n_head"],
-                n_kv_head=cfg["n_head"],
+            values.update(
+                n_kv_head=n_head,
                 n_embd=n_embd,
-                intermediate_size=cfg.get("n_inner") or 4 * n_embd,
-                max_seq_len=cfg["n_positions"],
-                norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
-                tie_embeddings=cfg.get("tie_word_embeddings", True),
+                intermediate_size=d("intermediate_size", 4 * n_embd),
+                max_seq_len=d("max_seq_len"),
+                norm_eps=d("norm_eps", 1e-5),
+                tie_embeddings=d.flag("tie_word_embeddings", True),
             )
-        rope = dict(cfg.get("rope_parameters") or {})
-        rope_theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
-        partial = rope.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+            check_values(values, keys)
+            return cls(**values)
+        # transformers 5 keeps rope_theta, partial_rotary_factor and the scaling in rope_parameters;
+        # 4.x has the first two at the top level and the scaling in rope_scaling.
+        rope = d.mapping("rope_parameters")
+        in_rope = Declared(rope, keys, prefix="rope_parameters.")
+        rope = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        source = "rope_parameters"
         if not rope or rope.get("rope_type", rope.get("type")) == "default":
-            rope = dict(cfg.get("rope_scaling") or {})
-        if rope:
-            rope.setdefault("rope_type", rope.pop("type", "default"))
-        sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-        return cls(
-            arch=arch,
-            vocab_size=cfg["vocab_size"],
-            n_layer=cfg["num_hidden_layers"],
-            n_head=cfg["num_attention_heads"],
-            n_kv_head=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            n_embd=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            max_seq_len=cfg.get("max_position_embeddings", 2048),
-            head_dim=cfg.get("head_dim") or 0,
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            tie_embeddings=cfg.get("tie_word_embeddings", False),
-            qkv_bias=bool(cfg.get("attention_bias", False)),
-            rope_theta=float(rope_theta),
-            rope_scaling=rope if rope and rope["rope_type"] != "default" else None,
-            partial_rotary_factor=float(partial),
-            sliding_window=sliding,
+            source, rope = "rope_scaling", d.mapping("rope_scaling")
+        values.update(
+            n_kv_head=d("n_kv_head", n_head),
+            n_embd=n_embd,
+            intermediate_size=d("intermediate_size"),
+            max_seq_len=d("max_seq_len", 2048),
+            head_dim=d("head_dim", 0),
+            norm_eps=d("norm_eps", 1e-6),
+            tie_embeddings=d.flag("tie_word_embeddings", False),
+            qkv_bias=d.flag("attention_bias", False),
+            rope_theta=in_rope("rope_theta", None) or d("rope_theta", 10000.0),
+            rope_scaling=_rope_scaling(rope, source),
+            partial_rotary_factor=in_rope("partial_rotary_factor", None) or d("partial_rotary_factor", 1.0),
+            sliding_window=d("sliding_window", None) if d.flag("use_sliding_window", True) else None,
         )
+        check_values(values, keys)
+        return cls(**values)
 
     @classmethod
     def from_gguf(cls, meta: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]) -> ModelConfig:
-        """From GGUF metadata; sizes the metadata omits are read off the tensors."""
+        """From GGUF metadata, every value checked (`engine.model_check`), the whole against the tensors'
+        shapes; sizes the metadata omits are read off the tensors. `ConfigError` names the key."""
         arch = meta.get("general.architecture")
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
-
-        def get(key: str, default: Any = None) -> Any:
-            value = meta.get(f"{arch}.{key}", default)
-            if value is None:
-                raise ValueError(f"missing metadata key {arch}.{key}")
-            return value
-
-        n_embd = int(get("embedding_length"))
-        n_head = int(get("attention.head_count"))
-        vocab = tensor_shapes["token_embd.weight"][0]
-        head_dim = int(meta.get(f"{arch}.attention.key_length", 0)) or n_embd // n_head
-        rope_dims = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
-        scaling_type = meta.get(f"{arch}.rope.scaling.type")
-        rope_scaling = None
-        if scaling_type == "linear":
-            rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-        elif scaling_type not in (None, "none"):
-            raise ValueError(f"unsupported rope scaling {scaling_type!r} in GGUF metadata")
-        eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
-        return cls(
+            raise ConfigError(f"general.architecture is {describe(arch)}; supported: {', '.join(ARCHITECTURES)}")
+        keys = gguf_keys(arch)
+        d = Declared(meta, keys)
+        embedding = tensor_shapes.get("token_embd.weight")
+        if not embedding:
+            raise ConfigError("the file has no token_embd.weight (the token embeddings)")
+        n_head, n_embd = d("n_head"), d("n_embd")
+        values: dict[str, Any] = dict(
             arch=arch,
-            vocab_size=vocab,
-            n_layer=int(get("block_count")),
+            vocab_size=check_value("the row count of token_embd.weight", embedding[0], RULES["vocab_size"]),
+            n_layer=d("n_layer"),
             n_head=n_head,
-            n_kv_head=int(meta.get(f"{arch}.attention.head_count_kv", n_head)),
+            n_kv_head=d("n_kv_head", n_head),
             n_embd=n_embd,
-            intermediate_size=int(get("feed_forward_length")),
-            max_seq_len=int(get("context_length")),
-            head_dim=head_dim,
-            norm_eps=float(get(eps_key)),
+            intermediate_size=d("intermediate_size"),
+            max_seq_len=d("max_seq_len"),
+            head_dim=d("head_dim", 0),
+            norm_eps=d("norm_eps"),
             tie_embeddings="output.weight" not in tensor_shapes,
             qkv_bias="blk.0.attn_q.bias" in tensor_shapes,
-            rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-            rope_scaling=rope_scaling,
-            partial_rotary_factor=rope_dims / head_dim,
-            sliding_window=meta.get(f"{arch}.attention.sliding_window"),
         )
+        if arch != "gpt2":  # GPT-2 has learned positions, no rope
+            head_dim = values["head_dim"] or n_embd // n_head  # 0 only when check_values refuses the heads
+            rotary_dim = d("rotary_dim", head_dim)
+            scaling_type = d.text(f"{arch}.rope.scaling.type")
+            if scaling_type not in (None, "none", "linear"):
+                raise ConfigError(f"{arch}.rope.scaling.type is {scaling_type!r}; supported: none, linear")
+            values.update(
+                rope_theta=d("rope_theta", 10000.0),
+                rope_scaling={"rope_type": "linear", "factor": d("factor")} if scaling_type == "linear" else None,
+                partial_rotary_factor=rotary_dim / head_dim if head_dim else 1.0,
+                sliding_window=d("sliding_window", None),
+            )
+        check_values(values, keys)
+        cfg = cls(**values)
+        check_tensors(cfg, tensor_shapes, keys, GGUF_NAMES)
+        return cfg
+
+
+def gguf_keys(arch: str) -> dict[str, str]:
+    """Field -> the GGUF metadata key it is read from."""
+    keys = {field: f"{arch}.{key}" for field, key in _GGUF_KEYS.items()}
+    if arch == "gpt2":
+        keys["norm_eps"] = "gpt2.attention.layer_norm_epsilon"
+    return keys
+
+
+def hf_keys(arch: str) -> dict[str, str]:
+    """Field -> the ``config.json`` key it is read from."""
+    return dict(_HF_GPT2_KEYS if arch == "gpt2" else _HF_KEYS)
+
+
+def _rope_scaling(rope: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """HF's rope scaling (``source``: rope_parameters or rope_scaling) as `ModelConfig.rope_scaling`."""
+    type_key = "rope_type" if "rope_type" in rope else "type"
+    kind = rope.get(type_key, "default")
+    if kind not in _ROPE_TYPES:
+        raise ConfigError(f"{source}.{type_key} is {describe(kind)}; supported: {', '.join(_ROPE_TYPES)}")
+    if kind == "default":
+        return None
+    d = Declared(rope, {field: field for field in LLAMA3_SCALING}, prefix=f"{source}.")
+    fields = ("factor",) if kind == "linear" else LLAMA3_SCALING
+    return {"rope_type": kind, **{field: d(field) for field in fields}}

@@ -20,25 +20,19 @@ from engine.default_model import default_model_path
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import ModelFileError, TemplateError, UnsafeTemplateError
 from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
-from engine.gguf.reader import GGUFFile, read_gguf
+from engine.gguf.reader import GGUFFile
 from engine.memory import check_fits, return_freed_memory
 from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
+from engine.model_file import model_format, open_gguf, open_hf_folder, peek_config
 from engine.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
 from engine.weights.from_gguf import gguf_state_dict
-from engine.weights.from_hf import (
-    PICKLE_SUFFIXES,
-    SafetensorsSource,
-    hf_state_dict,
-    read_config,
-    read_json,
-    safetensors_files,
-)
+from engine.weights.from_hf import SafetensorsSource, hf_state_dict, read_json
 from engine.weights.pack_cache import PackCache, file_key
 
-GGUF_MAGIC = b"GGUF"
+__all__ = ["LoadedModel", "load_model", "peek_config"]  # peek_config: engine.model_file's, torch-free
 PACKED_MODE = "cpu-bf16-int4-int8head"  # the only mode whose weights are cached: repacking is what costs time
 log = logging.getLogger(__name__)
 
@@ -96,16 +90,6 @@ class LoadedModel:
         return self.tokenizer.encode(text, add_bos=add_bos)
 
 
-def _open_gguf(path: Path) -> tuple[ModelConfig, GGUFFile]:
-    gguf = read_gguf(path)
-    try:
-        shapes = {name: info.shape for name, info in gguf.tensors.items()}
-        return ModelConfig.from_gguf(gguf.metadata, shapes), gguf
-    except (KeyError, TypeError, ValueError) as e:
-        gguf.close()
-        raise ModelFileError(path, f"unusable model metadata: {e}") from None
-
-
 def _check_vocab(path: Path, tokenizer: Tokenizer, cfg: ModelConfig) -> None:
     """Every token id must have an embedding row (fewer tokens than rows is fine: padding)."""
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -155,17 +139,12 @@ def _packed_weight_bytes(gguf: GGUFFile) -> int:
 def _load_gguf(
     path: Path, device, dtype, fits: Callable[..., int], progress, cache_dir: Path | None, pack: bool
 ) -> LoadedModel:
-    cfg, gguf = _open_gguf(path)
+    cfg, gguf = open_gguf(path)  # every declared size checked, against the tensors too
     pack_int4 = pack and device.type == "cpu" and dtype == torch.bfloat16 and int4_kernels_available()
     with gguf:
         estimate = fits(cfg, _packed_weight_bytes(gguf) if pack_int4 else None)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, str(path))
         names = set(gguf.tensors)
-        layers = {int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()}
-        if layers and max(layers) >= cfg.n_layer:
-            raise ModelFileError(
-                path, f"block_count says {cfg.n_layer} layers but the file has tensors for layer {max(layers)}"
-            )
         _check_vocab(path, tokenizer, cfg)
 
         def get(name: str) -> torch.Tensor:
@@ -213,8 +192,7 @@ def _load_gguf(
 
 
 def _load_hf(folder: Path, device, dtype, fits: Callable[..., int], progress) -> LoadedModel:
-    cfg = read_config(folder)
-    files = safetensors_files(folder)
+    cfg, files = open_hf_folder(folder)  # every declared size checked, against the tensors too
     estimate = fits(cfg)
     tokenizer = Tokenizer.from_hf_folder(folder)
     _check_vocab(folder, tokenizer, cfg)
@@ -242,18 +220,6 @@ def _load_hf(folder: Path, device, dtype, fits: Callable[..., int], progress) ->
     )
 
 
-def peek_config(path: str | Path | None = None) -> ModelConfig:
-    """The model's shape without loading weights (for a memory estimate before loading)."""
-    path = Path(path) if path is not None else default_model_path()
-    if path.is_dir():
-        return read_config(path)
-    if not path.is_file():
-        raise ModelFileError(path, "no such file or folder")
-    cfg, gguf = _open_gguf(path)
-    gguf.close()
-    return cfg
-
-
 def load_model(
     path: str | Path | None = None,
     *,
@@ -278,22 +244,15 @@ def load_model(
     path = Path(path) if path is not None else default_model_path()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if not path.exists():
-        raise ModelFileError(path, "no such file or folder")
+    kind = model_format(path)
 
     def fits(cfg: ModelConfig, weight_bytes: int | None = None) -> int:
         ctx = min(context_length or cfg.max_seq_len, cfg.max_seq_len)
         return check_fits(cfg, dt, dev, ctx, path.name, weight_bytes) if check_memory else 0
 
-    if path.is_dir():
+    if kind == "safetensors":
         lm = _load_hf(path, dev, dt, fits, progress)
-    elif path.suffix in PICKLE_SUFFIXES:
-        raise ModelFileError(path, "a pickle file; Ember never unpickles. Convert the model to safetensors or GGUF.")
     else:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise ModelFileError(path, "not a GGUF file (bad magic) nor a Hugging Face model folder")
         lm = _load_gguf(path, dev, dt, fits, progress, Path(cache_dir) if cache_dir else None, pack)
     lm.context_length = min(context_length or lm.config.max_seq_len, lm.config.max_seq_len)
     lm.load_seconds = time.perf_counter() - t0

@@ -6,6 +6,7 @@ u64 offset relative to the data section), padding to the alignment, then the dat
 
 Nothing is allocated or looped over before the bytes it needs are known to be in the file, so a crafted
 file fails fast with a :class:`ModelFileError` naming the problem instead of hanging or exhausting memory.
+Torch is imported only once a tensor is loaded: opening a file and reading its metadata need none.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import stat
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from engine.errors import ModelFileError
-from engine.gguf.dequant import SUPPORTED_TYPES, dequantize
-from engine.gguf.int4_groups import Int4Groups, int4_groups
 from engine.gguf.types import BLOCK_SIZES, SCALAR_FORMATS, GGMLType, GGUFValueType
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.gguf.int4_groups import Int4Groups
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -104,19 +107,23 @@ class GGUFFile:
         info = self.tensors[name]
         return np.frombuffer(self._buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
-    def load_tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Tensor ``name`` dequantized into a new CPU tensor of ``info.shape`` and ``dtype``."""
+    def load_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Tensor ``name`` dequantized into a new CPU tensor of ``info.shape`` and ``dtype`` (default float32)."""
+        from engine.gguf.dequant import SUPPORTED_TYPES, dequantize
+
         info = self.tensors[name]
         if info.ggml_type not in SUPPORTED_TYPES:
             raise ModelFileError(
                 self.path, f"tensor {name!r} has type {info.ggml_type.name}, which Ember cannot dequantize"
             )
         raw = self._copy_out(name)
-        values = dequantize(raw, info.ggml_type, info.shape)
-        return values if dtype == torch.float32 else values.to(dtype)
+        values = dequantize(raw, info.ggml_type, info.shape)  # float32
+        return values if dtype is None else values.to(dtype)
 
     def load_int4_groups(self, name: str) -> Int4Groups:
         """2-D tensor ``name`` of a type in `INT4_TYPES` as its 4-bit codes with per-group scales and offsets."""
+        from engine.gguf.int4_groups import int4_groups
+
         info = self.tensors[name]
         return int4_groups(self._copy_out(name), info.ggml_type, info.shape)
 
@@ -125,6 +132,8 @@ class GGUFFile:
         outlive close()), then the map's pages for them dropped from this process (the file stays in the
         page cache): otherwise the whole file would count in the resident set until the map is closed,
         on top of the model built from it."""
+        import torch
+
         raw = torch.from_numpy(self.tensor_bytes(name).copy())
         info = self.tensors[name]
         if hasattr(mmap, "MADV_DONTNEED"):

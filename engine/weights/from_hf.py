@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from engine.config import ModelConfig
 from engine.errors import ModelFileError
+
+if TYPE_CHECKING:  # imported where tensors are made: reading a folder's config and shapes needs no torch
+    import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
@@ -39,8 +42,21 @@ def read_config(folder: Path) -> ModelConfig:
         )
     try:
         return ModelConfig.from_hf(cfg)
-    except (KeyError, TypeError, ValueError) as e:
+    except ValueError as e:  # engine.model_check.ConfigError, naming the key
         raise ModelFileError(path, f"unusable config: {e}") from None
+
+
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the safetensors headers alone (no data read, no torch)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="numpy") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f, f"not a readable safetensors file: {e}") from None
+    return shapes
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -109,6 +125,8 @@ def hf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.
     if cfg.arch == "gpt2":
         yield from _gpt2(cfg, names, get)
         return
+    import torch
+
     cat = torch.cat
     yield "tok_emb.weight", get("model.embed_tokens.weight")
     for i in range(cfg.n_layer):

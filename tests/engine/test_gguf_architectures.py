@@ -176,9 +176,9 @@ def _rewrite(path, metadata_edit=None, drop=(), add_tokens=0):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (dict(metadata_edit={"llama.block_count": 1}), "block_count says 1 layers"),
-        (dict(metadata_edit={"llama.block_count": 3}), "missing tensor blk.2"),
-        (dict(metadata_edit={"llama.embedding_length": 48}), "declared sizes"),
+        (dict(metadata_edit={"llama.block_count": 1}), "llama.block_count 1 does not match .* layers 0..1"),
+        (dict(metadata_edit={"llama.block_count": 3}), "llama.block_count 3 does not match .* layers 0..1"),
+        (dict(metadata_edit={"llama.embedding_length": 48}), "embedding_length 48"),
         (dict(drop=("blk.1.attn_k.weight",)), "missing tensor blk.1.attn_k"),
         (dict(add_tokens=10), "tokenizer has 106 tokens but the embedding only 96"),
     ],
