@@ -1,6 +1,8 @@
 """``ember-cli``: model info, one-shot generation and an interactive terminal chat.
 
-A bad file or flag exits non-zero with a one-line message and no traceback.
+A bad file or flag exits non-zero with a one-line message and no traceback. Torch (about a second to
+import) is imported only once a model is built: ``--help`` answers, and a bad model file is refused
+(`engine.model_file.peek_config`), without it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from dataclasses import fields
 
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES
 from engine.errors import EmberError
-from engine.memory import MiB, peak_memory_bytes
-from engine.sampling import SamplerSettings
+from engine.sampler_settings import SamplerSettings
 
 # flag -> SamplerSettings field
 SAMPLER_FLAGS = {
@@ -134,6 +135,9 @@ def _settings(args: argparse.Namespace) -> SamplerSettings:
 
 
 def _load(args: argparse.Namespace):
+    from engine.model_file import peek_config
+
+    peek_config(args.model)  # a bad file is refused before torch is imported
     from engine.loader import load_model
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, context_length=args.ctx_size)
@@ -232,6 +236,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if not args.json:
         print()
     if args.stats:
+        from engine.memory import MiB, peak_memory_bytes
+
         s = gen.stats
         print(
             f"load {lm.load_seconds:.2f} s | prompt {s.prompt_tokens} tokens, prefill "

@@ -1,20 +1,30 @@
-"""Choosing the device and dtype: explicit names, or "auto" for the best available. Never hard-codes CUDA."""
+"""Choosing the device and dtype: explicit names, or "auto" for the best available. Never hard-codes CUDA.
+
+The choices import without torch (`ember-cli --help` needs them); torch is imported when one is resolved.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes
 DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 def _mps_available() -> bool:
+    import torch
+
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; ``cuda:1`` style indices are accepted."""
+    import torch
+
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
         raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {name!r}")
@@ -32,10 +42,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on CUDA when supported (else fp16), fp16 on MPS, bf16 on CPU (where 4-bit GGUF
     weights then stay packed for torch's int4 kernel, which wants bf16). ``float32`` is the exact mode."""
+    import torch
+
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16 if device.type == "mps" else torch.bfloat16
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
-    return DTYPES[name]
+    return getattr(torch, name)
