@@ -65,13 +65,17 @@ class EmberServer:
         model_id: str | None = None,
         max_queue: int | None = None,
         max_body_bytes: int | None = None,
+        stall_timeout: float | None = None,
+        stream_buffer: int | None = None,
     ) -> None:
         import uvicorn
 
-        from engine.server.app import MAX_BODY_BYTES, MAX_QUEUE, create_app
+        from engine.server.app import MAX_BODY_BYTES, MAX_QUEUE, SendTimeout, create_app
+        from engine.server.worker import STALL_TIMEOUT, STREAM_BUFFER
 
         check_bind(host, api_key)
         max_queue = MAX_QUEUE if max_queue is None else max_queue
+        stall_timeout = stall_timeout or STALL_TIMEOUT
         self.socket = bind_socket(host, port)  # first: a port in use fails before the model worker starts
         self.app = create_app(
             lm,
@@ -80,11 +84,13 @@ class EmberServer:
             loopback_only=is_loopback(host),
             max_body_bytes=max_body_bytes or MAX_BODY_BYTES,
             max_queue=max_queue,
+            stall_timeout=stall_timeout,
+            stream_buffer=stream_buffer or STREAM_BUFFER,
         )
         self.host = host
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(
-            self.app,
+            SendTimeout(self.app, stall_timeout),
             log_level="warning",
             access_log=False,
             lifespan="on",

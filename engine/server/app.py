@@ -8,6 +8,11 @@
   it never answers).
 - Served on loopback, only loopback ``Host`` headers are accepted (no DNS rebinding).
 - At most ``max_queue`` requests wait behind the one generating; more get 429 at once.
+- A client that goes away has its job cancelled as soon as the server sees the connection close: the
+  generation stops before its next token, a job still waiting never starts.
+- A client that stops reading: its generation pauses once ``STREAM_BUFFER`` tokens wait for it, and a
+  response that makes no progress for ``stall_timeout`` seconds is abandoned, its generation cancelled and
+  its connection closed (`engine.server.worker` has the details).
 """
 
 from __future__ import annotations
@@ -16,16 +21,19 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.loader import LoadedModel
 from engine.server.protocol import (
@@ -40,7 +48,9 @@ from engine.server.protocol import (
     response_body,
     usage_chunk,
 )
-from engine.server.worker import Busy, Job, JobStream, ModelWorker
+from engine.server.worker import STALL_TIMEOUT, STREAM_BUFFER, Busy, Job, JobStream, ModelWorker
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more text than a context window holds
 MAX_QUEUE = 16
@@ -82,12 +92,15 @@ class EmberAPI:
         api_key: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_queue: int = MAX_QUEUE,
+        stall_timeout: float = STALL_TIMEOUT,
+        stream_buffer: int = STREAM_BUFFER,
     ) -> None:
         self.lm = lm
         self.model_id = model_id or lm.name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        self.worker = ModelWorker(lm, max_queue=max_queue)
+        self.stream_buffer = stream_buffer
+        self.worker = ModelWorker(lm, max_queue=max_queue, stall_timeout=stall_timeout)
 
     def _check_key(self, request: Request) -> None:
         if not self.api_key:
@@ -117,55 +130,53 @@ class EmberAPI:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, *, chat: bool) -> Response:
+        job: Job | None = None
+        streaming = False
         try:
             self._check_key(request)
-            body = await _read_json(request, self.max_body_bytes)
+            body = await self._read_body(request)
             req = parse_request(body, chat=chat, served={self.model_id})
-            stream = JobStream(asyncio.get_running_loop())
-            job = Job(req, stream.emit)
+            stream = JobStream(asyncio.get_running_loop(), self.stream_buffer)
+            job = Job(req, stream)
             try:
                 self.worker.submit(job)
             except Busy:
                 raise APIError(
                     429, "the server is busy: too many requests are waiting; retry shortly", type="rate_limit_error"
                 ) from None
-            try:
+            async with _cancel_on_disconnect(request, job):
                 # Wait for the first event: a request that fails before its first token gets a plain
                 # HTTP error rather than a stream that opens and then breaks.
-                first = await self._next(stream, job, request)
+                first = await stream.get()
                 if first[0] == "error":
                     raise first[1]
-            except BaseException:
-                job.cancel.set()
-                raise
-        except APIError as e:
-            return _error(e)
-        if req.stream:
-            return StreamingResponse(
+                if not req.stream:
+                    return JSONResponse(await self._collect(req, stream, first))
+            streaming = True
+            return _EventStream(
+                job,
                 self._sse(req, job, stream, first),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
-            return JSONResponse(await self._collect(req, job, stream, first, request))
         except APIError as e:
             return _error(e)
         finally:
-            job.cancel.set()
+            if job is not None and not streaming:  # done, failed, or the client went away: stop generating
+                job.cancel.set()
 
-    async def _next(self, stream: JobStream, job: Job, request: Request) -> tuple[str, Any]:
-        """The next event; cancels the job and raises when the client has gone away meanwhile."""
-        while True:
-            try:
-                return await asyncio.wait_for(stream.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel.set()
-                    raise APIError(499, "the client closed the connection") from None
+    async def _read_body(self, request: Request) -> Any:
+        """The JSON body; one that has not arrived whole within the stall timeout gets 408."""
+        timeout = self.worker.stall_timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await _read_json(request, self.max_body_bytes)
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {timeout:g} s", code="timeout") from None
+        except ClientDisconnect:  # nobody will read the answer; uvicorn drops it
+            raise APIError(499, "the client closed the connection") from None
 
-    async def _collect(
-        self, req: CompletionRequest, job: Job, stream: JobStream, event: tuple[str, Any], request: Request
-    ) -> dict[str, Any]:
+    async def _collect(self, req: CompletionRequest, stream: JobStream, event: tuple[str, Any]) -> dict[str, Any]:
         text: list[str] = []
         logprobs: list[Any] = []
         lp = CompletionLogprobs(req.top_logprobs or 0)
@@ -182,7 +193,7 @@ class EmberAPI:
                         logprobs.append(chat_logprob(token, piece, req.top_logprobs))
                     else:
                         logprobs.append(lp.entry(token, piece))
-            event = await self._next(stream, job, request)
+            event = await stream.get()
 
     async def _sse(
         self, req: CompletionRequest, job: Job, stream: JobStream, event: tuple[str, Any]
@@ -221,6 +232,86 @@ class EmberAPI:
             job.cancel.set()  # the client went away, or we are done: either way stop generating
 
 
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
+    """Cancel ``job`` the moment its client goes away, while the block runs (the body has been read, so
+    the next ASGI message is the disconnect).  The worker then ends the job with its last event, which
+    is what the block waits for.  A streaming response listens for itself once it has started."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events for one job, which is cancelled however the response ends: finished, the client
+    gone (Starlette cancels the sending task, which may leave the body iterator suspended, unclosed, until
+    the garbage collector finds it), or abandoned by `SendTimeout`."""
+
+    def __init__(self, job: Job, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel.set()
+
+
+class _ClientStalled(Exception):
+    """A send to the client made no progress for the stall timeout."""
+
+
+class SendTimeout:
+    """ASGI middleware, outside the app (uvicorn's own ``send`` must reach it): a response that cannot
+    send anything to its client for ``timeout`` seconds (the client stopped reading and every buffer on
+    the way is full) is abandoned and its connection aborted, so a client that stops reading holds a
+    connection, and the reply waiting for it, that long at most.  Aborted, not closed: closing waits to
+    flush a write buffer that this client will never read, and would keep the connection forever."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_in_time(message: Message) -> None:
+            try:
+                with anyio.fail_after(self.timeout):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
+
+        try:
+            await self.app(scope, receive, send_in_time)
+        except _ClientStalled:
+            aborted = _abort_connection(send)
+            log.warning("dropped a client that took nothing for %g s%s", self.timeout, "" if aborted else " (closing)")
+
+
+def _abort_connection(send: Send) -> bool:
+    """Abort the connection that ``send`` writes to, dropping what waits in its buffer.  uvicorn's ``send``
+    is a method of its request cycle, which holds the asyncio transport (h11 and httptools alike); with
+    another server, False, and the server closes the connection as it sees fit."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if abort is None:
+        return False
+    abort()
+    return True
+
+
 def _finish(outcome: Outcome) -> str:
     return FINISH_REASONS[outcome.finish_reason]
 
@@ -240,9 +331,22 @@ def create_app(
     loopback_only: bool = True,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
+    stall_timeout: float = STALL_TIMEOUT,
+    stream_buffer: int = STREAM_BUFFER,
 ) -> Starlette:
-    """The ASGI app for one loaded model.  ``loopback_only`` accepts only loopback Host headers."""
-    api = EmberAPI(lm, model_id=model_id, api_key=api_key, max_body_bytes=max_body_bytes, max_queue=max_queue)
+    """The ASGI app for one loaded model.  ``loopback_only`` accepts only loopback Host headers;
+    ``stall_timeout`` is how long a generation waits for a client that takes nothing (serve the app
+    wrapped in `SendTimeout` with the same timeout, as `EmberServer` does, to drop such a client's
+    connection too)."""
+    api = EmberAPI(
+        lm,
+        model_id=model_id,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
+        stall_timeout=stall_timeout,
+        stream_buffer=stream_buffer,
+    )
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
@@ -253,6 +357,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        app.state.loop = asyncio.get_running_loop()  # the server's event loop, for whoever inspects it
         yield
         await asyncio.to_thread(api.worker.close)
 

@@ -1,0 +1,464 @@
+"""The server under abuse (issue 19): clients that vanish mid-stream, clients that stop reading, prompts
+longer than the context, and 500 requests in a row, against the real server over real HTTP on loopback.
+
+None of this depends on what the model says, so a tiny random Llama (context 128, about 1.5 ms a token
+here) stands in for the default model; where a generation must outlast its client, each forward pass is
+slowed to ``STEP_SECONDS``.  The 500-request run serves from a subprocess, so that the RSS measured is the
+server's alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import random
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from engine.loader import load_model
+from engine.server import EmberServer
+from engine.server.worker import Job, JobStream
+from tests.hardening import count, figure
+
+ROOT = Path(__file__).resolve().parents[2]
+HI = [{"role": "user", "content": "w1 w2 w3"}]
+STEP_SECONDS = 0.01  # a slowed forward pass: 100 tokens take a second, so a vanished client is noticed mid-way
+STALL = 1.0  # the stall timeout of the in-process server (the default is 30 s)
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tiny_models):
+    return tiny_models("llama")[0]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_folder):
+    return load_model(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def server(lm):
+    srv = EmberServer(lm, max_queue=4, stall_timeout=STALL, stream_buffer=4)
+    # Small kernel buffers (accepted sockets inherit the listener's on Linux): a client that stops reading
+    # then fills them within a few dozen tokens, where on loopback the kernel would take megabytes.
+    srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with srv:
+        yield srv
+
+
+@pytest.fixture
+def slow_model(lm, monkeypatch):
+    forward = lm.model.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(STEP_SECONDS)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", slow)
+
+
+def _body(server, *, chat: bool = True, **kwargs) -> dict:
+    base = {"model": server.model_id, "max_tokens": 2, "temperature": 0}
+    base.update({"messages": HI} if chat else {"prompt": "w1 w2 w3"})
+    return {**base, **kwargs}
+
+
+def _send(port: int, path: str, body: dict, *, rcvbuf: int | None = None) -> socket.socket:
+    """A raw HTTP/1.1 request; the caller reads (or does not read) the answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the TCP window
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def _read_until(sock: socket.socket, done, limit: int = 1 << 22) -> bytes:
+    got = b""
+    while not done(got) and len(got) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _close(sock: socket.socket, reset: bool) -> None:
+    if reset:  # RST instead of FIN, as a killed client or a dropped network would
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _idle(server) -> bool:
+    """Nothing generating or queued, no request task and no connection left in uvicorn."""
+    stats = server.app.state.api.worker.stats()
+    state = server._server.server_state
+    return not (stats.running or stats.waiting or state.tasks or state.connections)
+
+
+def _wait_in_flight(server, timeout: float = 3.0) -> None:
+    """Until uvicorn has read a request and runs the app for it."""
+    deadline = time.monotonic() + timeout
+    while not server._server.server_state.tasks:
+        assert time.monotonic() < deadline, "the server never started on the request"
+        time.sleep(0.001)
+
+
+def _wait_idle(server, timeout: float) -> float:
+    t0 = time.monotonic()
+    while not _idle(server):
+        if time.monotonic() - t0 > timeout:
+            state = server._server.server_state
+            raise AssertionError(
+                f"the server is still busy {timeout} s on: {server.app.state.api.worker.stats()}, "
+                f"{len(state.tasks)} request tasks, "
+                f"{len(state.connections)} connections"
+            )
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
+def _tasks(server) -> int:
+    """asyncio tasks alive on the server's event loop (the counting one included)."""
+
+    async def n() -> int:
+        return len(asyncio.all_tasks())
+
+    return asyncio.run_coroutine_threadsafe(n(), server.app.state.loop).result(5)
+
+
+def _live(*types) -> int:
+    gc.collect()
+    return sum(type(o) in types for o in gc.get_objects())  # type(), not isinstance: no lazy module attributes
+
+
+def _ok(server, **kwargs) -> httpx.Response:
+    r = httpx.post(f"{server.url}/chat/completions", json=_body(server, **kwargs), timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+# -- clients that disconnect mid-stream ---------------------------------------------------------------
+
+
+def test_clients_that_vanish_mid_stream(server, lm, slow_model):
+    """100 clients close the connection at a random point (before the answer, after k events, with FIN
+    or RST, streaming or not): each generation is cancelled well before its 100 tokens, the server is
+    done with each client within a bound, keeps serving, and ends with the threads, tasks, jobs and KV
+    cache it started with."""
+    rng = random.Random(19)
+    worker = server.app.state.api.worker
+    _ok(server)  # warm-up
+    _wait_idle(server, 5)
+    threads0, tasks0, cache0 = threading.active_count(), _tasks(server), lm.model.cache_capacity
+    jobs0 = _live(Job, JobStream)
+    stats0 = worker.stats()
+    latencies = []
+    for trial in range(100):
+        chat = rng.random() < 0.7
+        stream = rng.random() < 0.8
+        events = rng.choice([0, 0, 1, 2, 3, 5, 8, 13]) if stream else 0
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        sock = _send(server.port, path, _body(server, chat=chat, stream=stream, max_tokens=100))
+        if events:
+            got = _read_until(sock, lambda b, n=events: b.count(b"data: ") >= n)
+            assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        else:
+            _wait_in_flight(server)  # closing before the server has even read the request proves nothing
+            time.sleep(rng.choice([0, rng.uniform(0, 0.1)]))  # before or after the generation starts
+        _close(sock, reset=rng.random() < 0.3)
+        latencies.append(_wait_idle(server, 3.0))
+        if trial % 20 == 19:
+            _ok(server)  # still serving
+            _wait_idle(server, 5)
+    stats = worker.stats()
+    ran = stats.finished - stats0.finished - 5  # the five checks above ran to their end
+    # Every generation begun for a vanished client was cancelled, none ran its 100 tokens for nobody.
+    assert stats.cancelled - stats0.cancelled == ran, (stats0, stats)
+    assert ran >= 60, "most trials should have reached the model"
+    assert max(latencies) < 1.5, sorted(latencies)[-5:]
+    _ok(server)
+    _wait_idle(server, 5)
+    assert threading.active_count() == threads0
+    assert _tasks(server) == tasks0
+    assert _live(Job, JobStream) == jobs0
+    assert lm.model.cache_capacity == cache0
+    count("server: clients disconnected mid-stream", 100)
+    figure(
+        "server: time to be done with a vanished client (median / max, 100 trials)",
+        f"{statistics.median(latencies) * 1000:.0f} / {max(latencies) * 1000:.0f} ms "
+        f"({ran} generations cancelled, model slowed to {STEP_SECONDS * 1000:.0f} ms a token)",
+    )
+    figure(
+        "server: threads / asyncio tasks before and after 100 vanished clients",
+        f"{threads0} -> {threading.active_count()} / {tasks0} -> {_tasks(server)}",
+    )
+
+
+def test_a_waiting_request_whose_client_vanishes_never_runs(server, lm, slow_model):
+    """Queued behind a long generation, a request whose client goes away is dropped within the poll."""
+    worker = server.app.state.api.worker
+    _wait_idle(server, 5)
+    stats0 = worker.stats()
+    long = _send(server.port, "/v1/chat/completions", _body(server, stream=True, max_tokens=100))
+    _read_until(long, lambda b: b.count(b"data: ") >= 2)
+    waiting = _send(server.port, "/v1/chat/completions", _body(server, max_tokens=100))
+    time.sleep(0.1)
+    assert worker.stats().waiting == 1
+    _close(waiting, reset=False)
+    rest = _read_until(long, lambda b: b"data: [DONE]" in b)
+    assert b"data: [DONE]" in rest
+    long.close()
+    _wait_idle(server, 3)
+    stats = worker.stats()
+    assert stats.finished - stats0.finished == 2
+    assert stats.cancelled - stats0.cancelled == 1  # the waiting one, at its turn: it never generated
+
+
+# -- slow readers ---------------------------------------------------------------------------------------
+
+
+def test_stream_buffer_pauses_and_gives_up():
+    """The worker's side of a stream: at most ``limit`` token events wait; then `emit_tokens` waits for
+    room, and gives up at the timeout or at once when cancelled."""
+    loop = asyncio.new_event_loop()
+    try:
+        stream = JobStream(loop, limit=3)
+        cancel = threading.Event()
+        assert all(stream.emit_tokens([i], cancel, timeout=1) for i in range(3))
+        t0 = time.monotonic()
+        assert not stream.emit_tokens([3], cancel, timeout=0.2)  # full: nobody took anything
+        assert 0.2 <= time.monotonic() - t0 < 1
+        threading.Timer(0.1, cancel.set).start()
+        t0 = time.monotonic()
+        assert not stream.emit_tokens([3], cancel, timeout=10)
+        assert time.monotonic() - t0 < 0.5
+        cancel.clear()
+        loop.run_until_complete(asyncio.sleep(0.01))  # deliver the three
+        assert stream.waiting == 3
+        assert loop.run_until_complete(stream.get()) == ("tokens", [0])
+        assert stream.emit_tokens([3], cancel, timeout=1)  # room again
+    finally:
+        loop.close()
+
+
+@pytest.mark.skipif(not LINUX, reason="needs small socket buffers inherited from the listening socket")
+def test_a_client_that_stops_reading_is_dropped(server):
+    """A client reads the headers of a long stream, then nothing: once the buffers between are full the
+    generation pauses, and after the stall timeout it is cancelled and the connection closed; another
+    client waits that long at most."""
+    worker = server.app.state.api.worker
+    _wait_idle(server, 5)
+    stats0 = worker.stats()
+    # 110 tokens with 20 alternatives each: about 150 KB of events, more than the buffers hold.
+    body = _body(server, stream=True, max_tokens=110, logprobs=True, top_logprobs=20)
+    stalled = _send(server.port, "/v1/chat/completions", body, rcvbuf=4096)
+    head = _read_until(stalled, lambda b: b"\r\n\r\n" in b)
+    assert head.startswith(b"HTTP/1.1 200")
+    t0 = time.monotonic()
+    _ok(server)  # waits for the stalled generation to be given up
+    other = time.monotonic() - t0
+    dropped = _wait_idle(server, STALL + 3) + other
+    stats = worker.stats()
+    assert stats.finished - stats0.finished == 2
+    assert (stats.stalled + stats.cancelled) - (stats0.stalled + stats0.cancelled) == 1
+    rest = _read_until(stalled, lambda b: False)  # what the buffers held, then the server's close
+    stalled.close()
+    assert b"data: [DONE]" not in rest
+    assert 0 < rest.count(b"data: ") < 110
+    assert other < STALL + 2
+    count("server: clients that stopped reading dropped", 1)
+    figure(
+        "server: a client that stops reading",
+        f"generation paused, then cancelled and the connection closed {dropped:.2f} s later "
+        f"(stall timeout {STALL:g} s here, 30 s by default); another client waited {other:.2f} s; "
+        f"the client got {rest.count(b'data: ')} of 110 events",
+    )
+
+
+@pytest.mark.skipif(not LINUX, reason="needs small socket buffers inherited from the listening socket")
+def test_a_slow_but_steady_reader_gets_everything(server):
+    """A client reading 2 KB every 25 ms takes longer than the stall timeout over the whole reply, but
+    never stops: the generation pauses and resumes with it, and the reply arrives whole."""
+    body = _body(server, stream=True, max_tokens=110, logprobs=True, top_logprobs=20)
+    _wait_idle(server, 5)
+    sock = _send(server.port, "/v1/chat/completions", body, rcvbuf=4096)
+    t0 = time.monotonic()
+    got = b""
+    while b"data: [DONE]" not in got:
+        chunk = sock.recv(2048)
+        assert chunk, "the server closed a reader that was still reading"
+        got += chunk
+        time.sleep(0.025)
+    took = time.monotonic() - t0
+    sock.close()
+    assert got.count(b"data: ") == 110 + 3  # the role, 110 tokens, the finish, [DONE]
+    assert took > STALL
+    _wait_idle(server, 3)
+    figure("server: a slow reader (2 KB / 25 ms) got its whole 110-token reply in", f"{took:.2f} s")
+
+
+# -- prompts longer than the context ----------------------------------------------------------------------
+
+
+def _prompt_of(lm, tokens: int) -> str:
+    """A completions prompt that encodes to exactly ``tokens`` tokens."""
+    words = tokens
+    while len(lm.encode_prompt(" ".join(["w7"] * words))) > tokens:
+        words -= 1
+    text = " ".join(["w7"] * words)
+    assert len(lm.encode_prompt(text)) == tokens
+    return text
+
+
+def test_prompts_longer_than_the_context(server, lm):
+    """400 in OpenAI's error format (never a 500, never a broken stream), for chat and completions,
+    streaming or not, up to a body just under the size limit; the longest prompt that fits works, with
+    max_tokens cut to the room left; and the server keeps serving."""
+    ctx = lm.context_length
+    url = server.url
+    refused = 0
+    with httpx.Client(timeout=30) as c:
+        cases = [
+            (True, {"messages": [{"role": "user", "content": "w1 " * ctx}]}),
+            (True, {"messages": [{"role": "system", "content": "w2 " * 60}, {"role": "user", "content": "w3 " * 80}]}),
+            (False, {"prompt": _prompt_of(lm, ctx)}),
+            (False, {"prompt": "w4 " * 300_000}),  # about 900 KB, under the 1 MiB body limit
+        ]
+        for chat, extra in cases:
+            for stream in (False, True):
+                path = "/chat/completions" if chat else "/completions"
+                r = c.post(url + path, json={**_body(server, chat=chat, stream=stream), **extra})
+                assert r.status_code == 400, (r.status_code, r.text[:300])
+                error = r.json()["error"]
+                assert error["code"] == "context_length_exceeded"
+                assert error["type"] == "invalid_request_error"
+                assert error["param"] == ("messages" if chat else "prompt")
+                assert f"holds {ctx}" in error["message"]
+                refused += 1
+        r = c.post(url + "/completions", json=_body(server, chat=False, prompt="w5 " * 400_000))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        # The longest prompt that fits: one token of room, whatever max_tokens asks for.
+        r = c.post(url + "/completions", json=_body(server, chat=False, prompt=_prompt_of(lm, ctx - 1), max_tokens=50))
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 1 and r.json()["choices"][0]["finish_reason"] == "length"
+        r = c.post(
+            url + "/completions", json=_body(server, chat=False, prompt=_prompt_of(lm, ctx - 10), max_tokens=1000)
+        )
+        assert r.json()["usage"]["completion_tokens"] == 10 and r.json()["choices"][0]["finish_reason"] == "length"
+    _ok(server)
+    count("server: prompts longer than the context refused with 400", refused)
+
+
+def test_a_body_that_never_arrives_times_out(server):
+    """Headers promising a body, then nothing: 408 after the stall timeout, not a connection held forever."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 500\r\n\r\n{"model": '
+    )
+    t0 = time.monotonic()
+    got = _read_until(sock, lambda b: b"}}" in b)
+    sock.close()
+    assert got.startswith(b"HTTP/1.1 408"), got[:200]
+    assert STALL <= time.monotonic() - t0 < STALL + 2
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "timeout"
+    _ok(server)
+
+
+# -- 500 requests in a row ----------------------------------------------------------------------------------
+
+LAUNCHER = """
+import sys
+from engine.loader import load_model
+from engine.server import EmberServer
+server = EmberServer(load_model(sys.argv[1])).start()
+print(server.port, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def _mib(n: int) -> float:
+    return n / (1 << 20)
+
+
+def test_500_requests_in_a_row_keep_memory_flat(tiny_folder, tmp_path):
+    """500 short requests (chat and completions, streaming or not, 1-4 tokens, some on a fresh connection)
+    to a server in its own process: all answered, its threads as many as before, and its RSS after the 500
+    within 20 MiB of its RSS after a 50-request warm-up.  Why 20 MiB: a leak of 40 KB a request (one
+    request's events and buffers kept) would add 20 MiB; the allocator's arenas settle within the
+    warm-up, and what moves after it is a few MiB."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tiny_folder)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    try:
+        port = int(proc.stdout.readline())
+        server = psutil.Process(proc.pid)
+        url = f"http://127.0.0.1:{port}/v1"
+        served = {"model": "", "temperature": 0}
+
+        def one(c: httpx.Client, i: int) -> None:
+            chat, stream = i % 2 == 0, i % 4 >= 2
+            body = {**served, "max_tokens": 1 + i % 4, "stream": stream}
+            body.update({"messages": HI} if chat else {"prompt": "w1 w2 w3"})
+            headers = {"Connection": "close"} if i % 10 == 9 else None
+            r = c.post(url + ("/chat/completions" if chat else "/completions"), json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            if stream:
+                assert r.text.endswith("data: [DONE]\n\n"), r.text[-200:]
+            else:
+                assert r.json()["usage"]["completion_tokens"] <= 1 + i % 4
+
+        with httpx.Client(timeout=30) as c:
+            served["model"] = c.get(url + "/models").json()["data"][0]["id"]
+            for i in range(50):
+                one(c, i)
+            time.sleep(0.2)
+            rss0, threads0 = server.memory_info().rss, server.num_threads()
+            t0 = time.monotonic()
+            for i in range(500):
+                one(c, i)
+            took = time.monotonic() - t0
+            time.sleep(0.2)
+            rss1, threads1 = server.memory_info().rss, server.num_threads()
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        log.close()
+    assert threads1 == threads0
+    assert _mib(rss1 - rss0) < 20, f"{_mib(rss0):.1f} -> {_mib(rss1):.1f} MiB"
+    count("server: requests in a row", 500)
+    figure("server RSS before/after 500 requests", f"{_mib(rss0):.1f} -> {_mib(rss1):.1f} MiB")
+    figure("server threads before/after 500 requests", f"{threads0} -> {threads1}")
+    figure("server: time per short request (tiny model, 1-4 tokens)", f"{took / 500 * 1000:.1f} ms")
