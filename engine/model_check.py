@@ -81,6 +81,8 @@ _REQUIRED = object()
 
 def describe(value: Any) -> str:
     """A value for a message, its type named when that is what is wrong: ``str '12'``, ``ndarray [1 2]``."""
+    if value is None:
+        return "missing"
     text = repr(value) if not hasattr(value, "ndim") else str(value)
     text = text[:40] + "..." if len(text) > 40 else text
     return text if type(value) in (int, float) else f"{type(value).__name__} {text}"
