@@ -1,4 +1,5 @@
-"""`ember-cli` on the default model: info, generate (--json, --stats), chat, and clean errors."""
+"""`ember-cli` on the default model: info, generate (--json, --stats), chat, and clean errors; --help and bad
+model files answered in a fresh process without importing torch."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from engine.cli import main
+from tests.engine.tiny_gguf import write_tiny_gguf
+from tests.hardening import count, figure
+
+gguf = pytest.importorskip("gguf")
+V = gguf.GGUFValueType
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -110,3 +117,82 @@ def test_bad_gguf_exits_cleanly(tmp_path):
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr
+
+
+# --- fast refusals: --help and a bad file answered without torch -----------------------------------
+
+# Runs engine.cli.main in a fresh interpreter, then reports on stdout's last line what it measured.
+# Its peak memory is VmHWM where there is /proc (ru_maxrss would count the forked test process's own peak,
+# which Linux carries across exec).
+CHILD = """
+import json, resource, sys
+from engine.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # argparse: --help, a bad flag
+    code = e.code
+try:
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+except OSError:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "peak": peak}))
+"""
+FAST = {"wall": 0.0, "peak": 0}
+
+
+def run_fresh(*argv: str) -> tuple[dict, str, float]:
+    """engine.cli.main(argv) in a new interpreter: what the child reported, its stderr, the wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - t0
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    FAST["wall"], FAST["peak"] = max(FAST["wall"], wall), max(FAST["peak"], report["peak"])
+    figure(
+        "ember-cli --help / info refusal (fresh process, slowest; peak memory)",
+        f"{FAST['wall'] * 1000:.0f} ms; {FAST['peak'] / 2**20:.0f} MiB",
+    )
+    return report, proc.stderr, wall
+
+
+@pytest.mark.parametrize("argv", [[], ["info"], ["generate"], ["chat"], ["serve"], ["finetune"]], ids=str)
+def test_help_answers_without_torch(argv):
+    report, _, wall = run_fresh(*argv, "--help")
+    assert report["code"] == 0 and not report["torch"]
+    assert wall < 3.0  # generous for a busy CI machine; about 0.05 s here (2.0 s when it imported torch)
+    count("ember-cli --help answered without importing torch")
+
+
+BAD_FILES = {
+    "head_count 0": ({"llama.attention.head_count": (0, V.UINT32)}, "llama.attention.head_count is 0"),
+    "block_count 1,000,000": ({"llama.block_count": (1_000_000, V.UINT32)}, "llama.block_count is 1000000"),
+    "context_length 2**40": ({"llama.context_length": (2**40, V.UINT64)}, "llama.context_length is 1099511627776"),
+    "embedding_length disagreeing": ({"llama.embedding_length": (32, V.UINT32)}, "llama.embedding_length 32"),
+    "head_count a string": ({"llama.attention.head_count": ("2", V.STRING)}, "llama.attention.head_count is str"),
+}
+
+
+@pytest.mark.parametrize("command", [["info"], ["generate", "--prompt", "hi"]], ids=["info", "generate"])
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_metadata_is_refused_fast_without_torch(case, command, tmp_path):
+    edit, message = BAD_FILES[case]
+    path = write_tiny_gguf(tmp_path / "bad.gguf", edit)
+    report, stderr, wall = run_fresh(*command, str(path))
+    assert report["code"] == 1 and not report["torch"]
+    assert stderr.count("\n") == 1 and stderr.startswith("ember-cli: error:") and message in stderr
+    assert wall < 3.0 and report["peak"] < 256 * 2**20  # about 0.2 s and 45 MiB here
+    count("ember-cli: bad metadata refused in a fresh process without torch")
+
+
+def test_bad_config_json_is_refused_fast_without_torch(tiny_models, tmp_path):
+    folder, _ = tiny_models("llama")
+    for f in folder.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    (tmp_path / "config.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "12"}))
+    report, stderr, wall = run_fresh("info", str(tmp_path))
+    assert report["code"] == 1 and not report["torch"]
+    assert stderr.count("\n") == 1 and "num_hidden_layers is str '12'" in stderr
+    assert wall < 3.0 and report["peak"] < 256 * 2**20
+    count("ember-cli: bad metadata refused in a fresh process without torch")
