@@ -40,7 +40,9 @@ def check_bind(host: str, api_key: str | None) -> None:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: a free one), bound before the server starts so the port is known."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
+    # it every response (headers, then body) waits ~40 ms on Nagle and the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))

@@ -234,6 +234,43 @@ def test_a_waiting_request_whose_client_vanishes_never_runs(server, lm, slow_mod
     assert stats.cancelled - stats0.cancelled == 1  # the waiting one, at its turn: it never generated
 
 
+def test_the_default_model_stops_for_a_vanished_client(tmp_path):
+    """The same with the real default model, unslowed: 12 clients vanish from a 500-token reply (after 1-6
+    streamed events, or non-streaming after 0.2 s); the generation stops within one decode step or so.
+    Also the time a short request takes with this model."""
+    lm = load_model()
+    rng = random.Random(190)
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    stops, short = [], []
+    with EmberServer(lm) as srv:
+        worker = srv.app.state.api.worker
+        _ok(srv, messages=story, max_tokens=2)  # warm-up
+        for i in range(12):
+            stream = i % 3 != 2
+            sock = _send(srv.port, "/v1/chat/completions", _body(srv, messages=story, stream=stream, max_tokens=500))
+            if stream:
+                events = rng.randint(1, 6)
+                _read_until(sock, lambda b, n=events: b.count(b"data: ") >= n)
+            else:
+                time.sleep(0.2)
+            _close(sock, reset=i % 2 == 0)
+            stops.append(_wait_idle(srv, 5.0))
+        assert worker.stats().cancelled == 12
+        for i in range(10):
+            t0 = time.monotonic()
+            _ok(srv, max_tokens=1 + i % 4, stream=i % 2 == 0)
+            short.append(time.monotonic() - t0)
+    assert max(stops) < 2.0, stops
+    figure(
+        "server (default model): a vanished client's generation stopped within (median / max, 12 trials)",
+        f"{statistics.median(stops) * 1000:.0f} / {max(stops) * 1000:.0f} ms",
+    )
+    figure(
+        "server (default model): a short request (1-4 tokens, new connection each)",
+        f"{statistics.median(short) * 1000:.0f} ms median",
+    )
+
+
 # -- slow readers ---------------------------------------------------------------------------------------
 
 
@@ -383,6 +420,24 @@ def test_a_body_that_never_arrives_times_out(server):
     assert STALL <= time.monotonic() - t0 < STALL + 2
     assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "timeout"
     _ok(server)
+
+
+def test_responses_do_not_wait_on_nagle(server):
+    """The server's sockets have TCP_NODELAY: without it each response (headers, then body, two writes)
+    waited ~40 ms for the client's delayed ACK, and a short request took 45 ms instead of a few."""
+    with httpx.Client(timeout=10) as c:
+        c.get(server.url + "/models")
+        (conn,) = server._server.server_state.connections
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        times = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert c.get(server.url + "/models").status_code == 200
+            times.append(time.monotonic() - t0)
+    figure(
+        "server: GET /v1/models on a kept-alive connection (median of 20)", f"{statistics.median(times) * 1000:.1f} ms"
+    )
 
 
 # -- 500 requests in a row ----------------------------------------------------------------------------------
