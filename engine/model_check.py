@@ -118,7 +118,9 @@ class Declared:
         return check_value(self.prefix + key, value, RULES[field])
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self.values.get(key, default)
+        value = self.values.get(key)
+        if value is None:
+            return default
         if not isinstance(value, bool):
             raise ConfigError(f"{self.prefix}{key} is {describe(value)}; expected true or false")
         return value
