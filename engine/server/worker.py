@@ -119,6 +119,8 @@ class ModelWorker:
         self.lm = lm
         self.stall_timeout = stall_timeout
         self._finished = self._cancelled = self._stalled = 0
+        self._closing = threading.Lock()  # submit and close, one at a time
+        self._closed = False
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue + 1)
         self._slots = threading.BoundedSemaphore(max_queue + 1)  # waiting + running
         self._running: Job | None = None
@@ -126,10 +128,14 @@ class ModelWorker:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue a job or raise `Busy` at once."""
-        if not self._slots.acquire(blocking=False):
-            raise Busy
-        self._jobs.put_nowait(job)
+        """Queue a job or raise `Busy` at once (`APIError` 503 once the worker is closing: a job queued
+        behind the end would wait for ever)."""
+        with self._closing:
+            if self._closed:
+                raise APIError(503, "the server is shutting down", type="server_error")
+            if not self._slots.acquire(blocking=False):
+                raise Busy
+            self._jobs.put_nowait(job)
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
@@ -141,19 +147,22 @@ class ModelWorker:
         )
 
     def close(self, timeout: float = 5.0) -> None:
-        """Cancel the running job, drop waiting ones and stop the thread."""
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.cancel.set()
-                job.emit(("error", APIError(503, "the server is shutting down", type="server_error")))
-        running = self._running
-        if running is not None:
-            running.cancel.set()
-        self._jobs.put(None)
+        """Cancel the running job, drop waiting ones and stop the thread (again: only wait for it)."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                while True:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is not None:
+                        job.cancel.set()
+                        job.emit(("error", APIError(503, "the server is shutting down", type="server_error")))
+                running = self._running
+                if running is not None:
+                    running.cancel.set()
+                self._jobs.put_nowait(None)  # room: the waiting jobs are gone, and no more come
         self._thread.join(timeout)
 
     def _run(self) -> None:

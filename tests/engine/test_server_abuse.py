@@ -29,7 +29,8 @@ import pytest
 
 from engine.loader import load_model
 from engine.server import EmberServer
-from engine.server.worker import Job, JobStream
+from engine.server.protocol import APIError, parse_request
+from engine.server.worker import Job, JobStream, ModelWorker
 from tests.hardening import count, figure
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,6 +272,22 @@ def test_the_default_model_stops_for_a_vanished_client(tmp_path):
     )
 
 
+def test_a_closed_worker_refuses_new_jobs(lm):
+    """Once closing, the worker refuses a job with 503 at once (queued behind the end it would wait for
+    ever), and closing twice is harmless."""
+    worker = ModelWorker(lm, max_queue=1)
+    worker.close()
+    worker.close()
+    loop = asyncio.new_event_loop()
+    try:
+        req = parse_request({"model": "m", "prompt": "w1"}, chat=False, served={"m"})
+        with pytest.raises(APIError) as err:
+            worker.submit(Job(req, JobStream(loop)))
+        assert err.value.status == 503
+    finally:
+        loop.close()
+
+
 # -- slow readers ---------------------------------------------------------------------------------------
 
 
@@ -288,7 +305,7 @@ def test_stream_buffer_pauses_and_gives_up():
         threading.Timer(0.1, cancel.set).start()
         t0 = time.monotonic()
         assert not stream.emit_tokens([3], cancel, timeout=10)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0  # the timer's 0.1 s and a 0.05 s poll, on a busy machine
         cancel.clear()
         loop.run_until_complete(asyncio.sleep(0.01))  # deliver the three
         assert stream.waiting == 3
@@ -322,7 +339,7 @@ def test_a_client_that_stops_reading_is_dropped(server):
     stalled.close()
     assert b"data: [DONE]" not in rest
     assert 0 < rest.count(b"data: ") < 110
-    assert other < STALL + 2
+    assert other < STALL + 3
     count("server: clients that stopped reading dropped", 1)
     figure(
         "server: a client that stops reading",
@@ -417,7 +434,7 @@ def test_a_body_that_never_arrives_times_out(server):
     got = _read_until(sock, lambda b: b"}}" in b)
     sock.close()
     assert got.startswith(b"HTTP/1.1 408"), got[:200]
-    assert STALL <= time.monotonic() - t0 < STALL + 2
+    assert STALL <= time.monotonic() - t0 < STALL + 3
     assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "timeout"
     _ok(server)
 
