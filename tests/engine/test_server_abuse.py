@@ -470,6 +470,10 @@ server.stop()
 """
 
 
+def _fds(proc: psutil.Process) -> int:
+    return proc.num_fds() if hasattr(proc, "num_fds") else proc.num_handles()
+
+
 def _mib(n: int) -> float:
     return n / (1 << 20)
 
@@ -479,7 +483,7 @@ def test_500_requests_in_a_row_keep_memory_flat(tiny_folder, tmp_path):
     to a server in its own process: all answered, its threads as many as before, and its RSS after the 500
     within 20 MiB of its RSS after a 50-request warm-up.  Why 20 MiB: a leak of 40 KB a request (one
     request's events and buffers kept) would add 20 MiB; the allocator's arenas settle within the
-    warm-up, and what moves after it is a few MiB."""
+    warm-up, and what moves after it is a few MiB.  Open files (sockets) stay as many too."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
@@ -513,13 +517,13 @@ def test_500_requests_in_a_row_keep_memory_flat(tiny_folder, tmp_path):
             for i in range(50):
                 one(c, i)
             time.sleep(0.2)
-            rss0, threads0 = server.memory_info().rss, server.num_threads()
+            rss0, threads0, fds0 = server.memory_info().rss, server.num_threads(), _fds(server)
             t0 = time.monotonic()
             for i in range(500):
                 one(c, i)
             took = time.monotonic() - t0
             time.sleep(0.2)
-            rss1, threads1 = server.memory_info().rss, server.num_threads()
+            rss1, threads1, fds1 = server.memory_info().rss, server.num_threads(), _fds(server)
         proc.stdin.close()
         assert proc.wait(timeout=20) == 0
     finally:
@@ -529,8 +533,9 @@ def test_500_requests_in_a_row_keep_memory_flat(tiny_folder, tmp_path):
         proc.stdout.close()
         log.close()
     assert threads1 == threads0
+    assert fds1 <= fds0  # no socket left open (the client's kept-alive one is in both)
     assert _mib(rss1 - rss0) < 20, f"{_mib(rss0):.1f} -> {_mib(rss1):.1f} MiB"
     count("server: requests in a row", 500)
     figure("server RSS before/after 500 requests", f"{_mib(rss0):.1f} -> {_mib(rss1):.1f} MiB")
-    figure("server threads before/after 500 requests", f"{threads0} -> {threads1}")
+    figure("server threads / open files before/after 500 requests", f"{threads0} -> {threads1} / {fds0} -> {fds1}")
     figure("server: time per short request (tiny model, 1-4 tokens)", f"{took / 500 * 1000:.1f} ms")
