@@ -1,9 +1,13 @@
-"""The engine runs off the UI thread: the UI keeps processing events while a reply streams, the worker
-batches tokens, and closing the window mid-reply cancels, waits and saves the partial reply."""
+"""The engine runs off the UI thread: the UI keeps processing events while a reply streams (on a machine
+whose cores are kept busy by two other processes, as users' machines are), the worker batches tokens, and
+closing the window mid-reply cancels, waits and saves the partial reply."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from PySide6.QtCore import QThread, QTimer
@@ -11,17 +15,35 @@ from PySide6.QtCore import QThread, QTimer
 from desktop import engine_worker
 from desktop.store import Store
 from tests.desktop.helpers import greedy, type_and_send, wait_idle
+from tests.hardening import figure
 
 pytestmark = pytest.mark.gui
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
-MAX_GAP_S = 0.25
+MAX_GAP_S = 0.1
+TICK_MS = 10
+# A process that keeps one core busy for up to 5 minutes (killed when the measurement ends).
+BURN = "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end: pass\n"
+
+
+@contextmanager
+def busy_cores(n: int = 2):
+    """``n`` CPU-bound processes beside the app: the test makes the load it measures under, so the figure
+    does not depend on what else the machine happens to run."""
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(n)]
+    try:
+        time.sleep(0.3)  # both running
+        yield
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
 
 
 def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, monkeypatch):
     greedy(window, 64)
     ticks: list[float] = []
-    timer = QTimer(interval=20)
+    timer = QTimer(interval=TICK_MS)
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     batches: list[int] = []
     on_tokens = window._on_tokens
@@ -35,18 +57,24 @@ def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, 
 
     monkeypatch.setattr(window.worker, "_on_generate", generate)
 
-    timer.start()
-    type_and_send(qtbot, window, PROMPT)
-    start = time.monotonic()
-    wait_idle(qtbot, window)
-    end = time.monotonic()
-    timer.stop()
+    with busy_cores(2):
+        timer.start()
+        type_and_send(qtbot, window, PROMPT)
+        start = time.monotonic()
+        wait_idle(qtbot, window)
+        end = time.monotonic()
+        timer.stop()
 
     reply = window.store.messages(window.cid)[-1]
     assert reply.meta["generated_tokens"] >= 32, "too short a reply to measure anything"
     assert threads == {window.thread} and window.thread is not QThread.currentThread()
     during = [t for t in ticks if start <= t <= end]
     gaps = [b - a for a, b in zip([start, *during], [*during, end], strict=True)]
+    figure(
+        "largest UI-thread gap while a reply streams beside 2 CPU-bound processes",
+        f"{max(gaps) * 1000:.0f} ms ({len(during)} ticks of {TICK_MS} ms in {end - start:.1f} s; limit "
+        f"{MAX_GAP_S * 1000:.0f} ms)",
+    )
     assert len(during) >= (end - start) / 0.1, f"only {len(during)} ticks in {end - start:.2f} s"
     assert max(gaps) < MAX_GAP_S, f"the UI thread stalled for {max(gaps) * 1000:.0f} ms"
     # Tokens arrive batched (at most ~30 updates a second), and every token is in the reply.
