@@ -132,6 +132,13 @@ def handle(kind: type[BaseException], value: BaseException | None, tb: Traceback
             pass
 
 
+def record(error: BaseException, where: str) -> Path | None:
+    """Write a caught exception's traceback to the crash log, without a dialog (the caller tells the user
+    in its own way); returns the log's path, or None when there is no log."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return _write(text, where)
+
+
 def _write(text: str, where: str) -> Path | None:
     path = log_path()
     if path is None:

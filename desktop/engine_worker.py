@@ -5,8 +5,9 @@
 `inspect()`; a remote server's reply: `requestRemoteGenerate` through `generate_remote()`) and cancels
 through a `threading.Event` it sets directly; the worker answers with plain-data signals. Tokens are
 batched: at most one `tokens` signal per ~33 ms. Every pass over the model holds its lock
-(`engine.model_lock`), so a server serving the same model (`desktop.serve_controller`) takes turns
-with the chat.
+(`engine.model_lock.hold`), so a server serving the same model (`desktop.serve_controller`) takes turns
+with the chat. Every request ends in its result or its failure signal, whatever it raises
+(`desktop.worker_boundary`): a bug is logged with its traceback and the thread takes the next request.
 
 Signals:
     loadStarted(str path)
@@ -40,8 +41,9 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
+from desktop.worker_boundary import boundary
 from engine.compiling import compile_decoding
-from engine.errors import CompileUnavailableError, EmberError
+from engine.errors import CompileUnavailableError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
@@ -163,6 +165,7 @@ class EngineWorker(QObject):
         self.cancel_flag.set()
 
     @Slot(str, str, str, bool)
+    @boundary("loadFailed", "loading the model")
     def _on_load(self, path: str, device: str, dtype: str, compile: bool) -> None:
         self.stop_compiling()  # the current model's build, if one runs
         self.loadStarted.emit(path)
@@ -174,11 +177,7 @@ class EngineWorker(QObject):
                 last[0] = percent
                 self.loadProgress.emit(percent)
 
-        try:
-            lm = load_model(path or None, device=device, dtype=dtype, progress=progress)
-        except (EmberError, ValueError, OSError, RuntimeError) as e:
-            self.loadFailed.emit(str(e))
-            return
+        lm = load_model(path or None, device=device, dtype=dtype, progress=progress)
         with self._lock:
             self._model = lm
         self.loaded.emit(model_info(lm))
@@ -215,6 +214,7 @@ class EngineWorker(QObject):
         self._compiling.start()
 
     @Slot(list, dict)
+    @boundary("inspectionFailed", "the inspection")
     def _on_inspect(self, ids: list, settings: dict) -> None:
         lm = self.model
         if lm is None:
@@ -235,48 +235,42 @@ class EngineWorker(QObject):
         except InspectionCancelled:
             self.inspectionFailed.emit("Inspection cancelled.")
             return
-        except (EmberError, ValueError, RuntimeError) as e:
-            self.inspectionFailed.emit(str(e))
-            return
         self._inspection = result
         self.inspected.emit(result)
 
     @Slot(int)
+    @boundary("inspectionFailed", "the logit lens")
     def _on_lens(self, position: int) -> None:
         lm, result = self.model, self._inspection
         if lm is not None and result is not None and 0 <= position < len(result.ids):
-            with lm.lock:
+            with hold(lm):
                 rows = logit_lens(lm.model, lm.tokenizer, result, position)
             self.lens.emit(position, rows)
 
     @Slot(list, dict)
+    @boundary("explainFailed", "the walk through the model")
     def _on_explain(self, ids: list, settings: dict) -> None:
         lm = self.model
         if lm is None:
             self.explainFailed.emit("No model is loaded.")
             return
-        try:
-            with lm.lock:
-                result = explain(lm.model, lm.tokenizer, ids, SamplerSettings(**settings))
-        except (EmberError, ValueError, RuntimeError) as e:
-            self.explainFailed.emit(str(e))
-            return
+        with hold(lm):
+            result = explain(lm.model, lm.tokenizer, ids, SamplerSettings(**settings))
         self.explained.emit(result)
 
     @Slot(str, str)
+    @boundary("explainFailed", "comparing word orders")
     def _on_word_order(self, text: str, swapped: str) -> None:
         lm = self.model
         if lm is None:
             self.explainFailed.emit("No model is loaded.")
             return
-        try:
-            with lm.lock:
-                compared = word_order_demo(lm.model, lm.tokenizer, text, swapped)
-            self.wordOrderCompared.emit(compared)
-        except (EmberError, ValueError, RuntimeError) as e:
-            self.explainFailed.emit(str(e))
+        with hold(lm):
+            compared = word_order_demo(lm.model, lm.tokenizer, text, swapped)
+        self.wordOrderCompared.emit(compared)
 
     @Slot(list, dict, dict)
+    @boundary("generationFailed", "the remote reply")
     def _on_remote_generate(self, messages: list, settings: dict, options: dict) -> None:
         remote_generate(self, messages, settings, options)
 
@@ -297,30 +291,27 @@ class EngineWorker(QObject):
                 self.tokens.emit(batch)
 
     @Slot(list, dict, dict)
+    @boundary("generationFailed", "the reply")
     def _on_generate(self, prompt_ids: list, settings: dict, options: dict) -> None:
         lm = self.model
         if lm is None:
             self.generationFailed.emit("No model is loaded.")
             return
-        try:
-            gen = Generation(
-                lm.model,
-                lm.tokenizer,
-                prompt_ids,
-                SamplerSettings(**settings),
-                max_tokens=options.get("max_tokens", 512),
-                stop_strings=options.get("stop", ()),
-                should_stop=self.cancel_flag,
-                context_length=lm.context_length,
-            )
-            with hold(lm, self.cancel_flag) as held:  # the model may be serving a request: take turns
-                if not held:  # stopped while it waited: an empty, stopped reply
-                    gen.finish_reason = "cancelled"
-                else:
-                    self.stream(gen, {"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
-        except (EmberError, ValueError, RuntimeError) as e:
-            self.generationFailed.emit(str(e))
-            return
+        gen = Generation(
+            lm.model,
+            lm.tokenizer,
+            prompt_ids,
+            SamplerSettings(**settings),
+            max_tokens=options.get("max_tokens", 512),
+            stop_strings=options.get("stop", ()),
+            should_stop=self.cancel_flag,
+            context_length=lm.context_length,
+        )
+        with hold(lm, self.cancel_flag) as held:  # the model may be serving a request: take turns
+            if not held:  # stopped while it waited: an empty, stopped reply
+                gen.finish_reason = "cancelled"
+            else:
+                self.stream(gen, {"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
         s = gen.stats
         self.generationFinished.emit(
             {

@@ -22,6 +22,8 @@ After a run, the LoRA layers are taken back out of the model (kept aside, `detac
 goes on with the base model until "Use the tuned model in chat" puts them back (`attach_lora`). Both are
 idempotent, and neither changes a weight: the base weights are never merged into.
 
+Every request ends in its result or its failure signal, whatever it raises (`desktop.worker_boundary`).
+
 Signals (all plain data):
     previewed(dict)        -- {"files": [{"path", "tokens", "chunks", "skipped", "notes"}], "samples", "summary", ...}
     previewFailed(str)
@@ -52,7 +54,7 @@ import torch
 from PySide6.QtCore import QObject, Signal, Slot
 from torch import nn
 
-from engine.errors import EmberError
+from desktop.worker_boundary import boundary, failure_message
 from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
@@ -159,22 +161,19 @@ class FinetuneWorker(QObject):
         self.stop_flag.set()
 
     @Slot(list, int, float)
+    @boundary("previewFailed", "reading the files")
     def _on_preview(self, paths: list, seq_len: int, val_fraction: float) -> None:
         lm = self.model_source()
         if lm is None:
             self.previewFailed.emit("No model is loaded: the preview needs its tokenizer.")
             return
-        try:
-            data = build_dataset(
-                paths,
-                lm.tokenizer,
-                lm.render_chat,
-                seq_len=min(seq_len, lm.config.max_seq_len - 1),
-                val_fraction=val_fraction,
-            )
-        except (EmberError, ValueError, OSError) as e:
-            self.previewFailed.emit(str(e))
-            return
+        data = build_dataset(
+            paths,
+            lm.tokenizer,
+            lm.render_chat,
+            seq_len=min(seq_len, lm.config.max_seq_len - 1),
+            val_fraction=val_fraction,
+        )
         samples = []
         for example in data.train[:SAMPLE_CHUNKS]:
             text = lm.tokenizer.decode(example.ids, skip_special=True)
@@ -252,7 +251,7 @@ class FinetuneWorker(QObject):
         except Exception as e:  # noqa: BLE001 (a thread boundary: the panel must hear of any failure)
             if pending:
                 self.progress.emit(list(pending))
-            self.failed.emit(out_dir, str(e))
+            self.failed.emit(out_dir, failure_message(e, "the fine-tuning run"))
             return
         if pending:
             self.progress.emit(list(pending))
@@ -311,17 +310,14 @@ class FinetuneWorker(QObject):
         self.active = out_dir
 
     @Slot(str, str)
+    @boundary("tunedFailed", "switching between the tuned and the base model")
     def _on_use_tuned(self, out_dir: str, model_path: str) -> None:
         lm = self.model_source()
         if lm is None:
             self.tunedFailed.emit("No model is loaded.")
             return
-        try:
-            with lm.lock:
-                self._activate(lm, out_dir, model_path)
-        except (EmberError, ValueError, OSError, RuntimeError) as e:
-            self.tunedFailed.emit(str(e))
-            return
+        with hold(lm):
+            self._activate(lm, out_dir, model_path)
         self.tunedChanged.emit(out_dir)
 
     @Slot(str, str, str)
@@ -343,7 +339,7 @@ class FinetuneWorker(QObject):
             except GGUFExportUnsupported as e:
                 info["gguf_skipped"] = str(e)
         except Exception as e:  # noqa: BLE001 (thread boundary)
-            self.exportFailed.emit(out_dir, str(e))
+            self.exportFailed.emit(out_dir, failure_message(e, "writing the merged model"))
             return
         self.exported.emit(out_dir, info)
 
@@ -396,7 +392,7 @@ class FinetuneWorker(QObject):
                 finally:
                     self._restore(lm, previous)
         except Exception as e:  # noqa: BLE001 (thread boundary)
-            self.compareFailed.emit(str(e))
+            self.compareFailed.emit(failure_message(e, "comparing the base and the tuned model"))
             return
         self.compareDone.emit({**replies, "scored": scored, "cancelled": self.compare_stop.is_set()})
 
@@ -448,6 +444,6 @@ class FinetuneWorker(QObject):
                 finally:
                     self._restore(lm, previous)
         except Exception as e:  # noqa: BLE001 (thread boundary)
-            self.compareFailed.emit(str(e))
+            self.compareFailed.emit(failure_message(e, "comparing the base and the tuned model"))
             return
         self.scored.emit(result)

@@ -101,9 +101,6 @@ def remote_generate(worker: EngineWorker, messages: list, settings: dict, option
         message = str(e) if where in str(e) else f"{where}: {e}"
         worker.generationFailed.emit(f"The remote model {options['model']} failed. {message}")
         return
-    except (ValueError, RuntimeError) as e:
-        worker.generationFailed.emit(str(e))
-        return
     finally:
         client.close()
     s = gen.stats
