@@ -1,4 +1,9 @@
-"""Streaming generation: prefill the prompt once, then one token at a time from the KV cache."""
+"""Streaming generation: prefill the prompt once, then one token at a time from the KV cache.
+
+A long prompt is prefilled in chunks of `PREFILL_CHUNK` tokens with the stop signal checked between them,
+so a reply stopped (or a server client gone) during a prompt of thousands of tokens ends within one chunk
+instead of after the whole prompt (8,000 tokens: about 35 s on a 2-core CPU).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from engine.stop_strings import StopMatcher
 from engine.tokenizer import Tokenizer
 
 CACHE_STEP = 256  # the KV cache grows in steps of this many positions
+PREFILL_CHUNK = 512  # prompt tokens a prefill pass takes before it looks at the stop signal again
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,16 @@ class Generation:
         )
         return TokenEvent(token, text, float(logprobs[token]), alternatives)
 
+    def _prefill(self, prompt: list[int]) -> torch.Tensor | None:
+        """The logits after the whole prompt, or None when stopped between two chunks of it."""
+        model = self.model
+        for start in range(0, len(prompt), PREFILL_CHUNK):
+            if start and is_stopped(self.should_stop):
+                return None
+            chunk = torch.tensor([prompt[start : start + PREFILL_CHUNK]], device=model.device)
+            logits = model(chunk, start, last_only=True)[0, -1]
+        return logits
+
     def __iter__(self) -> Iterator[TokenEvent]:
         model, prompt = self.model, list(self.prompt_ids)
         needed = min(len(prompt) + self.max_tokens, self.context_length)
@@ -109,7 +125,10 @@ class Generation:
 
         with torch.inference_mode():
             t_step = time.perf_counter()
-            logits = model(torch.tensor([prompt], device=model.device), 0, last_only=True)[0, -1]
+            logits = self._prefill(prompt)
+            if logits is None:
+                self.finish_reason = "cancelled"
+                return
             pos = len(prompt)
             while True:
                 token, _ = sampler(logits, history)

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from engine import generate
 from engine.default_model import FILENAME, default_model_path
 from engine.generate import Generation
 from engine.loader import load_model
@@ -106,6 +107,32 @@ def test_stops_on_max_tokens_stop_string_and_cancel(smollm):
             flag.set()
     assert (cancelled.finish_reason, len(cancelled.ids)) == ("cancelled", 3)
     assert cancelled.ids == full.ids[:3]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_and_a_stop_ends_it_between_them(smollm, monkeypatch):
+    """A prompt of several chunks gives the reply a one-pass prefill gives; a stop during the prefill ends
+    the reply after the chunk being computed, with no token (not after the whole prompt)."""
+    notes = " ".join(f"The lamp in room {i} is {'red' if i % 3 else 'green'}." for i in range(1, 30))
+    prompt = chat_ids(smollm, notes + " Which colour is the lamp in room 9?")
+    monkeypatch.setattr(generate, "PREFILL_CHUNK", 10_000)
+    one_pass = Generation(smollm.model, smollm.tokenizer, prompt, GREEDY, max_tokens=8)
+    first = next(iter(one_pass)).logprob
+    list(one_pass)
+    monkeypatch.setattr(generate, "PREFILL_CHUNK", 64)
+    assert len(prompt) > 3 * 64
+    chunked = Generation(smollm.model, smollm.tokenizer, prompt, GREEDY, max_tokens=8)
+    assert next(iter(chunked)).logprob == pytest.approx(first, abs=1e-3)
+    list(chunked)
+    assert chunked.ids == one_pass.ids and chunked.text == one_pass.text
+
+    passes: list[int] = []
+    run = smollm.model.run
+    monkeypatch.setattr(
+        smollm.model, "run", lambda tokens, *a, **k: (passes.append(tokens.shape[1]), run(tokens, *a, **k))[1]
+    )
+    stopped = Generation(smollm.model, smollm.tokenizer, prompt, GREEDY, max_tokens=8, should_stop=lambda: True)
+    assert list(stopped) == [] and stopped.finish_reason == "cancelled"
+    assert passes == [64]
 
 
 def test_context_limit_ends_generation(smollm):
