@@ -13,6 +13,9 @@
 - A client that stops reading: its generation pauses once ``STREAM_BUFFER`` tokens wait for it, and a
   response that makes no progress for ``stall_timeout`` seconds is abandoned, its generation cancelled and
   its connection closed (`engine.server.worker` has the details).
+- A bug (an exception nobody expected, here or in the worker) gets a 500 with the OpenAI error body, or
+  once a stream has started, an error event and then ``data: [DONE]``; the traceback goes to the log and
+  the server keeps serving (tests/engine/test_server_faults.py injects such faults at random points).
 """
 
 from __future__ import annotations
@@ -161,6 +164,9 @@ class EmberAPI:
             )
         except APIError as e:
             return _error(e)
+        except Exception as e:  # a bug: answer it as OpenAI would, keep serving (the worker does the same)
+            log.exception("the request failed")
+            return _error(_internal(e))
         finally:
             if job is not None and not streaming:  # done, failed, or the client went away: stop generating
                 job.cancel.set()
@@ -201,32 +207,37 @@ class EmberAPI:
         def data(obj: dict[str, Any]) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-        lp = CompletionLogprobs(req.top_logprobs or 0)
         try:
-            if req.chat:
-                yield data(chunk_body(req, text="", first=True))
-            while True:
-                kind, value = event
-                if kind == "error":
-                    # Headers are sent: report it in the stream, as OpenAI does.
-                    yield data(value.body())
-                    break
-                if kind == "done":
-                    outcome: Outcome = value
-                    yield data(chunk_body(req, finish=_finish(outcome)))
-                    if req.include_usage:
-                        yield data(usage_chunk(req, outcome))
-                    break
-                for token, piece in value:
-                    if req.top_logprobs is None:
-                        if token.text:
-                            yield data(chunk_body(req, text=token.text))
-                    elif req.chat:
-                        entry = chat_logprob(token, piece, req.top_logprobs)
-                        yield data(chunk_body(req, text=token.text, logprobs=[entry]))
-                    else:
-                        yield data(chunk_body(req, text=token.text, logprobs=lp.entry(token, piece)))
-                event = await stream.get()
+            try:
+                lp = CompletionLogprobs(req.top_logprobs or 0)
+                if req.chat:
+                    yield data(chunk_body(req, text="", first=True))
+                while True:
+                    kind, value = event
+                    if kind == "error":
+                        # Headers are sent: report it in the stream, as OpenAI does.
+                        yield data(value.body())
+                        break
+                    if kind == "done":
+                        outcome: Outcome = value
+                        yield data(chunk_body(req, finish=_finish(outcome)))
+                        if req.include_usage:
+                            yield data(usage_chunk(req, outcome))
+                        break
+                    for token, piece in value:
+                        if req.top_logprobs is None:
+                            if token.text:
+                                yield data(chunk_body(req, text=token.text))
+                        elif req.chat:
+                            entry = chat_logprob(token, piece, req.top_logprobs)
+                            yield data(chunk_body(req, text=token.text, logprobs=[entry]))
+                        else:
+                            yield data(chunk_body(req, text=token.text, logprobs=lp.entry(token, piece)))
+                    event = await stream.get()
+            except Exception as e:  # a bug after the headers went out: an error event ends the stream, not a cut
+                log.exception("the stream failed")
+                job.cancel.set()
+                yield data(_internal(e).body())
             yield "data: [DONE]\n\n"
         finally:
             job.cancel.set()  # the client went away, or we are done: either way stop generating
@@ -310,6 +321,10 @@ def _abort_connection(send: Send) -> bool:
         return False
     abort()
     return True
+
+
+def _internal(e: Exception) -> APIError:
+    return APIError(500, f"the server failed: {e}", type="server_error")
 
 
 def _finish(outcome: Outcome) -> str:
