@@ -432,7 +432,8 @@ class FinetuneWorker(QObject):
             return
         try:
             with hold(lm, self.compare_stop) as held:
-                if not held:
+                if not held:  # stopped while the model was busy: the dialog must hear of it too
+                    self.compareFailed.emit("stopped before the model was free")
                     return
                 ids = lm.tokenizer.encode(text, add_bos=lm.tokenizer.add_bos)
                 if len(ids) < 2:

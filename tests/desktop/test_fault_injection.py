@@ -4,7 +4,7 @@ stays usable, nothing already saved is lost, and the next request gives exactly 
 model, its KV cache and its LoRA layers were not left half-changed). The server's trials are in
 tests/engine/test_server_faults.py.
 
-Trials per kind (with the server's 25: 200): replies 80, inspections 40, walks 25, word-order comparisons
+Trials per kind (with the server's 50: 225): replies 80, inspections 40, walks 25, word-order comparisons
 15, fine-tuning runs 15. The points are drawn from a fixed seed, uniformly over a clean run's calls.
 """
 
@@ -156,6 +156,8 @@ def test_walks_and_word_order_comparisons(qtbot, window, injector):
         if injector.fired:
             fired += 1
             assert e is None and "InjectedFault" in window.how_panel.status.text()
+        else:
+            assert (e.ids, e.sampled_id) == (reference.ids, reference.sampled_id)
         again = walk(qtbot, window, injector, None, text)
         assert again is not None and (again.ids, again.sampled_id) == (reference.ids, reference.sampled_id)
         assert again.sharpening == reference.sharpening
@@ -169,6 +171,8 @@ def test_walks_and_word_order_comparisons(qtbot, window, injector):
         if injector.fired:
             fired += 1
             assert isinstance(result, str) and "InjectedFault" in result
+        else:
+            assert (result.top, result.swapped_top) == (reference.top, reference.swapped_top)
         again = compare_orders(qtbot, window, injector, None)
         assert (again.top, again.swapped_top) == (reference.top, reference.swapped_top)
     report("word-order comparisons", fired, 15)

@@ -238,3 +238,17 @@ def test_disk_full_during_a_checkpoint_then_resume_from_the_panel(qtbot, make_wi
     assert run["status"] == "finished" and run["step"] == 6
     assert [h["step"] for h in run["history"]] == [1, 2, 3, 4, 5, 6]
     window.close()
+
+
+def test_a_score_stopped_while_the_model_is_busy_says_so(qtbot, window):
+    """Stop pressed while another pass holds the model: the dialog hears that nothing was scored, instead
+    of waiting for an answer that never comes."""
+    worker, lm = window.finetune.worker, window.worker.model
+    with qtbot.waitSignal(worker.compareFailed, timeout=10_000) as failed:
+        with lm.lock:
+            worker.compare_stop.clear()
+            worker.requestScore.emit("", "", "lora", "Some text to score.")
+            qtbot.wait(200)  # the worker is waiting for the model
+            worker.compare_stop.set()
+            qtbot.waitUntil(lambda: failed.signal_triggered, timeout=10_000)
+    assert "stopped" in failed.args[0]
