@@ -68,12 +68,11 @@ class EmberServer:
         max_queue: int | None = None,
         max_body_bytes: int | None = None,
         stall_timeout: float | None = None,
-        stream_buffer: int | None = None,
     ) -> None:
         import uvicorn
 
         from engine.server.app import MAX_BODY_BYTES, MAX_QUEUE, SendTimeout, create_app
-        from engine.server.worker import STALL_TIMEOUT, STREAM_BUFFER
+        from engine.server.worker import STALL_TIMEOUT
 
         check_bind(host, api_key)
         max_queue = MAX_QUEUE if max_queue is None else max_queue
@@ -87,12 +86,12 @@ class EmberServer:
             max_body_bytes=max_body_bytes or MAX_BODY_BYTES,
             max_queue=max_queue,
             stall_timeout=stall_timeout,
-            stream_buffer=stream_buffer or STREAM_BUFFER,
         )
         self.host = host
         self.port = self.socket.getsockname()[1]
+        self.send_timeout = SendTimeout(self.app, stall_timeout)  # drops clients that stop reading
         config = uvicorn.Config(
-            SendTimeout(self.app, stall_timeout),
+            self.send_timeout,
             log_level="warning",
             access_log=False,
             lifespan="on",

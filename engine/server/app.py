@@ -10,9 +10,11 @@
 - At most ``max_queue`` requests wait behind the one generating; more get 429 at once.
 - A client that goes away has its job cancelled as soon as the server sees the connection close: the
   generation stops before its next token, a job still waiting never starts.
-- A client that stops reading: its generation pauses once ``STREAM_BUFFER`` tokens wait for it, and a
-  response that makes no progress for ``stall_timeout`` seconds is abandoned, its generation cancelled and
-  its connection closed (`engine.server.worker` has the details).
+- A client that stops reading never slows the model: its generation goes on at the model's pace (the
+  worker never waits for a client while it holds the model), and the reply waits here, at most
+  ``max_tokens`` tokens.  A response that makes no progress to its client for ``stall_timeout`` seconds
+  is abandoned and its connection aborted (`SendTimeout`); a generation still running for it is then
+  cancelled.
 - A bug (an exception nobody expected, here or in the worker) gets a 500 with the OpenAI error body, or
   once a stream has started, an error event and then ``data: [DONE]``; the traceback goes to the log and
   the server keeps serving (tests/engine/test_server_faults.py injects such faults at random points).
@@ -51,7 +53,7 @@ from engine.server.protocol import (
     response_body,
     usage_chunk,
 )
-from engine.server.worker import STALL_TIMEOUT, STREAM_BUFFER, Busy, Job, JobStream, ModelWorker
+from engine.server.worker import STALL_TIMEOUT, Busy, Job, JobStream, ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,11 @@ class EmberAPI:
         max_body_bytes: int = MAX_BODY_BYTES,
         max_queue: int = MAX_QUEUE,
         stall_timeout: float = STALL_TIMEOUT,
-        stream_buffer: int = STREAM_BUFFER,
     ) -> None:
         self.lm = lm
         self.model_id = model_id or lm.name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        self.stream_buffer = stream_buffer
         self.worker = ModelWorker(lm, max_queue=max_queue, stall_timeout=stall_timeout)
 
     def _check_key(self, request: Request) -> None:
@@ -139,7 +139,7 @@ class EmberAPI:
             self._check_key(request)
             body = await self._read_body(request)
             req = parse_request(body, chat=chat, served={self.model_id})
-            stream = JobStream(asyncio.get_running_loop(), self.stream_buffer)
+            stream = JobStream(asyncio.get_running_loop())
             job = Job(req, stream)
             try:
                 self.worker.submit(job)
@@ -291,6 +291,8 @@ class SendTimeout:
     def __init__(self, app: ASGIApp, timeout: float) -> None:
         self.app = app
         self.timeout = timeout
+        self.dropped = 0  # clients dropped for taking nothing
+        self.aborted = 0  # of those, connections aborted (the rest were left to the server to close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -307,14 +309,23 @@ class SendTimeout:
         try:
             await self.app(scope, receive, send_in_time)
         except _ClientStalled:
-            aborted = _abort_connection(send)
-            log.warning("dropped a client that took nothing for %g s%s", self.timeout, "" if aborted else " (closing)")
+            self.dropped += 1
+            if _abort_connection(send):
+                self.aborted += 1
+                log.warning("dropped a client that took nothing for %g s", self.timeout)
+            else:  # not uvicorn's request cycle (another server, or a uvicorn that changed it)
+                log.error(
+                    "dropped a client that took nothing for %g s, but could not abort its connection: "
+                    "the server may keep it open until the client reads",
+                    self.timeout,
+                )
 
 
 def _abort_connection(send: Send) -> bool:
     """Abort the connection that ``send`` writes to, dropping what waits in its buffer.  uvicorn's ``send``
     is a method of its request cycle, which holds the asyncio transport (h11 and httptools alike); with
-    another server, False, and the server closes the connection as it sees fit."""
+    another server, False, and the server closes the connection as it sees fit.  This reaches into
+    uvicorn: tests/engine/test_server_abuse.py fails if a uvicorn upgrade takes the path away."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     abort = getattr(transport, "abort", None)
     if abort is None:
@@ -347,12 +358,10 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     stall_timeout: float = STALL_TIMEOUT,
-    stream_buffer: int = STREAM_BUFFER,
 ) -> Starlette:
     """The ASGI app for one loaded model.  ``loopback_only`` accepts only loopback Host headers;
-    ``stall_timeout`` is how long a generation waits for a client that takes nothing (serve the app
-    wrapped in `SendTimeout` with the same timeout, as `EmberServer` does, to drop such a client's
-    connection too)."""
+    ``stall_timeout`` is how long a request body may take to arrive (serve the app wrapped in
+    `SendTimeout` with the same timeout, as `EmberServer` does, to drop a client that stops reading)."""
     api = EmberAPI(
         lm,
         model_id=model_id,
@@ -360,7 +369,6 @@ def create_app(
         max_body_bytes=max_body_bytes,
         max_queue=max_queue,
         stall_timeout=stall_timeout,
-        stream_buffer=stream_buffer,
     )
     routes = [
         Route("/health", api.health, methods=["GET"]),
@@ -372,7 +380,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        app.state.loop = asyncio.get_running_loop()  # the server's event loop, for whoever inspects it
+        app.state.loop = asyncio.get_running_loop()  # for tests only: they count the tasks left on it
         yield
         await asyncio.to_thread(api.worker.close)
 

@@ -8,10 +8,14 @@ when full) and reads the job's events from its `JobStream`, an asyncio queue tha
 app may serve the model it chats with, so each job also holds the model's lock while it generates
 (`engine.model_lock.hold`): requests queue behind the app's replies and inspections, and they behind them.
 
-Slow readers: at most ``STREAM_BUFFER`` token events wait in a job's stream for its client; past that the
-worker pauses the generation until the client takes some.  A client that takes nothing for
-``stall_timeout`` seconds has its generation cancelled (and its stream ends with a 408 error), so a client
-that stops reading holds the model for that long at most, and its buffered reply never grows past the limit.
+Slow readers: the worker never waits for a client, since it would wait with the model's lock held and
+the desktop's chat (and every queued request) would wait with it.  It generates at the model's pace and
+queues every token for the HTTP side, whatever the client has read.  That buffer is bounded by the
+request itself: at most ``max_tokens`` token events, and ``max_tokens`` is at most the context length
+(with ``top_logprobs``, each event carries at most 20 alternatives).  A client that stops reading is the
+HTTP side's business (`engine.server.app.SendTimeout`): after ``stall_timeout`` seconds without
+progress its connection is aborted and the reply waiting for it dropped, and if its generation is
+still running, that cancels it like any other disconnect.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,23 +39,17 @@ log = logging.getLogger(__name__)
 # ("done", Outcome) or ("error", APIError).
 Event = tuple[str, Any]
 
-STREAM_BUFFER = 64  # token events a job may have waiting for its client before the generation pauses
-STALL_TIMEOUT = 30.0  # seconds a paused generation waits for its client to take an event before it is cancelled
-POLL_SECONDS = 0.05  # how often a paused generation looks at its cancel flag
+STALL_TIMEOUT = 30.0  # seconds a response may make no progress to its client before the client is dropped
 
 
 class JobStream:
-    """The asyncio end of a job.  The worker thread calls `emit` (never blocks: the last event) and
-    `emit_tokens` (blocks while ``limit`` token events wait unread); `get` awaits the next event on the
-    event loop and makes room for another."""
+    """The asyncio end of a job.  The worker thread calls `emit`, which never blocks (a job's events are
+    bounded by its ``max_tokens``, which the context bounds); `get` awaits the next event on the event
+    loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = STREAM_BUFFER) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._room = threading.Semaphore(limit)
-        self.limit = limit
 
     def emit(self, event: Event) -> None:
         try:
@@ -60,26 +57,8 @@ class JobStream:
         except RuntimeError:  # the event loop is closed: nobody is listening
             pass
 
-    def emit_tokens(self, tokens: list, cancel: threading.Event, timeout: float) -> bool:
-        """Queue a ("tokens", ...) event once there is room; False (nothing queued) when ``cancel`` is set
-        first or no room came within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not self._room.acquire(timeout=POLL_SECONDS):
-            if cancel.is_set() or time.monotonic() > deadline:
-                return False
-        self.emit(("tokens", tokens))
-        return True
-
-    @property
-    def waiting(self) -> int:
-        """Events queued and not yet taken (read on the event loop's thread)."""
-        return self._queue.qsize()
-
     async def get(self) -> Event:
-        event = await self._queue.get()
-        if event[0] == "tokens":
-            self._room.release()
-        return event
+        return await self._queue.get()
 
 
 @dataclass
@@ -100,7 +79,6 @@ class WorkerStats:
     waiting: int  # jobs queued behind it
     finished: int  # jobs that ran to an end (done, error or cancelled)
     cancelled: int  # jobs stopped, or never started, because the client went away (or the server is closing)
-    stalled: int  # generations stopped because the client took nothing for stall_timeout seconds
 
 
 class Busy(Exception):
@@ -108,8 +86,9 @@ class Busy(Exception):
 
 
 class ModelWorker:
-    """Runs `Job`s on one thread.  ``max_queue`` jobs may wait behind the running one; a generation
-    whose client takes nothing for ``stall_timeout`` seconds is cancelled."""
+    """Runs `Job`s on one thread.  ``max_queue`` jobs may wait behind the running one.  ``stall_timeout``
+    is kept for the HTTP side (how long a request body, or a client that reads nothing, may take): the
+    worker itself never waits for a client."""
 
     def __init__(self, lm: LoadedModel, *, max_queue: int = 16, stall_timeout: float = STALL_TIMEOUT) -> None:
         if max_queue < 0:
@@ -118,7 +97,7 @@ class ModelWorker:
             raise ValueError(f"stall_timeout must be > 0 seconds, got {stall_timeout}")
         self.lm = lm
         self.stall_timeout = stall_timeout
-        self._finished = self._cancelled = self._stalled = 0
+        self._finished = self._cancelled = 0
         self._closing = threading.Lock()  # submit and close, one at a time
         self._closed = False
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue + 1)
@@ -143,12 +122,11 @@ class ModelWorker:
             waiting=self._jobs.qsize(),
             finished=self._finished,
             cancelled=self._cancelled,
-            stalled=self._stalled,
         )
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel the running job, drop waiting ones and stop the thread (again: only wait for it)."""
-        with self._closing:
+        with self._closing:  # `_run` registers the job it takes under this lock: none slips past
             if not self._closed:
                 self._closed = True
                 while True:
@@ -170,9 +148,15 @@ class ModelWorker:
             job = self._jobs.get()
             if job is None:
                 return
-            self._running = job
+            with self._closing:  # close() either sees this job running and cancels it, or we see it closed
+                self._running = job
+                closing = self._closed
             try:
-                if job.cancel.is_set():  # its client went away while it waited
+                if closing:  # taken just as close() began: it found the queue empty and nothing running
+                    job.cancel.set()
+                    self._cancelled += 1
+                    job.emit(("error", APIError(503, "the server is shutting down", type="server_error")))
+                elif job.cancel.is_set():  # its client went away while it waited
                     self._cancelled += 1
                     job.emit(("error", APIError(499, "the client closed the connection")))
                 else:
@@ -223,19 +207,10 @@ class ModelWorker:
             if not held:
                 self._cancelled += 1
                 raise APIError(503, "the request was cancelled while it waited for the model", type="server_error")
+            # Never wait for the client here: the model's lock is held (see the module docstring).
             for event in gen:
-                if not job.stream.emit_tokens([(event, piece(event.id))], job.cancel, self.stall_timeout):
-                    break
-            gen_finish = gen.finish_reason
-        if gen_finish is None and not job.cancel.is_set():  # no room came: the client stopped reading
-            job.cancel.set()
-            self._stalled += 1
-            raise APIError(
-                408,
-                f"the client took nothing for {self.stall_timeout:g} s: the generation was stopped",
-                type="timeout_error",
-                code="client_stalled",
-            )
-        if gen_finish is None or gen_finish == "cancelled":
+                job.emit(("tokens", [(event, piece(event.id))]))
+        finish = gen.finish_reason or "cancelled"
+        if finish == "cancelled":
             self._cancelled += 1
-        job.emit(("done", Outcome(gen_finish or "cancelled", len(ids), gen.stats.generated_tokens, gen.seed)))
+        job.emit(("done", Outcome(finish, len(ids), gen.stats.generated_tokens, gen.seed)))

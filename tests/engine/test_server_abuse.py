@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import os
+import queue
 import random
 import socket
 import statistics
@@ -28,6 +29,7 @@ import psutil
 import pytest
 
 from engine.loader import load_model
+from engine.model_lock import hold
 from engine.server import EmberServer
 from engine.server.protocol import APIError, parse_request
 from engine.server.worker import Job, JobStream, ModelWorker
@@ -52,7 +54,7 @@ def lm(tiny_folder):
 
 @pytest.fixture(scope="module")
 def server(lm):
-    srv = EmberServer(lm, max_queue=4, stall_timeout=STALL, stream_buffer=4)
+    srv = EmberServer(lm, max_queue=4, stall_timeout=STALL)
     # Small kernel buffers (accepted sockets inherit the listener's on Linux): a client that stops reading
     # then fills them within a few dozen tokens, where on loopback the kernel would take megabytes.
     srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -291,68 +293,159 @@ def test_a_closed_worker_refuses_new_jobs(lm):
 # -- slow readers ---------------------------------------------------------------------------------------
 
 
-def test_stream_buffer_pauses_and_gives_up():
-    """The worker's side of a stream: at most ``limit`` token events wait; then `emit_tokens` waits for
-    room, and gives up at the timeout or at once when cancelled."""
+def test_a_job_taken_as_the_worker_closes_is_cancelled(lm):
+    """close() between the worker's taking a job off its queue and its starting it: close() finds the
+    queue empty and nothing running, so the worker must see that it is closing and cancel the job
+    rather than run it to its end for nobody.  The gap is made wide, deterministically: the worker's
+    queue hands the job over only once close() is through its critical section."""
+    worker = ModelWorker(lm, max_queue=1)
+
+    class Gap(queue.Queue):
+        def get(self, *args, **kwargs):
+            job = super().get(*args, **kwargs)
+            if job is not None:
+                deadline = time.monotonic() + 10
+                while not worker._closed:
+                    assert time.monotonic() < deadline, "close() never began"
+                    time.sleep(0.001)
+                with worker._closing:  # close() sets _closed under this lock: it is through once we hold it
+                    pass
+            return job
+
+    # A fresh worker thread on the gappy queue (the first one is blocked on the plain queue: end it).
+    worker._jobs.put(None)
+    worker._thread.join(5)
+    gap: queue.Queue = Gap(maxsize=2)
+    worker._jobs = gap
+    worker._thread = threading.Thread(target=worker._run, daemon=True)
+    worker._thread.start()
     loop = asyncio.new_event_loop()
     try:
-        stream = JobStream(loop, limit=3)
-        cancel = threading.Event()
-        assert all(stream.emit_tokens([i], cancel, timeout=1) for i in range(3))
-        t0 = time.monotonic()
-        assert not stream.emit_tokens([3], cancel, timeout=0.2)  # full: nobody took anything
-        assert 0.2 <= time.monotonic() - t0 < 1
-        threading.Timer(0.1, cancel.set).start()
-        t0 = time.monotonic()
-        assert not stream.emit_tokens([3], cancel, timeout=10)
-        assert time.monotonic() - t0 < 1.0  # the timer's 0.1 s and a 0.05 s poll, on a busy machine
-        cancel.clear()
-        loop.run_until_complete(asyncio.sleep(0.01))  # deliver the three
-        assert stream.waiting == 3
-        assert loop.run_until_complete(stream.get()) == ("tokens", [0])
-        assert stream.emit_tokens([3], cancel, timeout=1)  # room again
+        req = parse_request({"model": "m", "prompt": "w1", "max_tokens": 100}, chat=False, served={"m"})
+        job = Job(req, JobStream(loop))
+        worker.submit(job)
+        while gap.qsize():  # until the worker has taken it, and waits in the gap
+            time.sleep(0.001)
+        worker.close()
+        assert not worker._thread.is_alive()
+        assert job.cancel.is_set()
+        kind, value = loop.run_until_complete(asyncio.wait_for(job.stream.get(), 1))
+        assert kind == "error" and value.status == 503, (kind, value)  # not ("tokens", ...): it never ran
+        stats = worker.stats()
+        assert (stats.cancelled, stats.finished, stats.running) == (1, 1, False)
     finally:
         loop.close()
 
 
+def _stall(server, max_tokens: int = 110) -> socket.socket:
+    """A streaming request whose client reads the headers (so its generation has begun), then nothing.
+    With 20 alternatives a token, each event is over 1 KB: more than the small buffers hold."""
+    body = _body(server, stream=True, max_tokens=max_tokens, logprobs=True, top_logprobs=20)
+    sock = _send(server.port, "/v1/chat/completions", body, rcvbuf=4096)
+    head = _read_until(sock, lambda b: b"\r\n\r\n" in b)
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return sock
+
+
 @pytest.mark.skipif(not LINUX, reason="needs small socket buffers inherited from the listening socket")
-def test_a_client_that_stops_reading_is_dropped(server):
-    """A client reads the headers of a long stream, then nothing: once the buffers between are full the
-    generation pauses, and after the stall timeout it is cancelled and the connection closed; another
-    client waits that long at most."""
-    worker = server.app.state.api.worker
-    _wait_idle(server, 5)
-    stats0 = worker.stats()
-    # 110 tokens with 20 alternatives each: about 150 KB of events, more than the buffers hold.
-    body = _body(server, stream=True, max_tokens=110, logprobs=True, top_logprobs=20)
-    stalled = _send(server.port, "/v1/chat/completions", body, rcvbuf=4096)
-    head = _read_until(stalled, lambda b: b"\r\n\r\n" in b)
-    assert head.startswith(b"HTTP/1.1 200")
-    t0 = time.monotonic()
-    _ok(server)  # waits for the stalled generation to be given up
-    other = time.monotonic() - t0
-    dropped = _wait_idle(server, STALL + 3) + other
-    stats = worker.stats()
+def test_a_client_that_stops_reading_holds_the_model_for_its_generation_only(lm, caplog):
+    """The desktop app serves the model it chats with, so its replies take the model's lock too.  A
+    client reads the headers of a 110-token stream (about 150 KB: more than the socket buffers and
+    uvicorn's 64 KB write buffer hold), then nothing.  Its generation runs to its end at the model's
+    pace, the worker never waiting on the client with the lock held: a lock waiter (as the desktop's
+    chat) and another HTTP client wait for that generation only, while the stalled client is still
+    connected.  Then its response makes no progress for the stall timeout and `SendTimeout` drops it by
+    aborting the connection (the path that reaches into uvicorn: this fails if an upgrade takes it
+    away); its generation had ended, so nothing is cancelled.  The stall timeout must outlast the
+    generation, which takes 0.3-5 s depending on how busy the machine is: it is set to three times the time
+    the same generation takes for a reading client, at least 5 s."""
+    srv = EmberServer(lm)  # the default 30 s, for the warm-up
+    srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with srv:
+        worker, guard = srv.app.state.api.worker, srv.send_timeout
+        # The same generation for a client that reads: how long it holds the model (and a warm-up).
+        t0 = time.monotonic()
+        _ok(srv, max_tokens=110, logprobs=True, top_logprobs=20)
+        own = time.monotonic() - t0
+        stall = guard.timeout = max(5.0, 3 * own)  # read at each send
+        stats0 = worker.stats()
+        t0 = time.monotonic()
+        stalled = _stall(srv)
+        t1 = time.monotonic()
+        with hold(lm):  # as the desktop's chat takes the model
+            waited = time.monotonic() - t1
+            dropped_at_lock = guard.dropped
+        t2 = time.monotonic()
+        _ok(srv)  # and another HTTP client
+        other = time.monotonic() - t2
+        assert guard.dropped == 0, "the other client waited for the stalled one to be dropped"
+        _wait_idle(srv, stall + own + 5)
+        dropped = time.monotonic() - t0
+        stats = worker.stats()
+        rest = _read_until(stalled, lambda b: False)  # what the buffers held, then the abort
+        stalled.close()
+    # The lock came free when the stalled client's generation ended (not cancelled: see below), before
+    # the client was dropped (the worker used to wait up to the stall timeout for it, lock held).
+    assert dropped_at_lock == 0, "the lock waited for the stalled client to be dropped"
+    assert waited < stall, f"the lock waited {waited:.2f} s behind a stalled client"
     assert stats.finished - stats0.finished == 2
-    assert (stats.stalled + stats.cancelled) - (stats0.stalled + stats0.cancelled) == 1
-    rest = _read_until(stalled, lambda b: False)  # what the buffers held, then the server's close
+    assert stats.cancelled == stats0.cancelled  # nothing cancelled: the generation had ended
+    assert (guard.dropped, guard.aborted) == (1, 1)  # dropped once, by an abort, not a close
+    assert any("dropped a client that took nothing" in r.getMessage() for r in caplog.records)
+    assert not any("could not abort" in r.getMessage() for r in caplog.records)
+    assert b"data: [DONE]" not in rest
+    assert 0 < rest.count(b"data: ") < 110
+    assert stall <= dropped < stall + own + 5
+    count("server: clients that stopped reading dropped", 1)
+    figure(
+        "server: the model's lock with a client connected that reads nothing (110 tokens, 20 alternatives)",
+        f"a lock waiter waited {waited:.2f} s, another HTTP client {other:.2f} s: the generation's own "
+        f"time (for a reading client {own:.2f} s), not the stall timeout ({stall:.1f} s here, 30 s by default)",
+    )
+    figure(
+        "server: a client that stops reading",
+        f"its generation ran to its end; its connection aborted {dropped:.2f} s after its request "
+        f"(stall timeout {stall:.1f} s); it got {rest.count(b'data: ')} of 113 events",
+    )
+
+
+@pytest.mark.skipif(not LINUX, reason="needs small socket buffers inherited from the listening socket")
+def test_a_client_that_stops_reading_is_dropped_and_its_generation_cancelled(server, lm, monkeypatch):
+    """The same with a generation that outlasts the stall timeout (each token slowed by 30 ms, so 110 take
+    over 3.3 s; the buffers are full about half way, and the 1 s stall timeout runs out before the end):
+    the drop is a disconnect like any other and cancels the generation, which never ends on its own."""
+    forward = lm.model.forward
+
+    def slower(*args, **kwargs):
+        time.sleep(0.03)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", slower)
+    worker, guard = server.app.state.api.worker, server.send_timeout
+    _wait_idle(server, 5)
+    stats0, dropped0, aborted0 = worker.stats(), guard.dropped, guard.aborted
+    t0 = time.monotonic()
+    stalled = _stall(server)
+    _wait_idle(server, 20)
+    took = time.monotonic() - t0
+    stats = worker.stats()
+    assert (stats.finished - stats0.finished, stats.cancelled - stats0.cancelled) == (1, 1)
+    assert (guard.dropped - dropped0, guard.aborted - aborted0) == (1, 1)
+    rest = _read_until(stalled, lambda b: False)
     stalled.close()
     assert b"data: [DONE]" not in rest
     assert 0 < rest.count(b"data: ") < 110
-    assert other < STALL + 3
-    count("server: clients that stopped reading dropped", 1)
     figure(
-        "server: a client that stops reading",
-        f"generation paused, then cancelled and the connection closed {dropped:.2f} s later "
-        f"(stall timeout {STALL:g} s here, 30 s by default); another client waited {other:.2f} s; "
-        f"the client got {rest.count(b'data: ')} of 110 events",
+        "server: a stalled client whose generation outlasts the stall timeout",
+        f"dropped and its generation cancelled {took:.2f} s after its request (stall timeout {STALL:g} s, "
+        f"110 tokens slowed to 30+ ms each); it got {rest.count(b'data: ')} of 113 events",
     )
 
 
 @pytest.mark.skipif(not LINUX, reason="needs small socket buffers inherited from the listening socket")
 def test_a_slow_but_steady_reader_gets_everything(server):
     """A client reading 2 KB every 25 ms takes longer than the stall timeout over the whole reply, but
-    never stops: the generation pauses and resumes with it, and the reply arrives whole."""
+    never stops for that long: it is never dropped, and the reply arrives whole."""
     body = _body(server, stream=True, max_tokens=110, logprobs=True, top_logprobs=20)
     _wait_idle(server, 5)
     sock = _send(server.port, "/v1/chat/completions", body, rcvbuf=4096)
