@@ -7,6 +7,7 @@ The constructors read every value through `engine.model_check`, so a file's bad 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ _HF_KEYS = {
     "rope_theta": "rope_theta",
     "partial_rotary_factor": "partial_rotary_factor",
     "sliding_window": "sliding_window",
+    "qkv_bias": "attention_bias",  # read as a flag; here for messages
 }
 _HF_GPT2_KEYS = {
     "vocab_size": "vocab_size",
@@ -94,6 +96,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear"|"llama3", "factor": ..., ...}
     partial_rotary_factor: float = 1.0
+    rotary_dim: int = 0  # 0: int(head_dim * partial_rotary_factor), as transformers has it; GGUF declares it whole
     sliding_window: int | None = None
     # Derived from `arch` in __post_init__:
     layer_norm: bool = field(init=False)  # LayerNorm with bias (GPT-2) instead of RMSNorm
@@ -107,6 +110,8 @@ class ModelConfig:
             raise ValueError(f"unsupported architecture {self.arch!r}; supported: {', '.join(ARCHITECTURES)}")
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
+        if self.rotary_dim == 0:
+            self.rotary_dim = int(self.head_dim * self.partial_rotary_factor)
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         scaling = self.rope_scaling
@@ -119,10 +124,6 @@ class ModelConfig:
         self.qk_norm = self.arch == "qwen3"
         if self.arch == "qwen2":
             self.qkv_bias = True
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def n_params(self) -> int:
@@ -213,20 +214,40 @@ class ModelConfig:
         )
         if arch != "gpt2":  # GPT-2 has learned positions, no rope
             head_dim = values["head_dim"] or n_embd // n_head  # 0 only when check_values refuses the heads
-            rotary_dim = d("rotary_dim", head_dim)
+            if arch in ("llama", "mistral") and head_dim % 2:  # engine.weights.from_gguf.PERMUTED_QK_ARCHS
+                said = (
+                    f"{keys['head_dim']} {head_dim}"
+                    if values["head_dim"]
+                    else f"{keys['n_embd']} {n_embd} / {keys['n_head']} {n_head}"
+                )
+                raise ConfigError(
+                    f"{said} makes a head {head_dim} features; expected an even number (llama.cpp stores a {arch} "
+                    "head's query and key rows in interleaved pairs)"
+                )
+            rotary_dim = d("rotary_dim", 0)  # 0: not declared, all of a head rotates
             scaling_type = d.text(f"{arch}.rope.scaling.type")
             if scaling_type not in (None, "none", "linear"):
                 raise ConfigError(f"{arch}.rope.scaling.type is {scaling_type!r}; supported: none, linear")
             values.update(
                 rope_theta=d("rope_theta", 10000.0),
                 rope_scaling={"rope_type": "linear", "factor": d("factor")} if scaling_type == "linear" else None,
-                partial_rotary_factor=rotary_dim / head_dim if head_dim else 1.0,
+                rotary_dim=rotary_dim,
+                partial_rotary_factor=_rotary_factor(rotary_dim, head_dim) if rotary_dim and head_dim else 1.0,
                 sliding_window=d("sliding_window", None),
             )
         check_values(values, keys)
         cfg = cls(**values)
         check_tensors(cfg, tensor_shapes, keys, GGUF_NAMES)
         return cfg
+
+
+def _rotary_factor(rotary_dim: int, head_dim: int) -> float:
+    """``rotary_dim / head_dim`` as a float from which transformers' ``int(head_dim * factor)`` (what an exported
+    ``config.json`` is read with) gives ``rotary_dim`` back: 30 / 44 * 44 is 29.999..., so one step up."""
+    factor = rotary_dim / head_dim
+    if int(head_dim * factor) < rotary_dim:
+        factor = math.nextafter(factor, 2.0)
+    return factor
 
 
 def gguf_keys(arch: str) -> dict[str, str]:
@@ -252,4 +273,10 @@ def _rope_scaling(rope: dict[str, Any], source: str) -> dict[str, Any] | None:
         return None
     d = Declared(rope, {field: field for field in LLAMA3_SCALING}, prefix=f"{source}.")
     fields = ("factor",) if kind == "linear" else LLAMA3_SCALING
-    return {"rope_type": kind, **{field: d(field) for field in fields}}
+    scaling = {"rope_type": kind, **{field: d(field) for field in fields}}
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ConfigError(
+            f"{source}.high_freq_factor is {scaling['high_freq_factor']}; expected more than "
+            f"{source}.low_freq_factor {scaling['low_freq_factor']}"
+        )
+    return scaling

@@ -8,7 +8,8 @@ the key and what it may be (the loader adds the file's path: `ModelFileError`):
 1. `Declared` reads one value: of the right type (no string, bool, list, NaN or infinity; no float where
    an integer belongs) and in its range in `RULES`.
 2. `check_values` holds the values against each other: the heads divide the width, the key/value heads
-   divide the heads, the rotary part of a head is even and fits in it, rope scaling is well formed.
+   divide the heads, the rotary part of a head is even and fits in it (llama3 rope scaling's frequency
+   factors are ordered where it is read).
 3. `check_tensors` holds them against the tensors the file really has: the layer count, the embedding's
    width, the attention and feed-forward projections, the position table.
 
@@ -159,18 +160,22 @@ def check_values(values: Mapping[str, Any], keys: Mapping[str, str]) -> None:
         )
     source = f"{key('head_dim')} {head_dim}" if head_dim else f"{key('n_embd')} {n_embd} / {key('n_head')} {n_head}"
     head_dim = head_dim or n_embd // n_head
-    rotary = int(head_dim * values.get("partial_rotary_factor", 1.0))
+    factor = values.get("partial_rotary_factor", 1.0)
+    declared = values.get("rotary_dim") or 0  # GGUF's rope.dimension_count; 0: not declared
+    rotary = declared or int(head_dim * factor)
     if values["arch"] != "gpt2" and (rotary % 2 or not 2 <= rotary <= head_dim):  # GPT-2: no rope
-        field = "rotary_dim" if "rotary_dim" in keys else "partial_rotary_factor"
+        expected = f"expected an even number in 2..{head_dim}, the head size ({source})"
+        if declared:
+            raise ConfigError(f"{key('rotary_dim')} is {declared}; {expected}")
+        if factor != 1.0:
+            raise ConfigError(
+                f"{key('partial_rotary_factor')} is {factor!r}, which makes {rotary} of a head's features rotate; "
+                + expected
+            )
+        # Nothing declared about rotation: all of a head rotates, so it is the head size that is wrong.
+        unsaid = f"{key('rotary_dim')} not given" if "rotary_dim" in keys else f"{key('partial_rotary_factor')} 1"
         raise ConfigError(
-            f"{key(field)} makes {rotary} of a head's {head_dim} features ({source}) rotate; expected an even "
-            f"number in 2..{head_dim}"
-        )
-    scaling = values.get("rope_scaling") or {}
-    if scaling.get("rope_type") == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
-        raise ConfigError(
-            f"{key('high_freq_factor')} is {scaling['high_freq_factor']}; expected more than "
-            f"{key('low_freq_factor')} {scaling['low_freq_factor']}"
+            f"{source} makes a head {head_dim} features, all rotating ({unsaid}); expected an even number of at least 2"
         )
 
 
@@ -290,6 +295,11 @@ def check_tensors(
         shape, fields = per_layer[role]
         shape = shape[::-1] if names.transposed else shape
         expected += [(template.format(i=i), shape, fields) for i in range(cfg.n_layer)]
+    q_weight = names.attn.get("q", "").format(i=0)
+    q_bias = q_weight.removesuffix(".weight") + ".bias"
+    if cfg.qkv_bias and q_weight in shapes and q_bias not in shapes:  # GGUF: qkv_bias is read off the tensors
+        why = f"{keys['qkv_bias']} true" if "qkv_bias" in keys and cfg.arch != "qwen2" else f"architecture {cfg.arch}"
+        raise ConfigError(f"{why} gives the attention projections biases, but the file has no {q_bias}")
     for name, shape, fields in expected:
         actual = shapes.get(name)
         if actual is not None and tuple(actual) != shape:

@@ -139,27 +139,36 @@ except OSError:
 print(json.dumps({"code": code, "torch": "torch" in sys.modules, "peak": peak}))
 """
 FAST = {"wall": 0.0, "peak": 0}
+LIMIT_S = 0.5  # issue 19: --help and a refusal in at most 0.5 s, interpreter start-up included
+TRIES = 3  # the best of three: a busy machine slows some runs, never speeds one up
 
 
 def run_fresh(*argv: str) -> tuple[dict, str, float]:
-    """engine.cli.main(argv) in a new interpreter: what the child reported, its stderr, the wall time."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=60)
-    wall = time.perf_counter() - t0
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    FAST["wall"], FAST["peak"] = max(FAST["wall"], wall), max(FAST["peak"], report["peak"])
+    """engine.cli.main(argv) in a new interpreter, `TRIES` times: what the child reported (the same each time),
+    its stderr, and the best wall time of the subprocess (interpreter start to exit)."""
+    runs = []
+    for _ in range(TRIES):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=60)
+        wall = time.perf_counter() - t0
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs.append((wall, report, proc.stderr))
+    assert len({(r["code"], r["torch"], stderr) for _, r, stderr in runs}) == 1
+    wall = min(w for w, _, _ in runs)
+    peak = max(r["peak"] for _, r, _ in runs)
+    FAST["wall"], FAST["peak"] = max(FAST["wall"], wall), max(FAST["peak"], peak)
     figure(
-        "ember-cli --help / info refusal (fresh process, slowest; peak memory)",
+        f"ember-cli --help / info refusal (fresh process, best of {TRIES}, slowest case; peak memory)",
         f"{FAST['wall'] * 1000:.0f} ms; {FAST['peak'] / 2**20:.0f} MiB",
     )
-    return report, proc.stderr, wall
+    return {**runs[-1][1], "peak": peak}, runs[-1][2], wall
 
 
 @pytest.mark.parametrize("argv", [[], ["info"], ["generate"], ["chat"], ["serve"], ["finetune"]], ids=str)
 def test_help_answers_without_torch(argv):
     report, _, wall = run_fresh(*argv, "--help")
     assert report["code"] == 0 and not report["torch"]
-    assert wall < 3.0  # generous for a busy CI machine; about 0.05 s here (2.0 s when it imported torch)
+    assert wall <= LIMIT_S  # about 0.05 s here (2.0 s when it imported torch)
     count("ember-cli --help answered without importing torch")
 
 
@@ -180,7 +189,7 @@ def test_bad_metadata_is_refused_fast_without_torch(case, command, tmp_path):
     report, stderr, wall = run_fresh(*command, str(path))
     assert report["code"] == 1 and not report["torch"]
     assert stderr.count("\n") == 1 and stderr.startswith("ember-cli: error:") and message in stderr
-    assert wall < 3.0 and report["peak"] < 256 * 2**20  # about 0.2 s and 45 MiB here
+    assert wall <= LIMIT_S and report["peak"] < 256 * 2**20  # about 0.2 s and 45 MiB here
     count("ember-cli: bad metadata refused in a fresh process without torch")
 
 
@@ -194,5 +203,5 @@ def test_bad_config_json_is_refused_fast_without_torch(tiny_models, tmp_path):
     report, stderr, wall = run_fresh("info", str(tmp_path))
     assert report["code"] == 1 and not report["torch"]
     assert stderr.count("\n") == 1 and "num_hidden_layers is str '12'" in stderr
-    assert wall < 3.0 and report["peak"] < 256 * 2**20
+    assert wall <= LIMIT_S and report["peak"] < 256 * 2**20
     count("ember-cli: bad metadata refused in a fresh process without torch")

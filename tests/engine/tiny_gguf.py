@@ -15,10 +15,10 @@ SIZES = dict(n_layer=2, n_head=2, n_kv_head=1, n_embd=16, head_dim=8, ff=24, con
 DELETE = object()  # as a value in `write_tiny_gguf`'s ``metadata``: leave the key out
 
 
-def base_metadata(gguf) -> dict[str, tuple[Any, Any]]:
-    """Every key the loader reads, as ``key -> (value, GGUFValueType)``."""
+def base_metadata(gguf, sizes: dict[str, int] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Every key the loader reads, as ``key -> (value, GGUFValueType)``; ``sizes`` replace some of `SIZES`."""
     V = gguf.GGUFValueType
-    s = SIZES
+    s = {**SIZES, **(sizes or {})}
     tokens = ["<unk>", "<s>", "</s>"] + [chr(0x100 + i) for i in range(VOCAB - 4)] + ["ĀĀ"]
     return {
         "general.architecture": ("llama", V.STRING),
@@ -30,7 +30,7 @@ def base_metadata(gguf) -> dict[str, tuple[Any, Any]]:
         "llama.attention.head_count_kv": (s["n_kv_head"], V.UINT32),
         "llama.attention.key_length": (s["head_dim"], V.UINT32),
         "llama.attention.layer_norm_rms_epsilon": (1e-5, V.FLOAT32),
-        "llama.rope.dimension_count": (s["head_dim"], V.UINT32),
+        "llama.rope.dimension_count": (s.get("rotary_dim", s["head_dim"]), V.UINT32),
         "llama.rope.freq_base": (10000.0, V.FLOAT32),
         "llama.rope.scaling.type": ("linear", V.STRING),
         "llama.rope.scaling.factor": (2.0, V.FLOAT32),
@@ -46,9 +46,9 @@ def base_metadata(gguf) -> dict[str, tuple[Any, Any]]:
     }
 
 
-def tensors() -> dict[str, np.ndarray]:
-    """The weights, in torch order (out, in), seeded."""
-    s, rng = SIZES, np.random.default_rng(19)
+def tensors(sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The weights, in torch order (out, in), seeded; ``sizes`` replace some of `SIZES`."""
+    s, rng = {**SIZES, **(sizes or {})}, np.random.default_rng(19)
     d, hd, ff = s["n_embd"], s["head_dim"], s["ff"]
 
     def w(*shape: int) -> np.ndarray:
@@ -71,13 +71,16 @@ def tensors() -> dict[str, np.ndarray]:
     return out
 
 
-def write_tiny_gguf(path: Path, metadata: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Path:
+def write_tiny_gguf(
+    path: Path, metadata: dict[str, Any] | None = None, drop: tuple[str, ...] = (), sizes: dict[str, int] | None = None
+) -> Path:
     """Write the tiny model to ``path`` with ``metadata`` (``key -> (value, GGUFValueType[, element type])``,
-    or `DELETE`) replacing the base values, and without the tensors in ``drop``."""
+    or `DELETE`) replacing the base values, without the tensors in ``drop``, and with ``sizes`` (e.g.
+    ``head_dim``, ``rotary_dim``) replacing some of `SIZES` in both the metadata and the tensors."""
     import gguf
 
     V = gguf.GGUFValueType
-    values = base_metadata(gguf)
+    values = base_metadata(gguf, sizes)
     for key, value in (metadata or {}).items():
         if value is DELETE:
             values.pop(key, None)
@@ -90,7 +93,7 @@ def write_tiny_gguf(path: Path, metadata: dict[str, Any] | None = None, drop: tu
             first = value[0] if len(value) else 0
             sub = [V.STRING if isinstance(first, str) else V.INT32]
         writer.kv_data[0][key] = gguf.GGUFValue(value=value, type=vtype, sub_type=sub[0] if sub else None)
-    for name, array in tensors().items():
+    for name, array in tensors(sizes).items():
         if name not in drop:
             writer.add_tensor(name, array)
     writer.write_header_to_file()
