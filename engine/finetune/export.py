@@ -81,7 +81,8 @@ def save_peft_adapter(lm, folder: str | Path, config=None) -> Path:
 
 
 def load_peft_adapter(model, folder: str | Path, *, merge: bool = True) -> None:
-    """Put a PEFT LoRA adapter (ours or another tool's, same base) onto an Ember model, merged by default."""
+    """Put a PEFT LoRA adapter (ours or another tool's, same base) onto an Ember model, merged by default
+    (into dense layers; over packed int4 layers it stays beside them, see `merge_lora`)."""
     folder = Path(folder)
     if (folder / "adapter").is_dir() and not (folder / "adapter_config.json").is_file():
         folder = folder / "adapter"  # the output folder of a run

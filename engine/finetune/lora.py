@@ -225,8 +225,12 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
 
 
 def merge_lora(model: nn.Module) -> None:
-    """Fold every adapter into its base weight and put the plain layers back (idempotent)."""
+    """Fold every adapter into its base weight and put the plain layers back (idempotent). An adapter over
+    a packed base (an int4 projection, which has no dense ``weight`` to fold into) stays as it is and
+    runs beside it: the model computes the same, only unmerged there."""
     for name, layer in lora_layers(model):
+        if getattr(layer.base, "weight", None) is None:
+            continue
         layer.merge()
         parent_name, attr = name.rsplit(".", 1)
         setattr(model.get_submodule(parent_name), attr, layer.base)

@@ -17,7 +17,7 @@ from engine.finetune import (
     latest_checkpoint,
     load_peft_adapter,
 )
-from engine.finetune.lora import add_lora, lora_state_dict, merge_lora
+from engine.finetune.lora import add_lora, lora_layers, lora_state_dict, merge_lora
 from engine.loader import load_model
 
 
@@ -237,3 +237,41 @@ def test_cli_finetune_then_generate_with_the_adapter(tiny_models, tmp_path, caps
     assert merged == tuned and len(tuned) == 4  # the adapter and the merged folder give the same tokens
     assert main(["finetune", str(data), "--out", str(tmp_path / "none"), "--model", str(folder), "--resume"]) == 1
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_an_adapter_on_the_packed_default_model(tmp_path, capsys):
+    """An adapter trained on the float32 copy loads onto the default packed model (bf16 with int4
+    projections): the dense layers take it merged, the packed ones run it beside them, and the tuned
+    logits follow the float32 tuned model's. `generate --adapter` on the default model used to crash
+    (`'Int4Linear' object has no attribute 'weight'`)."""
+    from engine.cli import main
+    from engine.finetune import save_peft_adapter
+    from engine.finetune.lora import LoRALinear
+    from engine.model.int4_linear import Int4Linear
+
+    exact = load_model(dtype="float32")
+    ids = torch.tensor([exact.encode_prompt("The capital of France is")])
+    with torch.no_grad():
+        exact_base = exact.model(ids)[0, -1]
+        add_lora(exact.model, rank=4, alpha=8, dropout=0.0)
+        for _, layer in lora_layers(exact.model):
+            layer.lora_B.normal_(0, 0.06, generator=torch.Generator().manual_seed(0))
+        exact_tuned = exact.model(ids)[0, -1]
+    save_peft_adapter(exact, tmp_path / "adapter")
+
+    packed = load_model()
+    assert any(isinstance(m, Int4Linear) for m in packed.model.modules()), "the default model is not packed"
+    with torch.no_grad():
+        packed_base = packed.model(ids)[0, -1]
+        load_peft_adapter(packed.model, tmp_path / "adapter")
+        assert any(isinstance(m, LoRALinear) and isinstance(m.base, Int4Linear) for m in packed.model.modules())
+        packed_tuned = packed.model(ids)[0, -1]
+    shift = (exact_tuned - exact_base).abs().max()
+    assert shift > 2.0, "the adapter should move the logits well past the packed model's rounding"
+    # The packed model's own error against float32 (about 1) stays; the adapter's shift is carried over.
+    assert (packed_tuned - exact_tuned).abs().max() < 0.25 * shift + (packed_base - exact_base).abs().max()
+    assert (packed_tuned - exact_tuned).abs().max() < (packed_base - exact_tuned).abs().max()
+
+    prompt = ["--prompt", "Say hi.", "--chat", "--max-tokens", "3", "--temperature", "0"]
+    assert main(["generate", *prompt, "--adapter", str(tmp_path / "adapter")]) == 0
+    assert capsys.readouterr().out.strip()
