@@ -9,6 +9,9 @@ wait for good (a chat stuck at "writing…"). ``@boundary("generationFailed", "t
   message, as it is (the traceback of the last two is logged too: they are also what a bug raises).
 - Anything else is a bug: its traceback goes to the crash log (`desktop.crash.record`), and the message
   names the error and where the details are. The worker thread lives on and takes the next request.
+
+While a slot runs, full garbage collections wait (`desktop.ui_gc.worker_job`): one that reclaims a lot
+would stall the UI thread in the middle of a streaming reply or a training run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from desktop import crash
+from desktop.ui_gc import worker_job
 from engine.errors import EmberError
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,8 @@ def boundary(signal: str, what: str) -> Callable:
         @functools.wraps(slot)
         def guarded(self, *args: Any) -> None:
             try:
-                slot(self, *args)
+                with worker_job():
+                    slot(self, *args)
             except Exception as e:  # noqa: BLE001 (the thread boundary: every failure reaches the UI)
                 getattr(self, signal).emit(failure_message(e, what))
 

@@ -55,3 +55,19 @@ def test_cycles_among_frozen_survivors_are_reclaimed_when_everything_is_walked(q
     assert not finalised
     monkeypatch.setattr(ui_gc, "THAW_EVERY", 1)
     qtbot.waitUntil(lambda: bool(finalised), timeout=5000)
+
+
+def test_full_collections_wait_while_a_worker_job_runs(qtbot, window, monkeypatch):
+    from desktop import ui_gc
+
+    collections: list[int] = []
+    record = lambda phase, info: phase == "stop" and collections.append(info["generation"])  # noqa: E731
+    monkeypatch.setattr(ui_gc, "FULL_EVERY", 1)
+    gc.callbacks.append(record)
+    try:
+        with ui_gc.worker_job():
+            qtbot.waitUntil(lambda: collections.count(1) >= 3, timeout=10_000)  # young ones go on
+            assert 2 not in collections
+        qtbot.waitUntil(lambda: 2 in collections, timeout=5000)  # the first tick after the job
+    finally:
+        gc.callbacks.remove(record)
