@@ -16,10 +16,6 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
-# Imported, knowingly not a runtime dependency, and why.
-NOT_DECLARED = {
-    "gguf": "the merged model's GGUF export (engine/finetune/gguf_export.py), dev extra only for now: issue 15",
-}
 
 
 def _name(requirement: str) -> str:
@@ -48,7 +44,7 @@ def test_every_imported_package_is_a_declared_dependency():
     providers = packages_distributions()
     missing = {}
     for module, where in imported_modules().items():
-        if module in sys.stdlib_module_names or module in ("engine", "desktop") or module in NOT_DECLARED:
+        if module in sys.stdlib_module_names or module in ("engine", "desktop"):
             continue
         dists = {_name(d) for d in providers.get(module, [])}
         assert dists, f"{module} (imported by {where}) is not installed at all"
