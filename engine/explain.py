@@ -27,7 +27,7 @@ import torch
 from engine.inspect import Candidate, Inspection, inspect, logit_lens
 from engine.model import Transformer
 from engine.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.detokenize import StreamingDetokenizer
 from engine.model import Transformer
 from engine.sampling import Sampler, SamplerSettings
 from engine.stop_signal import StopSignal, is_stopped
-from engine.stop_strings import StopMatcher
-from engine.tokenizer import Tokenizer
+from engine.text.detokenize import StreamingDetokenizer
+from engine.text.stop_strings import StopMatcher
+from engine.text.tokenizer import Tokenizer
 
 CACHE_STEP = 256  # the KV cache grows in steps of this many positions
 PREFILL_CHUNK = 512  # prompt tokens a prefill pass takes before it looks at the stop signal again

@@ -21,7 +21,7 @@ import torch
 from engine.model import Transformer
 from engine.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.stop_signal import StopSignal, is_stopped
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 
 class InspectionCancelled(Exception):

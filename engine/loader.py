@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from engine.chat_template import ChatTemplate
 from engine.config import ModelConfig
 from engine.default_model import default_model_path
 from engine.device import resolve_device, resolve_dtype
@@ -26,7 +25,8 @@ from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
 from engine.model_file import model_format, open_gguf, open_hf_folder, peek_config
-from engine.tokenizer import Tokenizer
+from engine.text.chat_template import ChatTemplate
+from engine.text.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
 from engine.weights.from_gguf import gguf_state_dict
 from engine.weights.from_hf import SafetensorsSource, hf_state_dict, read_json

@@ -30,7 +30,7 @@ from engine.generate import Alternative, GenerationStats, TokenEvent
 from engine.inspect import Candidate, Inspection
 from engine.sampling import SamplerSettings
 from engine.stop_signal import StopSignal, is_stopped
-from engine.stop_strings import StopMatcher
+from engine.text.stop_strings import StopMatcher
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big model's prefill)

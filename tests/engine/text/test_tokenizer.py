@@ -1,4 +1,4 @@
-"""engine.tokenizer.Tokenizer: the API the generation loop uses, and loading Hugging Face folders.
+"""engine.text.tokenizer.Tokenizer: the API the generation loop uses, and loading Hugging Face folders.
 
 Oracles: transformers (its GGUF tokenizer for SmolLM2, and ``PreTrainedTokenizerFast`` reading the same
 folder we load), and the ``sentencepiece`` library for the SentencePiece vocabulary.
@@ -12,8 +12,8 @@ import pytest
 from tokenizers import processors
 
 from engine.errors import ModelFileError
-from engine.tokenizer import Tokenizer
-from tests.engine.tokenizer_fixtures import (
+from engine.text.tokenizer import Tokenizer
+from tests.engine.text.tokenizer_fixtures import (
     CORPUS,
     SPM_CORPUS,
     sentencepiece_processor,

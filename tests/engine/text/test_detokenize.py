@@ -1,4 +1,4 @@
-"""engine.detokenize.StreamingDetokenizer on both vocabulary kinds.
+"""engine.text.detokenize.StreamingDetokenizer on both vocabulary kinds.
 
 Oracle: ``Tokenizer.decode`` of all ids at once (itself checked against transformers and sentencepiece
 in test_gguf_vocab.py): the pushes plus the flush must add up to it, and no push may show half a
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.detokenize import StreamingDetokenizer
-from engine.tokenizer import Tokenizer
-from tests.engine.tokenizer_fixtures import smollm_tokenizer, spm_tokenizer
+from engine.text.detokenize import StreamingDetokenizer
+from engine.text.tokenizer import Tokenizer
+from tests.engine.text.tokenizer_fixtures import smollm_tokenizer, spm_tokenizer
 
 TOKENIZERS = {"byte-level": smollm_tokenizer, "sentencepiece": spm_tokenizer}
 

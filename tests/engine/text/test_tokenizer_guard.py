@@ -16,11 +16,11 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFileError, TokenizerError
-from engine.gguf_vocab import PRE_TOKENIZER_REGEXES, build_gguf_vocab
 from engine.loader import load_model
-from engine.tokenizer import Tokenizer
-from engine.tokenizer_guard import check_tokenizer, static_problem
-from tests.engine.tokenizer_fixtures import smollm_metadata, transformers_smollm
+from engine.text.gguf_vocab import PRE_TOKENIZER_REGEXES, build_gguf_vocab
+from engine.text.tokenizer import Tokenizer
+from engine.text.tokenizer_guard import check_tokenizer, static_problem
+from tests.engine.text.tokenizer_fixtures import smollm_metadata, transformers_smollm
 from tests.hardening import count
 
 REFUSE_WITHIN_S = 2.0

@@ -1,4 +1,4 @@
-"""engine.gguf_vocab: tokenizers built from GGUF metadata, checked against independent references.
+"""engine.text.gguf_vocab: tokenizers built from GGUF metadata, checked against independent references.
 
 Oracles:
 * byte-level BPE (SmolLM2 GGUF): the tokenizer SmolLM2's tokenizer.json describes (transformers'
@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ModelFileError
-from engine.gguf_vocab import PRE_TOKENIZER_REGEXES
-from engine.tokenizer import Tokenizer
-from tests.engine.tokenizer_fixtures import (
+from engine.text.gguf_vocab import PRE_TOKENIZER_REGEXES
+from engine.text.tokenizer import Tokenizer
+from tests.engine.text.tokenizer_fixtures import (
     CORPUS,
     SPM_CORPUS,
     sentencepiece_processor,
@@ -193,7 +193,7 @@ def test_every_pre_tokenizer_round_trips_text(pre):
 
 
 def test_unknown_pre_tokenizer_falls_back_to_gpt2_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="engine.gguf_vocab"):
+    with caplog.at_level(logging.WARNING, logger="engine.text.gguf_vocab"):
         assert _splits("no-such-pre", "a  1 234") == ["a", " ", " 1", " 234"]
     assert "no-such-pre" in caplog.text
 
@@ -288,6 +288,6 @@ def test_malformed_sentencepiece_metadata(overrides, message):
 
 
 def test_out_of_range_special_id_is_ignored_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="engine.gguf_vocab"):
+    with caplog.at_level(logging.WARNING, logger="engine.text.gguf_vocab"):
         tokenizer = Tokenizer.from_gguf_metadata(byte_level_metadata(**{"tokenizer.ggml.eos_token_id": 10**6}))
     assert tokenizer.eos_token is None and "eos_token_id" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.stop_strings import StopMatcher
+from engine.text.stop_strings import StopMatcher
 
 
 def stream(stops, pieces):

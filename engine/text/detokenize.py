@@ -12,7 +12,7 @@ character completes. The window then slides forward, so each push costs O(window
 
 from __future__ import annotations
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 _REPLACEMENT = "\ufffd"
 

