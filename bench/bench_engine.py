@@ -70,7 +70,7 @@ def _ember(args, dtype: str, compile: bool = False) -> dict:
     load = time.perf_counter() - t0
     compile_s = {}
     if compile:
-        from engine.compiling import compile_decoding
+        from engine.compiled.library import compile_decoding
 
         # its own cache, kept over the rounds: round 1 builds the compiled step, later rounds load it
         compile_s["compile_s"] = compile_decoding(lm, cache_dir=Path(args.out_dir) / "compiled-cache")
@@ -237,7 +237,7 @@ def main() -> None:
 
     tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
     prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)
-    from engine.model.compiled import unavailable_reason
+    from engine.compiled.step import unavailable_reason
 
     skip = {"llama.cpp"} if importlib.util.find_spec("llama_cpp") is None else set()
     if unavailable_reason(torch.device("cpu")):

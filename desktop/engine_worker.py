@@ -42,7 +42,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
 from desktop.worker_boundary import boundary
-from engine.compiling import compile_decoding
+from engine.compiled.library import compile_decoding
 from engine.errors import CompileUnavailableError
 from engine.explain import explain, word_order_demo
 from engine.generate import Generation

@@ -149,7 +149,7 @@ def _load(args: argparse.Namespace):
 
         load_peft_adapter(lm.model, args.adapter)
     if getattr(args, "compile", False):
-        from engine.compiling import compile_decoding
+        from engine.compiled.library import compile_decoding
 
         print(f"compiled decoding ready in {compile_decoding(lm, _stderr):.1f} s", file=sys.stderr)
     return lm

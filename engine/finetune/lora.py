@@ -172,7 +172,7 @@ def add_lora(
 ) -> list[LoRALinear]:
     """Freeze the model and wrap the targeted projections in `LoRALinear`; returns the new layers.
     A compiled decoding step is dropped: the model decodes eagerly from then on (see
-    `engine.model.compiled`)."""
+    `engine.compiled.step`)."""
     targets = tuple(targets)
     model.compiled_step = None
     table = layer_slices(model.cfg)

@@ -16,7 +16,7 @@ cache size up to the context length.
 
 Building needs a C++ compiler and Python's headers, and about a minute on that machine; loading a built
 library takes milliseconds and imports nothing of the compiler. Libraries are kept by
-`engine.compiling`, keyed by `structure_key`; the building runs in a child process there, so the
+`engine.compiled.library`, keyed by `structure_key`; the building runs in a child process there, so the
 compiler's memory and any crash stay out of the app.
 
 Only decoding is compiled: one-token steps in inference mode on a batch-1 KV cache from position 2,
@@ -32,6 +32,7 @@ import hashlib
 import os
 import shutil
 import sysconfig
+import threading
 import weakref
 from pathlib import Path
 
@@ -48,7 +49,7 @@ MIN_POSITIONS = 3  # the step at position 2 is the first compiled (export specia
 # and would tie, say, the cache's length to the position.
 EXAMPLE = (13, 37)  # positions, cache capacity
 # The code a library is compiled from: part of its key.
-SOURCES = ("model/*.py", "config.py", "gguf/int4_groups.py")
+SOURCES = ("compiled/step.py", "model/*.py", "config.py", "gguf/int4_groups.py")
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -188,17 +189,41 @@ def build(model: Transformer, out: Path) -> None:
 
 
 # Module, parameter and buffer registrations anywhere (a LoRA layer swapped in, a weight replaced): each
-# makes the next compiled step check its inputs again, whatever the cache (see `CompiledDecoding`).
+# makes the next compiled step check its inputs again, whatever the cache (see `CompiledDecoding`). The
+# three process-wide hooks that count them are registered while a compiled step exists, from the first
+# one loaded until the last one is dropped (the model's ``compiled_step`` set to None, or the model freed):
+# importing this module installs nothing. The count only grows, so a step never mistakes a registration
+# missed while no hooks were registered for none (a new step checks its inputs on its first call anyway).
 _registrations = [0]
+_hooks: list = []  # the hooks' handles while any step exists
+_live = [0]  # the steps that exist
+_hooks_lock = threading.RLock()  # reentrant: a step dropped by the garbage collector while the lock is held
 
 
 def _count_registration(*_) -> None:
     _registrations[0] += 1
 
 
-nn.modules.module.register_module_module_registration_hook(_count_registration)
-nn.modules.module.register_module_parameter_registration_hook(_count_registration)
-nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+def _step_loaded() -> None:
+    with _hooks_lock:
+        _live[0] += 1  # first: a step collected meanwhile (the hooks allocate) then leaves them in place
+        if not _hooks:
+            _hooks.extend(
+                register(_count_registration)
+                for register in (
+                    nn.modules.module.register_module_module_registration_hook,
+                    nn.modules.module.register_module_parameter_registration_hook,
+                    nn.modules.module.register_module_buffer_registration_hook,
+                )
+            )
+
+
+def _step_dropped() -> None:
+    with _hooks_lock:
+        _live[0] -= 1
+        if _live[0] == 0:
+            while _hooks:
+                _hooks.pop().remove()
 
 
 class CompiledDecoding:
@@ -216,6 +241,8 @@ class CompiledDecoding:
         self.seen = torch.arange(self.limit)
         self._checked_cache = lambda: None  # a weak reference to the first layer's cache last checked
         self._checked_registrations = -1
+        _step_loaded()
+        weakref.finalize(self, _step_dropped)
 
     def __call__(self, model: Transformer, tokens: torch.Tensor, start: int) -> torch.Tensor:
         caches = model.caches

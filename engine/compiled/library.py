@@ -1,8 +1,8 @@
-"""Compiled decoding steps (`engine.model.compiled`), built once per model shape and kept in Ember's cache.
+"""Compiled decoding steps (`engine.compiled.step`), built once per model shape and kept in Ember's cache.
 
 `compile_decoding` loads the library for a loaded model, building it first when the cache lacks it (or
-holds one that does not load). The building runs in a child process (``python -m engine.compiling SPEC
-OUT``) given only the model's shapes: it builds the model with uninitialised weights (export needs no
+holds one that does not load). The building runs in a child process (``python -m engine.compiled.library
+SPEC OUT``) given only the model's shapes: it builds the model with uninitialised weights (export needs no
 values, and untouched memory is not resident), so neither the compiler's memory (a few hundred MB) nor
 a second copy of the weights lands in the caller, a compiler crash cannot take the app down, and a stop
 request kills the child and its compiler processes at once.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from engine.compiled.step import CompiledDecoding, build, structure_key, unavailable_reason, weight_specs
 from engine.config import ModelConfig
 from engine.errors import CompileUnavailableError
-from engine.model.compiled import CompiledDecoding, build, structure_key, unavailable_reason, weight_specs
 from engine.weights.pack_cache import default_cache_dir
 
 BUILD_TIMEOUT_S = 1800
@@ -84,9 +84,9 @@ def _build_in_child(model, path: Path, cache_dir, stop: Callable[[], bool]) -> N
     spec.write_text(json.dumps({"config": _config_fields(model.cfg), "weights": weight_specs(model)}))
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir or default_cache_dir()) / "inductor"))
-    root = Path(__file__).resolve().parent.parent  # so that `engine` imports in the child as here
+    root = Path(__file__).resolve().parents[2]  # so that `engine` imports in the child as here
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "engine.compiling", str(spec), str(path)]
+    command = [sys.executable, "-m", "engine.compiled.library", str(spec), str(path)]
     deadline = time.monotonic() + BUILD_TIMEOUT_S
     with tempfile.TemporaryFile() as errors:  # not a pipe: a chatty compiler would fill it and stall
         child = subprocess.Popen(
@@ -138,7 +138,9 @@ def _model_from_spec(spec: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.compiling", description="Build a compiled decoding step.")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.compiled.library", description="Build a compiled decoding step."
+    )
     parser.add_argument("spec", type=Path, help="the model's config and weight shapes (JSON)")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Compiled decoding (engine.model.compiled, engine.compiling): the AOTInductor step gives the eager
+"""Compiled decoding (engine.compiled.step, engine.compiled.library): the AOTInductor step gives the eager
 model's logits within bf16 tolerance and the same greedy reply on a packed tiny model, writes the KV
 cache as eager does, is built once per model shape in a child process and loaded from the cache after,
 leaves every other pass eager, and a missing compiler or a stop request is a clear error."""
@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.compiling import compile_decoding, package_path
+from engine.compiled.library import compile_decoding, package_path
+from engine.compiled.step import structure_key, unavailable_reason
 from engine.errors import CompileUnavailableError
 from engine.finetune.lora import add_lora
 from engine.generate import Generation
 from engine.loader import load_model
-from engine.model.compiled import structure_key, unavailable_reason
 from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import ARCHS, VOCAB
@@ -245,7 +245,7 @@ def test_loading_a_built_library_does_not_import_the_compiler(packed_pair, tiny_
     """What keeps compiled decoding's memory near eager's: only the library is loaded, not Inductor."""
     _, _, cache = packed_pair
     script = (
-        "import sys; from engine.loader import load_model; from engine.compiling import compile_decoding\n"
+        "import sys; from engine.loader import load_model; from engine.compiled.library import compile_decoding\n"
         f"lm = load_model({str(tiny_q4)!r}, device='cpu', cache_dir={str(cache)!r})\n"
         f"compile_decoding(lm, cache_dir={str(cache)!r})\n"
         "print(sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo', 'sympy')))[:3])"
@@ -299,3 +299,37 @@ def test_every_architecture_decodes_compiled_as_eager(arch, tiny_models, tmp_pat
         assert torch.allclose(ce.k[:, :, :20].float(), cc.k[:, :, :20].float(), atol=0.02)
     window = compiled.config.sliding_window
     assert calls == list(range(4, min(20, window or 20)))  # compiled until a window would mask
+
+
+@needs_compiler
+def test_the_registration_hooks_exist_only_while_a_compiled_step_does(packed_pair, tiny_q4):
+    """Importing the compiled step registers none of torch's process-wide hooks; the first step loaded
+    registers them, and the last one dropped (set to None, or its model freed) removes them. In a fresh
+    process: this one's fixtures hold steps."""
+    _, _, cache = packed_pair
+    script = (
+        "import gc\n"
+        "from torch.nn.modules import module as m\n"
+        "from engine.compiled import step\n"
+        "from engine.compiled.library import compile_decoding\n"
+        "from engine.loader import load_model\n"
+        "kinds = (m._global_module_registration_hooks, m._global_parameter_registration_hooks,\n"
+        "         m._global_buffer_registration_hooks)\n"
+        "def ours():\n"
+        "    return sum(any(h is step._count_registration for h in d.values()) for d in kinds)\n"
+        "counts = [ours()]\n"
+        f"a, b = (load_model({str(tiny_q4)!r}, device='cpu', cache_dir={str(cache)!r}) for _ in range(2))\n"
+        f"compile_decoding(a, cache_dir={str(cache)!r})\n"
+        "counts.append(ours())\n"
+        f"compile_decoding(b, cache_dir={str(cache)!r})\n"
+        "a.model.compiled_step = None\n"
+        "counts.append(ours())\n"
+        "del b\n"
+        "gc.collect()\n"
+        "counts.append(ours())\n"
+        f"compile_decoding(a, cache_dir={str(cache)!r})\n"
+        "counts.append(ours())\n"
+        "print(counts)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[0, 3, 3, 0, 3]"
