@@ -301,7 +301,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    from engine.server import check_bind, serve
+    from engine.server.ember_server import check_bind, serve
 
     api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
     check_bind(args.host, api_key)  # before spending time on loading

@@ -29,7 +29,7 @@ import torch
 
 import engine.server.app as server_app
 from engine.loader import load_model
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 from engine.server.protocol import CompletionLogprobs
 from tests.faults import InjectedFault, Injector, fault_points
 from tests.hardening import count, figure

@@ -30,12 +30,12 @@ import pytest
 
 from engine.loader import load_model
 from engine.model_lock import hold
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 from engine.server.protocol import APIError, parse_request
 from engine.server.worker import Job, JobStream, ModelWorker
 from tests.hardening import count, figure
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HI = [{"role": "user", "content": "w1 w2 w3"}]
 STEP_SECONDS = 0.01  # a slowed forward pass: 100 tokens take a second, so a vanished client is noticed mid-way
 STALL = 1.0  # the stall timeout of the in-process server (the default is 30 s)
@@ -555,7 +555,7 @@ def test_responses_do_not_wait_on_nagle(server):
 LAUNCHER = """
 import sys
 from engine.loader import load_model
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 server = EmberServer(load_model(sys.argv[1])).start()
 print(server.port, flush=True)
 sys.stdin.read()

@@ -23,10 +23,10 @@ import pytest
 
 from engine.cli import main as cli_main
 from engine.loader import load_model
-from engine.server import EmberServer, check_bind, is_loopback
+from engine.server.ember_server import EmberServer, check_bind, is_loopback
 from engine.server.protocol import token_bytes
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HI = [{"role": "user", "content": "Hi"}]
 
 
