@@ -61,9 +61,9 @@ def peak_rss_mib() -> float:
 def _ember(args, dtype: str, compile: bool = False) -> dict:
     import torch
 
-    from engine.generate import Generation
+    from engine.generation.generate import Generation
+    from engine.generation.sampling import SamplerSettings
     from engine.loader import load_model
-    from engine.sampling import SamplerSettings
 
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)

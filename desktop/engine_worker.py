@@ -45,11 +45,11 @@ from desktop.worker_boundary import boundary
 from engine.compiled.library import compile_decoding
 from engine.errors import CompileUnavailableError
 from engine.explain import explain, word_order_demo
-from engine.generate import Generation
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
 from engine.model_lock import hold
-from engine.sampling import SamplerSettings
 
 BATCH_SECONDS = 1 / 30
 log = logging.getLogger(__name__)

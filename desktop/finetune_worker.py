@@ -59,9 +59,9 @@ from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_a
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
 from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
-from engine.generate import Generation
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from engine.model_lock import hold
-from engine.sampling import SamplerSettings
 
 EMIT_SECONDS = 0.1
 SAMPLE_CHUNKS = 2

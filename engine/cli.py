@@ -16,7 +16,7 @@ from dataclasses import fields
 
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES
 from engine.errors import EmberError
-from engine.sampler_settings import SamplerSettings
+from engine.generation.sampler_settings import SamplerSettings
 
 # flag -> SamplerSettings field
 SAMPLER_FLAGS = {
@@ -194,7 +194,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _generation(lm, ids: list[int], settings: SamplerSettings, args: argparse.Namespace):
-    from engine.generate import Generation
+    from engine.generation.generate import Generation
 
     return Generation(
         lm.model,

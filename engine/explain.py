@@ -10,7 +10,7 @@ Each step of the walk has a function here, all Qt-free and plain data in, plain 
 4. attention: `suggest_heads` (heads whose chosen token looks strongly at earlier tokens);
 5. layers: the logit lens of `engine.inspect` at the last position, with `lens_sharpening`;
 6. next token: `sampler_steps` (the distribution before and after each sampler step, computed with
-   `engine.sampling` itself, so the last step is exactly what the sampler draws from).
+   `engine.generation.sampling` itself, so the last step is exactly what the sampler draws from).
 
 `explain` runs them all for one token sequence, in one inspection pass plus two short passes for the
 word-order demonstration.
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 from engine.inspect import Candidate, Inspection, inspect, logit_lens
 from engine.model import Transformer
-from engine.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 from engine.text.tokenizer import Tokenizer
 
 
@@ -286,7 +286,7 @@ def sampler_steps(
 ) -> list[SamplerStep]:
     """The next-token distribution before and after each sampler step that is switched on.
 
-    Each "after" is `engine.sampling.filter_logits` with the steps so far switched on, so the last one
+    Each "after" is `engine.generation.sampling.filter_logits` with the steps so far switched on, so the last one
     is exactly the distribution the `Sampler` draws from. The tokens shown are the ``k`` most likely
     going into the first step. Penalties (when set) come first; greedy settings give one step."""
     raw = logits.float().cpu()

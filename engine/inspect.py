@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.generation.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.model import Transformer
-from engine.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.stop_signal import StopSignal, is_stopped
 from engine.text.tokenizer import Tokenizer
 

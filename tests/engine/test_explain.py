@@ -19,8 +19,8 @@ from engine.explain import (
     tokens,
     word_order_demo,
 )
+from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 from engine.loader import load_model
-from engine.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
+from engine.generation.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.inspect import InspectionCancelled, inspect, logit_lens
 from engine.loader import load_model
-from engine.sampling import SamplerSettings, apply_penalties, filter_logits
 from tests.engine.tiny_models import VOCAB
 
 

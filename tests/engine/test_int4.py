@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.generate import Generation
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from engine.gguf.dequant import dequantize
 from engine.gguf.int4_groups import GROUP, Int4Groups, int4_groups
 from engine.gguf.types import GGMLType
 from engine.loader import load_model
 from engine.model.int4_linear import Int4Linear
 from engine.model.int8_linear import Int8Linear
-from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.generation.sampling import SamplerSettings
 from engine.remote import RemoteClient
-from engine.sampling import SamplerSettings
 
 STARTUP_DEADLINE = 60.0  # seconds for a server to answer /v1/models (imports torch, loads a model)
 QUESTION = [{"role": "user", "content": "Write a short poem about the sea."}]

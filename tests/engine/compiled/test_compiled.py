@@ -18,9 +18,9 @@ from engine.compiled.library import compile_decoding, package_path
 from engine.compiled.step import structure_key, unavailable_reason
 from engine.errors import CompileUnavailableError
 from engine.finetune.lora import add_lora
-from engine.generate import Generation
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from engine.loader import load_model
-from engine.sampling import SamplerSettings
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import ARCHS, VOCAB
 

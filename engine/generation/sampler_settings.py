@@ -1,7 +1,7 @@
 """`SamplerSettings`: how to pick the next token, every field validated on construction.
 
 Torch-free (`ember-cli` builds its flags and defaults from it before any model is loaded); the samplers
-that use these settings are in `engine.sampling`.
+that use these settings are in `engine.generation.sampling`.
 """
 
 from __future__ import annotations

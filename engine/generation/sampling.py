@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.sampler_settings import SamplerSettings
+from engine.generation.sampler_settings import SamplerSettings
 
 __all__ = ["Sampler", "SamplerSettings", "apply_penalties", "filter_logits"]
 

@@ -19,7 +19,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from engine.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
+from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 
 VOCAB = 512
 NO_TRUNCATION = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.generation.sampling import Sampler, SamplerSettings
 from engine.model import Transformer
-from engine.sampling import Sampler, SamplerSettings
 from engine.stop_signal import StopSignal, is_stopped
 from engine.text.detokenize import StreamingDetokenizer
 from engine.text.stop_strings import StopMatcher
