@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from engine.inspect import inspect, logit_lens
+    from engine.inspection.inspect import inspect, logit_lens
     from engine.loader import load_model
 
     lm = load_model(device="cpu")

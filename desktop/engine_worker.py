@@ -44,10 +44,10 @@ from desktop.remote_worker import remote_generate
 from desktop.worker_boundary import boundary
 from engine.compiled.library import compile_decoding
 from engine.errors import CompileUnavailableError
-from engine.explain import explain, word_order_demo
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
-from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
+from engine.inspection.explain import explain, word_order_demo
+from engine.inspection.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
 from engine.model_lock import hold
 

@@ -28,7 +28,7 @@ import httpx
 from engine.errors import EmberError
 from engine.generation.generate import Alternative, GenerationStats, TokenEvent
 from engine.generation.sampling import SamplerSettings
-from engine.inspect import Candidate, Inspection
+from engine.inspection.inspect import Candidate, Inspection
 from engine.stop_signal import StopSignal, is_stopped
 from engine.text.stop_strings import StopMatcher
 

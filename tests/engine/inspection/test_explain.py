@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.explain import (
+from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
+from engine.inspection.explain import (
     embedding_map,
     explain,
     nearest_neighbours,
@@ -19,7 +20,6 @@ from engine.explain import (
     tokens,
     word_order_demo,
 )
-from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
 from engine.loader import load_model
 
 

@@ -8,7 +8,7 @@ Each step of the walk has a function here, all Qt-free and plain data in, plain 
 3. positions: `rotary_angles` (RoPE models) or `position_vectors` (GPT-2), and `word_order_demo`
    (the same words in another order give another next-token distribution);
 4. attention: `suggest_heads` (heads whose chosen token looks strongly at earlier tokens);
-5. layers: the logit lens of `engine.inspect` at the last position, with `lens_sharpening`;
+5. layers: the logit lens of `engine.inspection.inspect` at the last position, with `lens_sharpening`;
 6. next token: `sampler_steps` (the distribution before and after each sampler step, computed with
    `engine.generation.sampling` itself, so the last step is exactly what the sampler draws from).
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_logits
-from engine.inspect import Candidate, Inspection, inspect, logit_lens
+from engine.inspection.inspect import Candidate, Inspection, inspect, logit_lens
 from engine.model import Transformer
 from engine.text.tokenizer import Tokenizer
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.generation.sampling import SamplerSettings, apply_penalties, filter_logits
-from engine.inspect import InspectionCancelled, inspect, logit_lens
+from engine.inspection.inspect import InspectionCancelled, inspect, logit_lens
 from engine.loader import load_model
 from tests.engine.tiny_models import VOCAB
 
