@@ -63,7 +63,7 @@ def _ember(args, dtype: str, compile: bool = False) -> dict:
 
     from engine.generation.generate import Generation
     from engine.generation.sampling import SamplerSettings
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)
@@ -107,7 +107,7 @@ def run_ember_exact(args) -> dict:
 
 
 def run_ember_first_load(args) -> dict:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
@@ -225,7 +225,7 @@ def main() -> None:
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
-        from engine.default_model import default_model_path
+        from engine.loading.default_model import default_model_path
 
         args.model = str(default_model_path())
     if args.engine:
@@ -233,7 +233,7 @@ def main() -> None:
         return
     import torch
 
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
     prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)

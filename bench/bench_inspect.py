@@ -20,7 +20,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from engine.inspection.inspect import inspect, logit_lens
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     lm = load_model(device="cpu")
     turns = []

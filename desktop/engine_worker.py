@@ -48,7 +48,7 @@ from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.inspection.explain import explain, word_order_demo
 from engine.inspection.inspect import Inspection, InspectionCancelled, inspect, logit_lens
-from engine.loader import LoadedModel, load_model
+from engine.loading.loader import LoadedModel, load_model
 from engine.model_lock import hold
 
 BATCH_SECONDS = 1 / 30

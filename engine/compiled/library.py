@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from engine.compiled.step import CompiledDecoding, build, structure_key, unavailable_reason, weight_specs
-from engine.config import ModelConfig
 from engine.errors import CompileUnavailableError
+from engine.loading.config import ModelConfig
 from engine.weights.pack_cache import default_cache_dir
 
 BUILD_TIMEOUT_S = 1800

@@ -49,7 +49,7 @@ MIN_POSITIONS = 3  # the step at position 2 is the first compiled (export specia
 # and would tie, say, the cache's length to the position.
 EXAMPLE = (13, 37)  # positions, cache capacity
 # The code a library is compiled from: part of its key.
-SOURCES = ("compiled/step.py", "model/*.py", "config.py", "gguf/int4_groups.py")
+SOURCES = ("compiled/step.py", "model/*.py", "loading/config.py", "gguf/int4_groups.py")
 
 
 def unavailable_reason(device: torch.device) -> str | None:

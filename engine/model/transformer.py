@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.loading.config import ModelConfig
 from engine.model.kv_cache import KVCache
 from engine.model.linear import Linear
 from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies

@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.loader import LoadedModel
+from engine.loading.loader import LoadedModel
 from engine.server.protocol import (
     FINISH_REASONS,
     APIError,

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from engine.loader import LoadedModel
+from engine.loading.loader import LoadedModel
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

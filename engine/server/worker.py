@@ -29,7 +29,7 @@ from typing import Any
 
 from engine.errors import EmberError
 from engine.generation.generate import Generation
-from engine.loader import LoadedModel
+from engine.loading.loader import LoadedModel
 from engine.model_lock import hold
 from engine.server.protocol import APIError, CompletionRequest, Outcome, bad_request
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from engine.finetune import FinetuneConfig, finetune
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 CONFIG = FinetuneConfig(
     seq_len=24, steps=10, lr=5e-3, batch_size=2, grad_accum=2, dropout=0.1, checkpoint_every=2, keep_checkpoints=2

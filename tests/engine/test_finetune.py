@@ -18,7 +18,7 @@ from engine.finetune import (
     load_peft_adapter,
 )
 from engine.finetune.lora import add_lora, lora_layers, lora_state_dict, merge_lora
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 
 def _word_corpus(folder, n_docs=4, seed=0):

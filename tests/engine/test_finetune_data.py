@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine.finetune.data import build_dataset, chunk_tokens
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 
 @pytest.fixture(scope="module")

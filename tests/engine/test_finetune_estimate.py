@@ -7,7 +7,7 @@ import pytest
 from engine.finetune import ALL_TARGETS
 from engine.finetune.estimate import estimate_run, lora_params, measure_matmul_rate
 from engine.finetune.lora import add_lora
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 
 @pytest.mark.parametrize("targets", [ALL_TARGETS, ("q_proj", "v_proj"), ("down_proj",)])

@@ -9,7 +9,7 @@ import torch
 
 from engine.finetune import FinetuneConfig, finetune
 from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.engine.test_finetune import IDS, _word_corpus
 
 gguf = pytest.importorskip("gguf")

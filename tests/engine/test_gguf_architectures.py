@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.engine.tiny_models import VOCAB
 
 gguf = pytest.importorskip("gguf")

@@ -14,7 +14,7 @@ from engine.generation.sampling import SamplerSettings
 from engine.gguf.dequant import dequantize
 from engine.gguf.int4_groups import GROUP, Int4Groups, int4_groups
 from engine.gguf.types import GGMLType
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.model.int4_linear import Int4Linear
 from engine.model.int8_linear import Int8Linear
 from tests.engine.test_gguf_architectures import write_gguf

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.weights import pack_cache
 from engine.weights.pack_cache import KEEP_ENTRIES, PackCache
 from tests.engine.test_gguf_architectures import write_gguf

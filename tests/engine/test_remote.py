@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from engine.generation.sampling import SamplerSettings
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.remote import RemoteClient, RemoteError, normalise_base_url, sampler_fields
 from engine.server.ember_server import EmberServer
 

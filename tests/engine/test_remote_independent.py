@@ -232,7 +232,7 @@ def test_llama_cpp_server(tmp_path):
     pytest.importorskip(
         "llama_cpp.server.app", reason="llama-cpp-python[server] is not installed", exc_type=ImportError
     )
-    from engine.default_model import default_model_path
+    from engine.loading.default_model import default_model_path
 
     model = str(default_model_path())
     port = _free_port()

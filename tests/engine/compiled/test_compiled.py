@@ -20,7 +20,7 @@ from engine.errors import CompileUnavailableError
 from engine.finetune.lora import add_lora
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import ARCHS, VOCAB
 
@@ -245,7 +245,9 @@ def test_loading_a_built_library_does_not_import_the_compiler(packed_pair, tiny_
     """What keeps compiled decoding's memory near eager's: only the library is loaded, not Inductor."""
     _, _, cache = packed_pair
     script = (
-        "import sys; from engine.loader import load_model; from engine.compiled.library import compile_decoding\n"
+        "import sys\n"
+        "from engine.compiled.library import compile_decoding\n"
+        "from engine.loading.loader import load_model\n"
         f"lm = load_model({str(tiny_q4)!r}, device='cpu', cache_dir={str(cache)!r})\n"
         f"compile_decoding(lm, cache_dir={str(cache)!r})\n"
         "print(sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo', 'sympy')))[:3])"
@@ -312,7 +314,7 @@ def test_the_registration_hooks_exist_only_while_a_compiled_step_does(packed_pai
         "from torch.nn.modules import module as m\n"
         "from engine.compiled import step\n"
         "from engine.compiled.library import compile_decoding\n"
-        "from engine.loader import load_model\n"
+        "from engine.loading.loader import load_model\n"
         "kinds = (m._global_module_registration_hooks, m._global_parameter_registration_hooks,\n"
         "         m._global_buffer_registration_hooks)\n"
         "def ours():\n"

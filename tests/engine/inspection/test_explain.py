@@ -20,7 +20,7 @@ from engine.inspection.explain import (
     tokens,
     word_order_demo,
 )
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 
 @pytest.fixture(scope="module")

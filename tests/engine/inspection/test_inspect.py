@@ -9,7 +9,7 @@ import torch
 
 from engine.generation.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.inspection.inspect import InspectionCancelled, inspect, logit_lens
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.engine.tiny_models import VOCAB
 
 

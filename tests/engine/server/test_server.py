@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from engine.cli import main as cli_main
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.server.ember_server import EmberServer, check_bind, is_loopback
 from engine.server.protocol import token_bytes
 

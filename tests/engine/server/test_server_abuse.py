@@ -28,7 +28,7 @@ import httpx
 import psutil
 import pytest
 
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.model_lock import hold
 from engine.server.ember_server import EmberServer
 from engine.server.protocol import APIError, parse_request
@@ -554,7 +554,7 @@ def test_responses_do_not_wait_on_nagle(server):
 
 LAUNCHER = """
 import sys
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.server.ember_server import EmberServer
 server = EmberServer(load_model(sys.argv[1])).start()
 print(server.port, flush=True)

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import engine.server.app as server_app
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.server.ember_server import EmberServer
 from engine.server.protocol import CompletionLogprobs
 from tests.faults import InjectedFault, Injector, fault_points

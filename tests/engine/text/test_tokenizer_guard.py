@@ -16,7 +16,7 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFileError, TokenizerError
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from engine.text.gguf_vocab import PRE_TOKENIZER_REGEXES, build_gguf_vocab
 from engine.text.tokenizer import Tokenizer
 from engine.text.tokenizer_guard import check_tokenizer, static_problem

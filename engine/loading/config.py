@@ -1,7 +1,7 @@
 """`ModelConfig`: the shape of a transformer, read from an HF `config.json` or GGUF metadata.
 
 One vocabulary for sizes throughout the engine: ``n_layer, n_head, n_kv_head, n_embd, head_dim``.
-The constructors read every value through `engine.model_check`, so a file's bad value is refused with a
+The constructors read every value through `engine.loading.model_check`, so a file's bad value is refused with a
 `ConfigError` naming its key before anything is sized by it. Importing this module does no torch work.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.model_check import (
+from engine.loading.model_check import (
     GGUF_NAMES,
     LLAMA3_SCALING,
     RULES,
@@ -140,7 +140,7 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any]) -> ModelConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4.x or 5.x spelling), every value checked
-        (`engine.model_check`); `ConfigError` names the key."""
+        (`engine.loading.model_check`); `ConfigError` names the key."""
         model_type = cfg.get("model_type")
         if model_type not in _HF_MODEL_TYPES:
             raise ConfigError(f"model_type is {describe(model_type)}; supported: {', '.join(_HF_MODEL_TYPES)}")
@@ -187,7 +187,7 @@ class ModelConfig:
 
     @classmethod
     def from_gguf(cls, meta: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]) -> ModelConfig:
-        """From GGUF metadata, every value checked (`engine.model_check`), the whole against the tensors'
+        """From GGUF metadata, every value checked (`engine.loading.model_check`), the whole against the tensors'
         shapes; sizes the metadata omits are read off the tensors. `ConfigError` names the key."""
         arch = meta.get("general.architecture")
         if arch not in ARCHITECTURES:

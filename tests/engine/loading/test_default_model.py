@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 
-from engine.default_model import FILENAME, default_model_path
 from engine.generation import generate
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
-from engine.loader import load_model
+from engine.loading.default_model import FILENAME, default_model_path
+from engine.loading.loader import load_model
 
 GREEDY = SamplerSettings(temperature=0.0)
 

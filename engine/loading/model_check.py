@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.config import ModelConfig
+    from engine.loading.config import ModelConfig
 
 
 class ConfigError(ValueError):

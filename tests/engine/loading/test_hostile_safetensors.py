@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.errors import ModelFileError
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.hardening import count
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ModelFileError
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.engine.tiny_gguf import DELETE, SIZES, VOCAB, base_metadata, write_tiny_gguf
 from tests.engine.tiny_models import COMMON
 from tests.hardening import count, figure
@@ -97,7 +97,7 @@ def _only(base):
     return lambda v: v == base
 
 
-# The values each numeric key may legally take, written out here rather than read from engine.model_check.
+# The values each numeric key may legally take, written out here rather than read from engine.loading.model_check.
 # The sizes the tensors fix have one legal value, the file's own; every other value disagrees with them.
 LEGAL_GGUF = {key: _only(FIELDS[key][0]) for key in INT_KEYS}
 LEGAL_GGUF |= {
@@ -202,7 +202,8 @@ def gguf_cases():
     yield flag, "a string", {flag: ("true", V.STRING)}, (), REFUSED, flag
     tokens = FIELDS["tokenizer.ggml.tokens"][0]
     more = {"tokenizer.ggml.tokens": (tokens + ["x", "y"], V.ARRAY), "tokenizer.ggml.token_type": DELETE}
-    # engine/loader.py's message names the counts, not the key: "the tokenizer has 34 tokens but the embedding ..."
+    # engine/loading/loader.py's message names the counts, not the key: "the tokenizer has 34 tokens but the
+    # embedding ..."
     yield "tokenizer.ggml.tokens", "more tokens than embedding rows", more, (), REFUSED, "34 tokens"
     for key in FIELDS:
         yield key, "missing", {key: DELETE}, (), REFUSED if key in REQUIRED_GGUF else LOADED, key
@@ -256,7 +257,7 @@ def test_an_odd_llama_head_is_refused_naming_key_length(tmp_path):
 
 
 def test_every_even_rotary_size_of_every_head_size_is_kept_whole():
-    from engine.config import ModelConfig
+    from engine.loading.config import ModelConfig
 
     meta = {k: v for k, (v, _) in FIELDS.items()}
     n_head, n_kv, d = SIZES["n_head"], SIZES["n_kv_head"], SIZES["n_embd"]
