@@ -18,8 +18,8 @@ from engine.compiled.step import unavailable_reason
 from engine.weights.pack_cache import CACHE_DIR_ENV
 from tests.desktop.helpers import greedy, send_and_wait
 from tests.engine.compiled.test_compiled import _running_in_session
-from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import make_tiny_model
+from tests.engine.weights.test_gguf_architectures import write_gguf
 
 pytestmark = pytest.mark.gui
 gguf = pytest.importorskip("gguf")

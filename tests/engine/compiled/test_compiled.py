@@ -21,8 +21,8 @@ from engine.finetune.lora import add_lora
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.loading.loader import load_model
-from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import ARCHS, VOCAB
+from tests.engine.weights.test_gguf_architectures import write_gguf
 
 gguf = pytest.importorskip("gguf")
 needs_compiler = pytest.mark.skipif(

@@ -11,7 +11,7 @@ from engine.finetune import FinetuneConfig, finetune
 from engine.finetune.compare import logprob_difference, token_logprobs
 from engine.finetune.lora import lora_disabled, lora_layers
 from engine.loading.loader import load_model
-from tests.engine.test_finetune import _word_corpus
+from tests.engine.finetune.test_finetune import _word_corpus
 
 IDS = [1, 5, 9, 20, 33, 40, 7, 81, 3, 5, 9, 20]
 

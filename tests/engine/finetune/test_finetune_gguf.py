@@ -10,7 +10,7 @@ import torch
 from engine.finetune import FinetuneConfig, finetune
 from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
 from engine.loading.loader import load_model
-from tests.engine.test_finetune import IDS, _word_corpus
+from tests.engine.finetune.test_finetune import IDS, _word_corpus
 
 gguf = pytest.importorskip("gguf")
 
@@ -18,7 +18,7 @@ gguf = pytest.importorskip("gguf")
 @pytest.fixture
 def gguf_base(tiny_models, tmp_path):
     """arch -> a tiny random model written as GGUF the llama.cpp way."""
-    from tests.engine.test_gguf_architectures import write_gguf
+    from tests.engine.weights.test_gguf_architectures import write_gguf
 
     def make(arch: str):
         _, reference = tiny_models(arch)

@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from engine.finetune import latest_checkpoint
-from tests.engine.test_finetune import _word_corpus
+from tests.engine.finetune.test_finetune import _word_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
 
 def _child(folder, data, out, *extra) -> list[str]:
-    cmd = [sys.executable, "-m", "tests.engine.finetune_child", str(folder), str(data), str(out), *extra]
+    cmd = [sys.executable, "-m", "tests.engine.finetune.finetune_child", str(folder), str(data), str(out), *extra]
     return cmd
 
 

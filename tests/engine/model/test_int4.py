@@ -17,8 +17,8 @@ from engine.gguf.types import GGMLType
 from engine.loading.loader import load_model
 from engine.model.int4_linear import Int4Linear
 from engine.model.int8_linear import Int8Linear
-from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
+from tests.engine.weights.test_gguf_architectures import write_gguf
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType

@@ -12,8 +12,8 @@ import torch
 from engine.loading.loader import load_model
 from engine.weights import pack_cache
 from engine.weights.pack_cache import KEEP_ENTRIES, PackCache
-from tests.engine.test_gguf_architectures import write_gguf
 from tests.engine.tiny_models import VOCAB
+from tests.engine.weights.test_gguf_architectures import write_gguf
 
 gguf = pytest.importorskip("gguf")
 TOKENS = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(7))

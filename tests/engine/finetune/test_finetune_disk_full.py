@@ -14,7 +14,7 @@ import engine.finetune.train as train
 from engine.finetune import CheckpointWriteError, FinetuneConfig, build_dataset, finetune, latest_checkpoint
 from engine.finetune.lora import lora_state_dict
 from engine.loading.loader import load_model
-from tests.engine.test_finetune import _word_corpus
+from tests.engine.finetune.test_finetune import _word_corpus
 
 CFG = FinetuneConfig(seq_len=24, steps=6, lr=5e-3, batch_size=2, dropout=0.1, checkpoint_every=2)
 

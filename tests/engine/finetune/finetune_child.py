@@ -1,6 +1,6 @@
 """A fine-tuning run in its own process, for the kill -9 test (`test_finetune_kill.py`).
 
-``python -m tests.engine.finetune_child MODEL DATA OUT [--resume] [--step-delay S]``: LoRA on a tiny model
+``python -m tests.engine.finetune.finetune_child MODEL DATA OUT [--resume] [--step-delay S]``: LoRA on a tiny model
 with a checkpoint every 2 steps, one thread (the same arithmetic in every process), no export."""
 
 from __future__ import annotations
