@@ -61,16 +61,16 @@ def peak_rss_mib() -> float:
 def _ember(args, dtype: str, compile: bool = False) -> dict:
     import torch
 
-    from engine.generate import Generation
-    from engine.loader import load_model
-    from engine.sampling import SamplerSettings
+    from engine.generation.generate import Generation
+    from engine.generation.sampling import SamplerSettings
+    from engine.loading.loader import load_model
 
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)
     load = time.perf_counter() - t0
     compile_s = {}
     if compile:
-        from engine.compiling import compile_decoding
+        from engine.compiled.library import compile_decoding
 
         # its own cache, kept over the rounds: round 1 builds the compiled step, later rounds load it
         compile_s["compile_s"] = compile_decoding(lm, cache_dir=Path(args.out_dir) / "compiled-cache")
@@ -107,7 +107,7 @@ def run_ember_exact(args) -> dict:
 
 
 def run_ember_first_load(args) -> dict:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
@@ -225,7 +225,7 @@ def main() -> None:
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
-        from engine.default_model import default_model_path
+        from engine.loading.default_model import default_model_path
 
         args.model = str(default_model_path())
     if args.engine:
@@ -233,11 +233,11 @@ def main() -> None:
         return
     import torch
 
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
     prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)
-    from engine.model.compiled import unavailable_reason
+    from engine.compiled.step import unavailable_reason
 
     skip = {"llama.cpp"} if importlib.util.find_spec("llama_cpp") is None else set()
     if unavailable_reason(torch.device("cpu")):

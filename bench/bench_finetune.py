@@ -43,7 +43,7 @@ def _rates(stamps: list[float], args) -> dict:
 
 def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
     """``n`` chunks of ``seq_len + 1`` token ids (inputs and shifted targets), from Ember's tokenizer."""
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     tok = load_model(model_path, device="cpu", dtype="float32").tokenizer
     ids = tok.encode(PARAGRAPH * (1 + n * (seq_len + 1) // 60), add_bos=False)
@@ -56,7 +56,7 @@ def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
 def run_ember(model_path: str, chunks: list[list[int]], args) -> dict:
     from engine.finetune import FinetuneConfig, finetune
     from engine.finetune.data import Dataset, Example
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     lm = load_model(model_path, device="cpu", dtype="float32")
     data = Dataset([Example(c, [1] * len(c)) for c in chunks], [], [], args.seq_len)
@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--chunks", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
-        from engine.default_model import default_model_path
+        from engine.loading.default_model import default_model_path
 
         args.model = str(default_model_path())
 

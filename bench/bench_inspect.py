@@ -19,8 +19,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from engine.inspect import inspect, logit_lens
-    from engine.loader import load_model
+    from engine.inspection.inspect import inspect, logit_lens
+    from engine.loading.loader import load_model
 
     lm = load_model(device="cpu")
     turns = []

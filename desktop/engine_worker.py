@@ -42,14 +42,14 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.remote_worker import remote_generate
 from desktop.worker_boundary import boundary
-from engine.compiling import compile_decoding
+from engine.compiled.library import compile_decoding
 from engine.errors import CompileUnavailableError
-from engine.explain import explain, word_order_demo
-from engine.generate import Generation
-from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
-from engine.loader import LoadedModel, load_model
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
+from engine.inspection.explain import explain, word_order_demo
+from engine.inspection.inspect import Inspection, InspectionCancelled, inspect, logit_lens
+from engine.loading.loader import LoadedModel, load_model
 from engine.model_lock import hold
-from engine.sampling import SamplerSettings
 
 BATCH_SECONDS = 1 / 30
 log = logging.getLogger(__name__)

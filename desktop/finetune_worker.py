@@ -59,9 +59,9 @@ from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_a
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
 from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
-from engine.generate import Generation
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from engine.model_lock import hold
-from engine.sampling import SamplerSettings
 
 EMIT_SECONDS = 0.1
 SAMPLE_CHUNKS = 2
@@ -102,7 +102,7 @@ def trains_in_place(model) -> bool:
 
 def float32_copy(lm):
     """The same model file loaded again in float32 on the same device, for training or exporting."""
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     return load_model(lm.path, device=str(lm.model.device), dtype="float32")
 
@@ -326,7 +326,7 @@ class FinetuneWorker(QObject):
         ``merged/`` and ``model.gguf``."""
         from engine.finetune.export import save_merged_hf
         from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
-        from engine.loader import load_model
+        from engine.loading.loader import load_model
 
         try:
             lm = self.model_source()
@@ -351,7 +351,7 @@ class FinetuneWorker(QObject):
         if method == "full":
             tuned = self._full_models.get(out_dir)
             if tuned is None:
-                from engine.loader import load_model
+                from engine.loading.loader import load_model
 
                 tuned = load_model(Path(out_dir) / "merged", device=str(lm.model.device), dtype="float32")
                 self._full_models = {out_dir: tuned}  # one kept: they are whole models

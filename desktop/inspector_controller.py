@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Qt, Slot
 
 from desktop.panels.inspector import InspectorPanel
 from desktop.remote_controller import NEEDS_LOCAL
-from engine.inspect import Inspection
+from engine.inspection.inspect import Inspection
 from engine.remote import remote_inspection
 
 if TYPE_CHECKING:

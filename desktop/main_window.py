@@ -59,7 +59,7 @@ from desktop.settings import Settings
 from desktop.store import Message
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 from desktop.ui_gc import collect_on_ui_thread
-from engine.model.compiled import unavailable_reason
+from engine.compiled.step import unavailable_reason
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import TemplateError
-from engine.loader import LoadedModel
+from engine.loading.loader import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from engine.generation.sampling import SamplerSettings
 from engine.remote import RemoteClient, RemoteError, normalise_base_url
-from engine.sampling import SamplerSettings
 
 if TYPE_CHECKING:
     from desktop.engine_worker import EngineWorker

@@ -87,7 +87,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
     from desktop.main_window import MainWindow
     from desktop.paths import APP_AUTHOR, APP_NAME, data_dirs
     from desktop.settings import Settings
-    from engine.inspect import inspect
+    from engine.inspection.inspect import inspect
 
     dirs = data_dirs(root).create()
     crash.install(dirs.logs, interactive=False)

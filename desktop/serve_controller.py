@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, Slot
 
 from desktop.panels.serve_box import ServeBox
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 
 if TYPE_CHECKING:
     from desktop.main_window import MainWindow

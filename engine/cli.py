@@ -2,7 +2,7 @@
 
 A bad file or flag exits non-zero with a one-line message and no traceback. Torch (about a second to
 import) is imported only once a model is built: ``--help`` answers, and a bad model file is refused
-(`engine.model_file.peek_config`), without it.
+(`engine.loading.model_file.peek_config`), without it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import fields
 
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES
 from engine.errors import EmberError
-from engine.sampler_settings import SamplerSettings
+from engine.generation.sampler_settings import SamplerSettings
 
 # flag -> SamplerSettings field
 SAMPLER_FLAGS = {
@@ -135,13 +135,13 @@ def _settings(args: argparse.Namespace) -> SamplerSettings:
 
 
 def _load(args: argparse.Namespace):
-    from engine.model_file import peek_config
+    from engine.loading.model_file import peek_config
 
     # A bad file is refused before torch is imported. load_model then reads the header again: a second parse,
     # about 45 ms for a real model's header (under 1 ms for the tests' tiny files), left as it is rather than
     # passing the config through load_model's signature.
     peek_config(args.model)
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, context_length=args.ctx_size)
     if getattr(args, "adapter", None):
@@ -149,7 +149,7 @@ def _load(args: argparse.Namespace):
 
         load_peft_adapter(lm.model, args.adapter)
     if getattr(args, "compile", False):
-        from engine.compiling import compile_decoding
+        from engine.compiled.library import compile_decoding
 
         print(f"compiled decoding ready in {compile_decoding(lm, _stderr):.1f} s", file=sys.stderr)
     return lm
@@ -194,7 +194,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _generation(lm, ids: list[int], settings: SamplerSettings, args: argparse.Namespace):
-    from engine.generate import Generation
+    from engine.generation.generate import Generation
 
     return Generation(
         lm.model,
@@ -301,7 +301,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    from engine.server import check_bind, serve
+    from engine.server.ember_server import check_bind, serve
 
     api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
     check_bind(args.host, api_key)  # before spending time on loading
@@ -311,7 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.finetune import FinetuneConfig, build_dataset, finetune
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     config = FinetuneConfig(
         method="full" if args.full else "lora",

@@ -10,8 +10,8 @@ import sys
 import psutil
 import torch
 
-from engine.config import ModelConfig
 from engine.errors import OutOfMemoryError
+from engine.loading.config import ModelConfig
 
 MiB = 1 << 20
 # Activations, the rope table and allocator slack, as a fraction of the weights.

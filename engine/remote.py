@@ -2,7 +2,7 @@
 Studio, ``ember-cli serve``).
 
 `RemoteClient.models` lists what a server offers; `RemoteClient.chat` returns a `RemoteGeneration`,
-which streams over server-sent events and behaves like `engine.generate.Generation`: iterate it for
+which streams over server-sent events and behaves like `engine.generation.generate.Generation`: iterate it for
 `TokenEvent`s (``id`` is -1: a remote server sends text, not our token ids), then read ``text``,
 ``finish_reason``, ``stats`` and ``seed``.  Every failure is a `RemoteError` whose message says what
 happened and what to check: connection refused, timeouts, a refused key, an unknown model, a stream
@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 
 from engine.errors import EmberError
-from engine.generate import Alternative, GenerationStats, TokenEvent
-from engine.inspect import Candidate, Inspection
-from engine.sampling import SamplerSettings
+from engine.generation.generate import Alternative, GenerationStats, TokenEvent
+from engine.generation.sampling import SamplerSettings
+from engine.inspection.inspect import Candidate, Inspection
 from engine.stop_signal import StopSignal, is_stopped
-from engine.stop_strings import StopMatcher
+from engine.text.stop_strings import StopMatcher
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # the longest wait for the next piece of a reply (a big model's prefill)

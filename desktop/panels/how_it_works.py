@@ -34,7 +34,7 @@ from desktop.panels.how_it_works_steps import (
     Step,
     TokensStep,
 )
-from engine.explain import Explanation, WordOrder
+from engine.inspection.explain import Explanation, WordOrder
 
 if TYPE_CHECKING:
     from desktop.main_window import MainWindow

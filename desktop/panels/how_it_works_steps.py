@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.panels.inspector import attention_shades, percent, probability_color, visible
-from engine.explain import Explanation, WordOrder, suggest_heads
+from engine.inspection.explain import Explanation, WordOrder, suggest_heads
 
 CHIP_COLORS = ("#ffd8a8", "#c3e6ff", "#d3f9d8", "#f3d9fa", "#fff3bf", "#ffe3e3")
 ORANGE, GREY = "#e8703a", "#9aa0a6"

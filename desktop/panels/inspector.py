@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.attention_maps import AttentionGrid, AttentionHeatmap
-from engine.inspect import Candidate, Inspection
+from engine.inspection.inspect import Candidate, Inspection
 
 ROLE = 0x0100  # Qt.ItemDataRole.UserRole
 

@@ -34,7 +34,7 @@ from desktop.panels.remote_endpoint import RemoteEndpointBox
 from desktop.panels.serve_box import ServeBox
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
 from engine.errors import EmberError
-from engine.loader import peek_config
+from engine.loading.loader import peek_config
 from engine.memory import MiB, available_bytes, estimate_bytes
 
 MAX_RECENT = 8

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from desktop.disk_full import not_saved_message
 from desktop.presets import Presets
-from engine.sampling import SamplerSettings
+from engine.generation.sampling import SamplerSettings
 
 # field, label, low, high, step, decimals (0 = integer), tooltip
 FIELDS = [

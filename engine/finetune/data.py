@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 TEXT_SUFFIXES = frozenset(
     ".txt .md .markdown .rst .org .tex .csv .tsv .log .ini .cfg .toml .yaml .yml .json .xml "

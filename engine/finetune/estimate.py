@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config import ModelConfig
+from engine.loading.config import ModelConfig
 
 EFFICIENCY = {"cpu": 0.45, "cuda": 0.3, "mps": 0.2}  # cuda, mps: guesses, not measured
 FLOAT = 4

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.config import ModelConfig
 from engine.errors import ModelFileError
 from engine.finetune.lora import LoRALinear, add_lora, hf_layer_prefix, lora_layers
+from engine.loading.config import ModelConfig
 
 PEFT_PREFIX = "base_model.model."
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import ModelConfig
 from engine.errors import EmberError
 from engine.finetune.export import merged_state_dict
+from engine.loading.config import ModelConfig
 from engine.weights.from_gguf import PERMUTED_QK_ARCHS
 
 GGUF_TYPES = ("f16", "f32", "q8_0")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.loading.config import ModelConfig
 from engine.model import Transformer
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -172,7 +172,7 @@ def add_lora(
 ) -> list[LoRALinear]:
     """Freeze the model and wrap the targeted projections in `LoRALinear`; returns the new layers.
     A compiled decoding step is dropped: the model decodes eagerly from then on (see
-    `engine.model.compiled`)."""
+    `engine.compiled.step`)."""
     targets = tuple(targets)
     model.compiled_step = None
     table = layer_slices(model.cfg)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from engine.config import ModelConfig
+from engine.loading.config import ModelConfig
 
 
 def inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.loading.config import ModelConfig
 from engine.model.kv_cache import KVCache
 from engine.model.linear import Linear
 from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
@@ -144,7 +144,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
-        self.compiled_step = None  # decoding steps compiled ahead of time, see engine.model.compiled
+        self.compiled_step = None  # decoding steps compiled ahead of time, see engine.compiled.step
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
@@ -220,7 +220,7 @@ class Transformer(nn.Module):
         return self.run(tokens, start, last_only)
 
     def _decoding(self, T: int, start: int) -> bool:
-        """A step the compiled graph serves (see engine.model.compiled): one token at position 2 or later,
+        """A step the compiled graph serves (see engine.compiled.step): one token at position 2 or later,
         in inference mode, on the KV cache, with no mask to build."""
         return (
             T == 1
@@ -231,7 +231,7 @@ class Transformer(nn.Module):
         )
 
     def run(self, tokens: torch.Tensor, start: int, last_only: bool = False, rotary=None) -> torch.Tensor:
-        """`forward` without its checks: what `engine.model.compiled` exports, given the step's rotary
+        """`forward` without its checks: what `engine.compiled.step` exports, given the step's rotary
         rows (cos, sin) instead of the table."""
         T = tokens.shape[1]
         x = self.embed(tokens, start)

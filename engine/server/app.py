@@ -17,7 +17,7 @@
   cancelled.
 - A bug (an exception nobody expected, here or in the worker) gets a 500 with the OpenAI error body, or
   once a stream has started, an error event and then ``data: [DONE]``; the traceback goes to the log and
-  the server keeps serving (tests/engine/test_server_faults.py injects such faults at random points).
+  the server keeps serving (tests/engine/server/test_server_faults.py injects such faults at random points).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.loader import LoadedModel
+from engine.loading.loader import LoadedModel
 from engine.server.protocol import (
     FINISH_REASONS,
     APIError,
@@ -325,7 +325,7 @@ def _abort_connection(send: Send) -> bool:
     """Abort the connection that ``send`` writes to, dropping what waits in its buffer.  uvicorn's ``send``
     is a method of its request cycle, which holds the asyncio transport (h11 and httptools alike); with
     another server, False, and the server closes the connection as it sees fit.  This reaches into
-    uvicorn: tests/engine/test_server_abuse.py fails if a uvicorn upgrade takes the path away."""
+    uvicorn: tests/engine/server/test_server_abuse.py fails if a uvicorn upgrade takes the path away."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     abort = getattr(transport, "abort", None)
     if abort is None:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from engine.generate import TokenEvent
-from engine.sampling import SamplerSettings
+from engine.generation.generate import TokenEvent
+from engine.generation.sampling import SamplerSettings
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256

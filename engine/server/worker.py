@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EmberError
-from engine.generate import Generation
-from engine.loader import LoadedModel
+from engine.generation.generate import Generation
+from engine.loading.loader import LoadedModel
 from engine.model_lock import hold
 from engine.server.protocol import APIError, CompletionRequest, Outcome, bad_request
 

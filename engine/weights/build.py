@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelConfig
 from engine.errors import ModelFileError
 from engine.gguf.int4_groups import Int4Groups
+from engine.loading.config import ModelConfig
 from engine.model import Transformer
 from engine.model.int4_linear import Int4Linear, int4_supported
 from engine.model.int8_linear import Int8Linear

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from engine.config import ModelConfig
 from engine.gguf.int4_groups import Int4Groups
+from engine.loading.config import ModelConfig
 
 Weight = torch.Tensor | Int4Groups
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
-from engine.config import ModelConfig
 from engine.errors import ModelFileError
+from engine.loading.config import ModelConfig
 
 if TYPE_CHECKING:  # imported where tensors are made: reading a folder's config and shapes needs no torch
     import torch
@@ -42,7 +42,7 @@ def read_config(folder: Path) -> ModelConfig:
         )
     try:
         return ModelConfig.from_hf(cfg)
-    except ValueError as e:  # engine.model_check.ConfigError, naming the key
+    except ValueError as e:  # engine.loading.model_check.ConfigError, naming the key
         raise ModelFileError(path, f"unusable config: {e}") from None
 
 

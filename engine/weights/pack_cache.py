@@ -32,7 +32,7 @@ from engine.source_digest import source_digest
 
 ENGINE = Path(__file__).resolve().parent.parent  # where PACKING_SOURCES are
 # The code that turns a file into packed tensors: a change to any of it invalidates every entry.
-PACKING_SOURCES = ("gguf/*.py", "weights/*.py", "model/int4_linear.py", "model/int8_linear.py", "loader.py")
+PACKING_SOURCES = ("gguf/*.py", "weights/*.py", "model/int4_linear.py", "model/int8_linear.py", "loading/loader.py")
 EDGE_BYTES = 64 * 1024
 SAMPLES, SAMPLE_BYTES = 64, 4096
 KEEP_ENTRIES = 4  # the most recently written; older ones are deleted

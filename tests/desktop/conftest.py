@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 from desktop import engine_worker, settings
 from desktop.main_window import MainWindow
 from desktop.paths import DataDirs, data_dirs
-from engine.loader import LoadedModel, load_model
+from engine.loading.loader import LoadedModel, load_model
 
 LOAD_TIMEOUT_MS = 60_000
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from desktop import settings
-from engine import compiling
-from engine.compiling import BUILDING
-from engine.model.compiled import unavailable_reason
+from engine.compiled import library
+from engine.compiled.library import BUILDING
+from engine.compiled.step import unavailable_reason
 from engine.weights.pack_cache import CACHE_DIR_ENV
 from tests.desktop.helpers import greedy, send_and_wait
-from tests.engine.test_compiled import _running_in_session
-from tests.engine.test_gguf_architectures import write_gguf
+from tests.engine.compiled.test_compiled import _running_in_session
 from tests.engine.tiny_models import make_tiny_model
+from tests.engine.weights.test_gguf_architectures import write_gguf
 
 pytestmark = pytest.mark.gui
 gguf = pytest.importorskip("gguf")
@@ -81,7 +81,7 @@ def test_the_model_answers_while_its_step_compiles_then_replies_go_through_it(
 def _record_children(monkeypatch) -> list[subprocess.Popen]:
     children: list[subprocess.Popen] = []
     real = subprocess.Popen
-    monkeypatch.setattr(compiling.subprocess, "Popen", lambda *a, **k: children.append(real(*a, **k)) or children[-1])
+    monkeypatch.setattr(library.subprocess, "Popen", lambda *a, **k: children.append(real(*a, **k)) or children[-1])
     return children
 
 

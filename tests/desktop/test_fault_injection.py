@@ -2,7 +2,7 @@
 "How it works" walk and a fine-tuning run (`tests.faults`). After each fault the user is told, the window
 stays usable, nothing already saved is lost, and the next request gives exactly what a clean one gives (the
 model, its KV cache and its LoRA layers were not left half-changed). The server's trials are in
-tests/engine/test_server_faults.py.
+tests/engine/server/test_server_faults.py.
 
 Trials per kind (with the server's 50: 225): replies 80, inspections 40, walks 25, word-order comparisons
 15, fine-tuning runs 15. The points are drawn from a fixed seed, uniformly over a clean run's calls.

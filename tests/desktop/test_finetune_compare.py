@@ -16,9 +16,9 @@ from desktop.finetune_worker import detach_lora
 from desktop.panels.compare import CompareDialog
 from engine.finetune.compare import logprob_difference
 from engine.finetune.lora import lora_layers
-from engine.generate import Generation
-from engine.loader import load_model
-from engine.sampling import SamplerSettings
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
+from engine.loading.loader import load_model
 from tests.desktop.helpers import click
 from tests.desktop.test_finetune_panel import RUN_TIMEOUT_MS, corpus, shot
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.explain import next_token_distribution
+from engine.inspection.explain import next_token_distribution
 from tests.desktop.helpers import click
 
 pytestmark = pytest.mark.gui

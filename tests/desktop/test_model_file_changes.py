@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from desktop.engine_worker import fingerprint
-from engine.default_model import default_model_path
+from engine.loading.default_model import default_model_path
 from tests.desktop.helpers import greedy, send_and_wait
 from tests.hardening import count
 

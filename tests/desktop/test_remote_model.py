@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 from tests.desktop.helpers import button, click, greedy, send_and_wait, type_and_send, wait_idle
 
 pytestmark = pytest.mark.gui

@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from desktop import engine_worker
-from engine.generate import Generation
-from engine.sampling import SamplerSettings
+from engine.generation.generate import Generation
+from engine.generation.sampling import SamplerSettings
 from tests.desktop.helpers import click, greedy, type_and_send, wait_idle
 
 pytestmark = pytest.mark.gui

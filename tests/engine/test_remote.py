@@ -15,10 +15,10 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from engine.loader import load_model
+from engine.generation.sampling import SamplerSettings
+from engine.loading.loader import load_model
 from engine.remote import RemoteClient, RemoteError, normalise_base_url, sampler_fields
-from engine.sampling import SamplerSettings
-from engine.server import EmberServer
+from engine.server.ember_server import EmberServer
 
 HI = [{"role": "user", "content": "Hi"}]
 GREEDY = SamplerSettings.greedy()

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.generation.sampling import SamplerSettings
 from engine.remote import RemoteClient
-from engine.sampling import SamplerSettings
 
 STARTUP_DEADLINE = 60.0  # seconds for a server to answer /v1/models (imports torch, loads a model)
 QUESTION = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -232,7 +232,7 @@ def test_llama_cpp_server(tmp_path):
     pytest.importorskip(
         "llama_cpp.server.app", reason="llama-cpp-python[server] is not installed", exc_type=ImportError
     )
-    from engine.default_model import default_model_path
+    from engine.loading.default_model import default_model_path
 
     model = str(default_model_path())
     port = _free_port()

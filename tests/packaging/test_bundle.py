@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import default_model
+from engine.loading import default_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE_LIMIT = int(1.2e9)  # bytes, onedir with CPU torch
@@ -65,7 +65,7 @@ def test_self_test_from_source(tmp_path):
 
 def test_self_test_fails_loudly_when_the_model_cannot_load(tmp_path):
     code = (
-        "import sys, engine.loader as loader\n"
+        "import sys, engine.loading.loader as loader\n"
         "from engine.errors import ModelFileError\n"
         "def gone(): raise ModelFileError('SmolLM2.gguf', 'deliberately missing')\n"
         "loader.default_model_path = gone\n"

@@ -1,0 +1,1 @@
+"""Compiled decoding: the one-token step exported and compiled with AOTInductor, and its cache of built libraries."""
