@@ -207,7 +207,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def lora_disabled(model: nn.Module) -> Iterator[None]:
+def lora_disabled(model: Transformer) -> Iterator[None]:
     """``with lora_disabled(model):`` the base model, without removing or changing the adapters."""
     layers = [layer for _, layer in lora_layers(model)]
     merged = [layer for layer in layers if layer.merged]
@@ -215,6 +215,7 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
         layer.unmerge()
     for layer in layers:
         layer.disabled = True
+    model.forget_cache()
     try:
         yield
     finally:
@@ -222,6 +223,7 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
             layer.disabled = False
         for layer in merged:
             layer.merge()
+        model.forget_cache()
 
 
 def merge_lora(model: nn.Module) -> None:

@@ -1,5 +1,10 @@
 """Streaming generation: prefill the prompt once, then one token at a time from the KV cache.
 
+The prompt's beginning that the cache already holds (the conversation so far, from the previous reply) is
+not run again: only the new tokens are prefilled (`Transformer.reusable_prefix`, by longest common prefix
+as llama.cpp's server slots do). An edit, a regenerated reply, another conversation or other weights share
+less or nothing with what the cache holds, and run from where they differ.
+
 A long prompt is prefilled in chunks of `PREFILL_CHUNK` tokens with the stop signal checked between them,
 so a reply stopped (or a server client gone) during a prompt of thousands of tokens ends within one chunk
 instead of after the whole prompt (8,000 tokens: about 35 s on a 2-core CPU).
@@ -46,13 +51,15 @@ class TokenEvent:
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values the cache already held (not run again)
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 
     @property
     def prefill_tokens_per_second(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+        run = self.prompt_tokens - self.cached_tokens
+        return run / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -101,11 +108,12 @@ class Generation:
         )
         return TokenEvent(token, text, float(logprobs[token]), alternatives)
 
-    def _prefill(self, prompt: list[int]) -> torch.Tensor | None:
-        """The logits after the whole prompt, or None when stopped between two chunks of it."""
+    def _prefill(self, prompt: list[int], cached: int) -> torch.Tensor | None:
+        """The logits after the whole prompt, whose first ``cached`` positions the cache holds already, or
+        None when stopped between two chunks of it."""
         model = self.model
-        for start in range(0, len(prompt), PREFILL_CHUNK):
-            if start and is_stopped(self.should_stop):
+        for start in range(cached, len(prompt), PREFILL_CHUNK):
+            if start > cached and is_stopped(self.should_stop):
                 return None
             chunk = torch.tensor([prompt[start : start + PREFILL_CHUNK]], device=model.device)
             logits = model(chunk, start, last_only=True)[0, -1]
@@ -114,18 +122,19 @@ class Generation:
     def __iter__(self) -> Iterator[TokenEvent]:
         model, prompt = self.model, list(self.prompt_ids)
         needed = min(len(prompt) + self.max_tokens, self.context_length)
-        if model.cache_capacity < needed:
-            model.setup_cache(min(-(-needed // CACHE_STEP) * CACHE_STEP, model.cfg.max_seq_len))
+        model.grow_cache(min(-(-needed // CACHE_STEP) * CACHE_STEP, model.cfg.max_seq_len))
+        cached = model.reusable_prefix(prompt)
         sampler = Sampler(self.settings, model.device)
         self.seed = sampler.seed
         detok = StreamingDetokenizer(self.tokenizer, skip_special=True)
         stops = StopMatcher(self.stop_strings)
         self.stats.prompt_tokens = len(prompt)
+        self.stats.cached_tokens = cached
         history = list(prompt)
 
         with torch.inference_mode():
             t_step = time.perf_counter()
-            logits = self._prefill(prompt)
+            logits = self._prefill(prompt, cached)
             if logits is None:
                 self.finish_reason = "cancelled"
                 return

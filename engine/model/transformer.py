@@ -11,6 +11,9 @@ output depart later from the float32 reference than a model run wholly in bf16.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,7 +134,8 @@ class Transformer(nn.Module):
 
     With a cache set up (`setup_cache`), tokens are the ones at positions ``start .. start+T`` and
     earlier positions come from the cache; without one, ``start`` must be 0 and the whole sequence
-    is given.
+    is given. The cache remembers which tokens it holds (`cached_ids`), so that the next prompt that
+    begins the same way, the conversation's next turn, runs only its new tokens (`reusable_prefix`).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -144,6 +148,8 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.rotary = None if cfg.learned_positions else RotaryTable(inverse_frequencies(cfg))
         self.caches: list[KVCache] | None = None
+        self.cached_ids: list[int] = []  # the tokens at positions 0.. whose keys and values the cache holds
+        self._cache_weights: list = []  # (weak reference, version) of each weight those were computed with
         self.compiled_step = None  # decoding steps compiled ahead of time, see engine.compiled.step
 
     def keep_norms_float32(self) -> Transformer:
@@ -175,9 +181,47 @@ class Transformer(nn.Module):
             KVCache(batch, cfg.n_kv_head, capacity, cfg.head_dim, device=self.device, dtype=self.dtype)
             for _ in range(cfg.n_layer)
         ]
+        self.cached_ids = []
+
+    def grow_cache(self, capacity: int) -> None:
+        """A batch-1 cache of at least ``capacity`` positions that keeps what the cache holds now."""
+        if self.cache_capacity >= capacity and self.caches[0].k.shape[0] == 1:
+            return
+        old, kept = self.caches, list(self.cached_ids)
+        self.setup_cache(capacity)
+        if old and old[0].k.shape[0] == 1:
+            n = min(len(kept), old[0].capacity)
+            for new, prev in zip(self.caches, old, strict=True):
+                new.update(0, prev.k[:, :, :n], prev.v[:, :, :n])
+            self.cached_ids = kept[:n]
 
     def drop_cache(self) -> None:
         self.caches = None
+        self.cached_ids = []
+
+    def forget_cache(self) -> None:
+        """The model now computes other keys and values with the same weights (an adapter switched off or
+        on): what the cache holds is not reused."""
+        self.cached_ids = []
+
+    def reusable_prefix(self, ids: Sequence[int]) -> int:
+        """How many of the first positions of ``ids`` the cache already holds, as these weights compute them:
+        those need not run again (at most ``len(ids) - 1``: the last one runs for its logits). The weights
+        are noted here, so call it before running ``ids``; a weight changed or replaced since the last call
+        (a LoRA adapter attached or merged, a fine-tuning step) empties the cache's record."""
+        weights = [*self.parameters(), *self.buffers()]
+        same = len(weights) == len(self._cache_weights) and all(
+            ref() is w and version == w._version for w, (ref, version) in zip(weights, self._cache_weights, strict=True)
+        )
+        if not same:
+            self.cached_ids = []
+            self._cache_weights = [(weakref.ref(w), w._version) for w in weights]
+        n = 0
+        for cached, wanted in zip(self.cached_ids, ids[: len(ids) - 1], strict=False):
+            if cached != wanted:
+                break
+            n += 1
+        return n
 
     def allowed_keys(self, start: int, T: int) -> torch.Tensor:
         """Bool (T, start+T): which keys each query may attend to (causal, and the sliding window)."""
@@ -215,9 +259,20 @@ class Transformer(nn.Module):
             raise ValueError("start > 0 needs a KV cache (call setup_cache first)")
         if start + T > (self.cache_capacity if self.caches else self.cfg.max_seq_len):
             raise ValueError(f"positions up to {start + T} exceed the cache or context length")
+        self._note_cached(tokens, start)
         if self.compiled_step is not None and self._decoding(T, start):
             return self.compiled_step(self, tokens, start)
         return self.run(tokens, start, last_only)
+
+    def _note_cached(self, tokens: torch.Tensor, start: int) -> None:
+        """Keep `cached_ids` true: the pass about to run writes ``tokens``' keys and values at ``start``."""
+        if not self.caches:
+            return
+        if tokens.shape[0] != 1 or start > len(self.cached_ids):
+            self.cached_ids = []
+            return
+        del self.cached_ids[start:]
+        self.cached_ids.extend(tokens[0].tolist())
 
     def _decoding(self, T: int, start: int) -> bool:
         """A step the compiled graph serves (see engine.compiled.step): one token at position 2 or later,
