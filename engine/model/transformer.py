@@ -259,20 +259,17 @@ class Transformer(nn.Module):
             raise ValueError("start > 0 needs a KV cache (call setup_cache first)")
         if start + T > (self.cache_capacity if self.caches else self.cfg.max_seq_len):
             raise ValueError(f"positions up to {start + T} exceed the cache or context length")
-        self._note_cached(tokens, start)
+        # What the cache holds from ``start`` on is overwritten: forgotten first, so that a pass that fails
+        # half-way (some layers written, others not) leaves no record of tokens it did not finish.
+        recorded = bool(self.caches) and tokens.shape[0] == 1 and start <= len(self.cached_ids)
+        del self.cached_ids[start if recorded else 0 :]
         if self.compiled_step is not None and self._decoding(T, start):
-            return self.compiled_step(self, tokens, start)
-        return self.run(tokens, start, last_only)
-
-    def _note_cached(self, tokens: torch.Tensor, start: int) -> None:
-        """Keep `cached_ids` true: the pass about to run writes ``tokens``' keys and values at ``start``."""
-        if not self.caches:
-            return
-        if tokens.shape[0] != 1 or start > len(self.cached_ids):
-            self.cached_ids = []
-            return
-        del self.cached_ids[start:]
-        self.cached_ids.extend(tokens[0].tolist())
+            logits = self.compiled_step(self, tokens, start)
+        else:
+            logits = self.run(tokens, start, last_only)
+        if recorded:
+            self.cached_ids.extend(tokens[0].tolist())
+        return logits
 
     def _decoding(self, T: int, start: int) -> bool:
         """A step the compiled graph serves (see engine.compiled.step): one token at position 2 or later,

@@ -160,3 +160,26 @@ def test_another_pass_over_the_cache_is_remembered(lm, monkeypatch):
     gen, logprobs, ran = warm(lm, ids, monkeypatch)
     assert gen.stats.cached_tokens == common_prefix(ids, other) and ran == len(ids) - gen.stats.cached_tokens
     same_reply((gen.ids, logprobs), fresh(lm, ids))
+
+
+def test_a_pass_that_fails_half_way_leaves_no_record_of_its_tokens(lm, monkeypatch):
+    """A pass stopped by an error in its 20th layer has written the first 19 layers' keys and values only:
+    the next reply runs those positions again."""
+    ids = prompt(lm, "List two colours of the rainbow.")
+    edited = prompt(lm, "List two colours of the sky at night.")
+    lm.model.drop_cache()
+    reply(lm, ids)
+    layer = lm.model.layers[19]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(layer, "forward", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        reply(lm, edited)
+    monkeypatch.undo()
+    shared = common_prefix(ids, edited)
+    assert lm.model.cached_ids == ids[:shared]
+    gen, logprobs, ran = warm(lm, edited, monkeypatch)
+    assert gen.stats.cached_tokens == shared and ran == len(edited) - shared
+    same_reply((gen.ids, logprobs), fresh(lm, edited))
