@@ -5,7 +5,7 @@ and the tuned model. The UI thread never runs any of it.
 owns both). It drives the same engine API as ``ember-cli finetune`` (`engine.finetune.build_dataset`,
 `engine.finetune.finetune`). The model is the engine worker's loaded one, shared: a run holds the model's
 lock (`engine.model_lock.hold`) from start to end, so a chat reply, an inspection or a served request
-waits for it (and the chat refuses to send while a run is going, see `MainWindow._ready`). Stop is a
+waits for it (and the chat refuses to send while a run is going, see `ChatSession._ready`). Stop is a
 `threading.Event` set from the UI thread; the engine checks it between optimizer steps, and while the
 run waits for the lock.
 

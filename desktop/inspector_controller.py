@@ -57,10 +57,10 @@ class InspectorController(QObject):
         if w.remote.active is not None:
             self._inspect_remote(turn)
             return
-        if lm is None or w.generating or self.busy:
+        if lm is None or w.session.generating or self.busy:
             w.statusBar().showMessage("The inspector needs a loaded model and no reply being written.", 5000)
             return
-        history = w._history(upto_turn=turn + 1)
+        history = w.session.history(upto_turn=turn + 1)
         full = lm.encode_prompt(lm.render_chat(history, add_generation_prompt=False))
         self.reply_start = len(full)
         if history and history[-1]["role"] == "assistant":
@@ -131,7 +131,7 @@ class InspectorController(QObject):
             return
         if self.turn is None or not self.reply_start <= position < len(self.ids):
             return
-        self.window.fork(self.turn, self.ids[self.reply_start : position] + [token_id])
+        self.window.session.fork(self.turn, self.ids[self.reply_start : position] + [token_id])
 
     @Slot(str)
     def _on_input_changed(self, text: str) -> None:

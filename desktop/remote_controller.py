@@ -33,7 +33,7 @@ PREVIEW_NEEDS_LOCAL = (
 
 @dataclass(frozen=True)
 class RemoteFit(Fit):
-    """What `MainWindow._ready` returns for a remote model: the messages, sent as they are."""
+    """What `ChatSession._ready` returns for a remote model: the messages, sent as they are."""
 
     messages: tuple = ()
 
@@ -85,7 +85,7 @@ class RemoteModels(QObject):
     @Slot(str, str, str)
     def _on_use(self, base_url: str, model: str, api_key: str) -> None:
         w = self.window
-        if w.generating:
+        if w.session.generating:
             w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
             return
         try:
@@ -98,7 +98,7 @@ class RemoteModels(QObject):
 
     @Slot(str, str)
     def _on_recent(self, base_url: str, model: str) -> None:
-        if self.window.generating:
+        if self.window.session.generating:
             self.window.statusBar().showMessage(
                 "Wait for the reply to finish (or stop it) before switching models.", 5000
             )
@@ -113,7 +113,7 @@ class RemoteModels(QObject):
         self.box.show_active(base_url, model)
         w.setWindowTitle(f"Ember — {model} (remote)")
         w.statusBar().showMessage(f"Replies now come from {model} at {base_url}", 5000)
-        w.refresh_preview()
+        w.session.refresh_preview()
 
     @Slot()
     def use_local(self) -> None:
@@ -121,14 +121,14 @@ class RemoteModels(QObject):
         w = self.window
         if self.active is None:
             return
-        if w.generating:
+        if w.session.generating:
             w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
             return
         self.active = None
         name = (w.model_info or {}).get("name")
         self.box.show_inactive(name)
         w.setWindowTitle(f"Ember — {name}" if name else "Ember")
-        w.refresh_preview()
+        w.session.refresh_preview()
 
     def stop(self) -> None:
         self._connector.stop()

@@ -552,7 +552,7 @@ class FinetuneController(QObject):
         if self.window.worker.model is None:
             QMessageBox.information(self.window, "No model", "Load a model first: fine-tuning trains the loaded model.")
             return True
-        if self.window.generating:
+        if self.window.session.generating:
             QMessageBox.information(
                 self.window,
                 "A reply is being written",
@@ -751,14 +751,14 @@ class FinetuneController(QObject):
         dialog.show()
 
     def _send_compare(self, dialog, out_dir, model, method, prompt, n, chat) -> None:
-        if self.training or self.window.generating:
+        if self.training or self.window.session.generating:
             dialog.show_error("the model is busy (training or writing a chat reply); try again when it is done")
             return
         self.worker.compare_stop.clear()
         self.worker.requestCompare.emit(out_dir, model, method, prompt, n, chat)
 
     def _send_score(self, dialog, out_dir, model, method, text) -> None:
-        if self.training or self.window.generating:
+        if self.training or self.window.session.generating:
             dialog.show_error("the model is busy (training or writing a chat reply); try again when it is done")
             return
         self.worker.compare_stop.clear()

@@ -85,7 +85,7 @@ def test_replies(qtbot, window, dialogs, injector):
             assert last.role == "assistant" and last.status == "interrupted" and reference.startswith(text)
         else:
             assert text == reference and last.status == "complete"
-        assert window._stream is None and window.chat.send.isEnabled()
+        assert window.session.reply is None and window.chat.send.isEnabled()
         after = saved(window)
         assert {cid: after[cid] for cid in before} == before, "a fault changed what was already saved"
         assert reply(qtbot, window, injector, None) == reference, f"the reply after a fault at {injector.fired}"

@@ -79,7 +79,7 @@ def test_train_stop_resume_and_chat_with_the_tuned_model(qtbot, make_window, dia
     assert len(panel.train_curve.getData()[0]) >= 2
     shot(panel, "finetune-training")
 
-    window.send("Tell me about glass-birds")  # refused while the run holds the model
+    window.session.send("Tell me about glass-birds")  # refused while the run holds the model
     assert dialogs.titles("information")[-1] == "Training"
 
     click(qtbot, panel.stop)
