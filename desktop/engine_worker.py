@@ -2,7 +2,8 @@
 
 `EngineWorker` is a QObject moved to its own QThread. The UI asks for work through queued signals
 (`requestLoad`, `requestLens`, and `requestGenerate` / `requestInspect` through `generate()` /
-`inspect()`; a remote server's reply: `requestRemoteGenerate` through `generate_remote()`) and cancels
+`inspect()`; a remote server's reply: `requestRemoteGenerate` through `generate_remote()`, whose
+per-token logprobs come back in ``generationFinished`` for the inspector) and cancels
 through a `threading.Event` it sets directly; the worker answers with plain-data signals. Tokens are
 batched: at most one `tokens` signal per ~33 ms. Every pass over the model holds its lock
 (`engine.model_lock.hold`), so a server serving the same model (`desktop.serve_controller`) takes turns
@@ -40,7 +41,6 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from desktop.remote_worker import remote_generate
 from desktop.worker_boundary import boundary
 from engine.compiling import compile_decoding
 from engine.errors import CompileUnavailableError
@@ -49,9 +49,11 @@ from engine.generate import Generation
 from engine.inspect import Inspection, InspectionCancelled, inspect, logit_lens
 from engine.loader import LoadedModel, load_model
 from engine.model_lock import hold
+from engine.remote import RemoteClient, RemoteError, normalise_base_url
 from engine.sampling import SamplerSettings
 
 BATCH_SECONDS = 1 / 30
+TOP_LOGPROBS = 5  # alternatives per token asked of a remote server, for the inspector
 log = logging.getLogger(__name__)
 
 
@@ -150,7 +152,7 @@ class EngineWorker(QObject):
         self.requestGenerate.emit(prompt_ids, settings, options)
 
     def generate_remote(self, messages: list, settings: dict, options: dict) -> None:
-        """Called on the UI thread: queue a reply from a remote server (`desktop.remote_worker`); the same
+        """Called on the UI thread: queue a reply from a remote server (`_on_remote_generate`); the same
         signals, batching and cancel flag as a local generation."""
         self.cancel_flag.clear()
         self.requestRemoteGenerate.emit(messages, settings, options)
@@ -272,7 +274,51 @@ class EngineWorker(QObject):
     @Slot(list, dict, dict)
     @boundary("generationFailed", "the remote reply")
     def _on_remote_generate(self, messages: list, settings: dict, options: dict) -> None:
-        remote_generate(self, messages, settings, options)
+        """Stream a reply from ``options["base_url"]`` / ``options["model"]`` (the key in ``options["api_key"]``,
+        never stored by the worker), with the same signals and batching as a local reply. Logprobs (for the
+        inspector) are asked for until a server refuses them (a 400); then, for this session, no more."""
+        try:
+            client = RemoteClient(options["base_url"], options.get("api_key") or None)
+        except RemoteError as e:
+            self.generationFailed.emit(str(e))
+            return
+        endpoint = (client.base_url, options["model"])
+        ask_logprobs = endpoint not in self.remote_without_logprobs
+        try:
+            gen = client.chat(
+                options["model"],
+                messages,
+                SamplerSettings(**settings),
+                max_tokens=options.get("max_tokens", 512),
+                stop_strings=options.get("stop", ()),
+                top_logprobs=TOP_LOGPROBS if ask_logprobs else None,
+                logprobs_fallback=ask_logprobs,
+                should_stop=self.cancel_flag,
+            )
+            # No local tokenizer counts a remote prompt: the server reports its count when it finishes.
+            self.stream(gen, {"prompt_tokens": 0, "context_length": 0, "remote": True})
+            if gen.logprobs_refused:
+                self.remote_without_logprobs.add(endpoint)
+        except RemoteError as e:  # what arrived before the failure was sent by `stream`
+            where = normalise_base_url(options["base_url"])
+            message = str(e) if where in str(e) else f"{where}: {e}"
+            self.generationFailed.emit(f"The remote model {options['model']} failed. {message}")
+            return
+        finally:
+            client.close()
+        s = gen.stats
+        self.generationFinished.emit(
+            {
+                "text": gen.text,
+                "finish_reason": gen.finish_reason,
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "prefill_tps": s.prefill_tokens_per_second,
+                "decode_tps": s.decode_tokens_per_second,
+                "seed": gen.seed,
+                "logprobs": gen.tokens or None,  # per token, for the inspector (bounded: MAX_KEPT_TOKENS)
+            }
+        )
 
     def stream(self, gen, started: dict) -> None:
         """Announce ``started``, then send ``gen``'s tokens (local or remote) in batches of at most one per

@@ -1,7 +1,7 @@
 """Fine-tuning on a worker thread: the data preview, training runs, and switching chat between the base
 and the tuned model. The UI thread never runs any of it.
 
-`FinetuneWorker` is a QObject moved to its own QThread (`desktop.panels.finetune.FinetuneController`
+`FinetuneWorker` is a QObject moved to its own QThread (`desktop.finetune_controller.FinetuneController`
 owns both). It drives the same engine API as ``ember-cli finetune`` (`engine.finetune.build_dataset`,
 `engine.finetune.finetune`). The model is the engine worker's loaded one, shared: a run holds the model's
 lock (`engine.model_lock.hold`) from start to end, so a chat reply, an inspection or a served request

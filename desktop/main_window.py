@@ -41,10 +41,12 @@ from desktop.chat_view import ChatView
 from desktop.db_safety import open_store
 from desktop.disk_full import is_disk_full
 from desktop.engine_worker import EngineWorker
+from desktop.finetune_controller import FinetuneController
+from desktop.how_it_works_controller import HowItWorksController
 from desktop.inspector_controller import InspectorController
 from desktop.model_watch import ModelFileWatch
-from desktop.panels.finetune import FinetuneController, FinetunePanel
-from desktop.panels.how_it_works import HowItWorksController, HowItWorksPanel
+from desktop.panels.finetune import FinetunePanel
+from desktop.panels.how_it_works import HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel, scrolling
 from desktop.panels.prompts import PromptsPanel
@@ -127,9 +129,19 @@ class MainWindow(QMainWindow):
         self.worker = EngineWorker()
         self.worker.moveToThread(self.thread)
         self.thread.start()
-        self.remote = RemoteModels(self, self.model_panel.remote)  # a remote model, when one is in use
+        show_status = self.statusBar().showMessage
+        self.remote = RemoteModels(  # a remote model, when one is in use
+            self.model_panel.remote,
+            settings=self.settings,
+            config_dir=dirs.config,
+            chatting=lambda: self.session.generating,
+            local_name=lambda: (self.model_info or {}).get("name"),
+            show_status=show_status,
+        )
         self.model_panel.serve.port.setValue(self.settings.get("server/port"))
-        self.serving = LocalServer(self, self.model_panel.serve)  # the local model served to other apps
+        self.serving = LocalServer(  # the local model served to other apps
+            self.model_panel.serve, worker=self.worker, settings=self.settings, show_status=show_status
+        )
         # The loaded model's file deleted or replaced on disk: said here and in the Model panel.
         self.model_notice = QLabel(accessibleName="Model file notice", visible=False)
         self.model_notice.linkActivated.connect(self._on_model_notice_link)
@@ -147,15 +159,37 @@ class MainWindow(QMainWindow):
             sampling=self.sampling,
             remote=self.remote,
             saving=self.saving,
-            show_status=self.statusBar().showMessage,
+            show_status=show_status,
             model_info=lambda: self.model_info,
             training=lambda: bool(self.finetune.training),
             new_conversation=self.new_conversation,
         )
         self._connect()
-        self.inspector = InspectorController(self, self.inspector_panel)
-        self.how_it_works = HowItWorksController(self, self.how_panel)
-        self.finetune = FinetuneController(self, self.finetune_panel)
+        self.inspector = InspectorController(
+            self.inspector_panel,
+            worker=self.worker,
+            session=self.session,
+            chat=self.chat,
+            remote=self.remote,
+            sampling=self.sampling,
+            show_status=show_status,
+            reveal=lambda min_width: self._reveal("inspector", min_width),
+        )
+        self.how_it_works = HowItWorksController(
+            self.how_panel,
+            worker=self.worker,
+            session=self.session,
+            chat=self.chat,
+            sampling=self.sampling,
+            reveal=lambda: self._reveal("how_it_works"),
+        )
+        self.finetune = FinetuneController(
+            self.finetune_panel,
+            engine=self.worker,
+            data_dir=dirs.data,
+            chatting=lambda: self.session.generating,
+            show_status=show_status,
+        )
         self._build_menus()
 
         self.chat.set_policy(self.settings.get("chat/context_policy"))
@@ -194,6 +228,14 @@ class MainWindow(QMainWindow):
         self.addDockWidget(area, dock)
         return dock
 
+    def _reveal(self, key: str, min_width: int = 0) -> None:
+        """Show and raise the dock ``key``, at least ``min_width`` wide."""
+        dock = self.docks[key]
+        dock.show()
+        dock.raise_()
+        if dock.width() < min_width:
+            self.resizeDocks([dock], [min_width], Qt.Orientation.Horizontal)
+
     def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
         action = menu.addAction(text)
         if shortcut is not None:
@@ -205,7 +247,7 @@ class MainWindow(QMainWindow):
         bar = self.menuBar()
         file = bar.addMenu("&File")
         self._action(file, "&New chat", self.new_conversation, QKeySequence.StandardKey.New)
-        self._action(file, "&Open model…", self.model_panel._on_open_file, QKeySequence.StandardKey.Open)
+        self._action(file, "&Open model…", self.model_panel.choose_file, QKeySequence.StandardKey.Open)
         file.addSeparator()
         self._action(file, "Export as &Markdown…", lambda: self.export_conversation("md"))
         self._action(file, "Export as &JSON…", lambda: self.export_conversation("json"))
@@ -247,6 +289,7 @@ class MainWindow(QMainWindow):
         w.loadFailed.connect(self.model_panel.on_load_failed)
         w.loadFailed.connect(self._on_load_failed)
         self.session.conversationsChanged.connect(self._refresh_conversations)
+        self.remote.switched.connect(self._on_model_switched)
         c = self.chat
         c.inputChanged.connect(lambda _text: self.session.refresh_preview())
         c.policy.currentIndexChanged.connect(lambda _i: self.session.refresh_preview())
@@ -456,8 +499,16 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"{info['name']} ready on {info['device']}", 5000)
         self.model_notice.hide()
         self.model_watch.watch(info["path"], info["fingerprint"])
-        if self.remote.active is None:
-            self.setWindowTitle(f"Ember — {info['name']}")
+        self._on_model_switched()
+
+    @Slot()
+    def _on_model_switched(self) -> None:
+        """The model that answers changed (loaded, or a remote one, or back to the local one)."""
+        if self.remote.active is not None:
+            self.setWindowTitle(f"Ember — {self.remote.active['model']} (remote)")
+        else:
+            name = (self.model_info or {}).get("name")
+            self.setWindowTitle(f"Ember — {name}" if name else "Ember")
         self.session.refresh_preview()
 
     @Slot(str, str)

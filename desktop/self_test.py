@@ -128,7 +128,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         window.worker.tokens.connect(tokens.extend)
         window.worker.generationFinished.connect(lambda result: reply.update(result))
         window.worker.generationFailed.connect(lambda message: reply.update(failed=message))
-        window.send(PROMPT)
+        window.session.send(PROMPT)
         _wait(app, lambda: bool(reply), deadline, "waiting for the reply", dialogs)
         app.processEvents()
         if "failed" in reply:

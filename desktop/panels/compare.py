@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.panels.inspector import visible
+from desktop.panels.token_display import visible
 
 SCALE = 3.0  # a difference of this many nats (or more) gets the strongest colour
 

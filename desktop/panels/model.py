@@ -143,7 +143,7 @@ class ModelPanel(QWidget):
         layout.addStretch(1)
         self.set_recent(recent)
 
-        self.open_file.clicked.connect(self._on_open_file)
+        self.open_file.clicked.connect(self.choose_file)
         self.open_folder.clicked.connect(self._on_open_folder)
         self.use_default.clicked.connect(lambda: self.request(""))
         self.recent.itemActivated.connect(lambda item: self.request(item.data(Qt.ItemDataRole.UserRole)))
@@ -172,7 +172,7 @@ class ModelPanel(QWidget):
         self.estimate.setText(describe_estimate(self.path, self.device.currentText(), self.dtype.currentText()))
 
     @Slot()
-    def _on_open_file(self) -> None:
+    def choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)")
         if path:
             self.request(path)
