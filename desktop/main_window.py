@@ -79,11 +79,27 @@ class MainWindow(QMainWindow):
         self.store = opened.store
         self.store_notice = opened.notice  # shown once the window is up
         self.model_info: dict[str, Any] | None = None
+        self._build_panels()
+        self.docks = self._build_docks(self._build_sidebar())
+        self._start_worker()
+        self._build_model_notice()
+        self._build_controllers()
+        self._connect()
+        self._build_menus()
+        self._restore_state()
+        if load_model_on_start:
+            self.model_panel.request(self.settings.get("model/path"))
 
+    # Construction
+
+    def _build_panels(self) -> None:
+        """The chat in the middle, and the panels' widgets (docked by `_build_docks`)."""
         self.chat = ChatView()
         self.setCentralWidget(self.chat)
-        self.sampling = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", dirs.sampling_presets))
-        self.prompts = PromptsPanel(Presets(resources_dir() / "presets" / "prompts.json", dirs.prompt_presets))
+        self.sampling = SamplingPanel(
+            Presets(resources_dir() / "presets" / "sampling.json", self.dirs.sampling_presets)
+        )
+        self.prompts = PromptsPanel(Presets(resources_dir() / "presets" / "prompts.json", self.dirs.prompt_presets))
         self.model_panel = ModelPanel(
             self.settings.get("model/recent"),
             self.settings.get("model/device"),
@@ -91,6 +107,12 @@ class MainWindow(QMainWindow):
             self.settings.get("model/compile"),
             unavailable_reason(torch.device("cpu")),
         )
+        self.inspector_panel = InspectorPanel()
+        self.how_panel = HowItWorksPanel()
+        self.finetune_panel = FinetunePanel()
+
+    def _build_sidebar(self) -> QWidget:
+        """New chat, the search box and the list of conversations."""
         self.search = QLineEdit(
             placeholderText="Search conversations (Ctrl+F)",
             accessibleName="Search conversations",
@@ -105,10 +127,11 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.new_chat)
         side_layout.addWidget(self.search)
         side_layout.addWidget(self.conversation_list)
-        self.inspector_panel = InspectorPanel()
-        self.how_panel = HowItWorksPanel()
-        self.finetune_panel = FinetunePanel()
-        self.docks = {
+        return sidebar
+
+    def _build_docks(self, sidebar: QWidget) -> dict[str, QDockWidget]:
+        """The sidebar on the left; the panels on the right, as tabs, Prompts in front."""
+        docks = {
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
@@ -117,32 +140,21 @@ class MainWindow(QMainWindow):
             "how_it_works": self._dock("How it works", self.how_panel),
             "finetune": self._dock("Fine-tune", self.finetune_panel),
         }
-        self.tabifyDockWidget(self.docks["prompts"], self.docks["sampling"])
-        self.tabifyDockWidget(self.docks["sampling"], self.docks["model"])
-        self.tabifyDockWidget(self.docks["model"], self.docks["inspector"])
-        self.tabifyDockWidget(self.docks["inspector"], self.docks["how_it_works"])
-        self.tabifyDockWidget(self.docks["how_it_works"], self.docks["finetune"])
-        self.docks["prompts"].raise_()
+        tabbed = list(docks.values())[1:]
+        for first, second in zip(tabbed, tabbed[1:], strict=False):
+            self.tabifyDockWidget(first, second)
+        docks["prompts"].raise_()
+        return docks
 
+    def _start_worker(self) -> None:
         self.thread = QThread(self)
         self.thread.setObjectName("engine")
         self.worker = EngineWorker()
         self.worker.moveToThread(self.thread)
         self.thread.start()
-        show_status = self.statusBar().showMessage
-        self.remote = RemoteModels(  # a remote model, when one is in use
-            self.model_panel.remote,
-            settings=self.settings,
-            config_dir=dirs.config,
-            chatting=lambda: self.session.generating,
-            local_name=lambda: (self.model_info or {}).get("name"),
-            show_status=show_status,
-        )
-        self.model_panel.serve.port.setValue(self.settings.get("server/port"))
-        self.serving = LocalServer(  # the local model served to other apps
-            self.model_panel.serve, worker=self.worker, settings=self.settings, show_status=show_status
-        )
-        # The loaded model's file deleted or replaced on disk: said here and in the Model panel.
+
+    def _build_model_notice(self) -> None:
+        """The loaded model's file deleted or replaced on disk: said in the status bar and the Model panel."""
         self.model_notice = QLabel(accessibleName="Model file notice", visible=False)
         self.model_notice.linkActivated.connect(self._on_model_notice_link)
         self.statusBar().addPermanentWidget(self.model_notice)
@@ -151,6 +163,23 @@ class MainWindow(QMainWindow):
         status = self.model_panel.status
         status.setTextInteractionFlags(status.textInteractionFlags() | Qt.TextInteractionFlag.LinksAccessibleByMouse)
         status.linkActivated.connect(self._on_model_notice_link)
+
+    def _build_controllers(self) -> None:
+        """The workflows, each handed what it uses: remote models, serving, the chat session, the inspector,
+        How it works and fine-tuning."""
+        show_status = self.statusBar().showMessage
+        self.remote = RemoteModels(  # a remote model, when one is in use
+            self.model_panel.remote,
+            settings=self.settings,
+            config_dir=self.dirs.config,
+            chatting=self._chatting,
+            local_name=lambda: (self.model_info or {}).get("name"),
+            show_status=show_status,
+        )
+        self.model_panel.serve.port.setValue(self.settings.get("server/port"))
+        self.serving = LocalServer(  # the local model served to other apps
+            self.model_panel.serve, worker=self.worker, settings=self.settings, show_status=show_status
+        )
         self.session = ChatSession(
             store=self.store,
             worker=self.worker,
@@ -164,7 +193,6 @@ class MainWindow(QMainWindow):
             training=lambda: bool(self.finetune.training),
             new_conversation=self.new_conversation,
         )
-        self._connect()
         self.inspector = InspectorController(
             self.inspector_panel,
             worker=self.worker,
@@ -186,12 +214,17 @@ class MainWindow(QMainWindow):
         self.finetune = FinetuneController(
             self.finetune_panel,
             engine=self.worker,
-            data_dir=dirs.data,
-            chatting=lambda: self.session.generating,
+            data_dir=self.dirs.data,
+            chatting=self._chatting,
             show_status=show_status,
         )
-        self._build_menus()
 
+    def _chatting(self) -> bool:
+        """A reply is being written (asked by the controllers made before the session)."""
+        return self.session.generating
+
+    def _restore_state(self) -> None:
+        """The settings into the widgets, the window's layout, the theme, and the last conversation."""
         self.chat.set_policy(self.settings.get("chat/context_policy"))
         self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
         preset = self.settings.get("sampling/preset")
@@ -211,8 +244,6 @@ class MainWindow(QMainWindow):
         last = self.settings.get("chat/last_conversation")
         ids = [c.id for c in self.store.conversations()]
         self.open_conversation(last if last in ids else (ids[0] if ids else None))
-        if load_model_on_start:
-            self.model_panel.request(self.settings.get("model/path"))
 
     # Construction
 

@@ -79,9 +79,14 @@ class FinetunePanel(QWidget):
         self.model_config = None  # the loaded model's ModelConfig, for the estimate
         self.device_type = "cpu"
         self.flops_per_second: float | None = None  # measured on the worker with the preview
+        self._train_chunks = 0
         layout = QVBoxLayout(self)
+        for box in (self._data_box(), self._settings_box(), self._run_box(), self._runs_box()):
+            layout.addWidget(box)
+        self._connect()
 
-        # Data
+    def _data_box(self) -> QGroupBox:
+        """The files chosen, what they hold, and sample chunks."""
         data = QGroupBox("Your files")
         data_layout = QVBoxLayout(data)
         row = QHBoxLayout()
@@ -113,9 +118,10 @@ class FinetunePanel(QWidget):
         self.samples.setPlaceholderText("Sample chunks of the training data appear here.")
         self.samples.setMaximumHeight(110)
         data_layout.addWidget(self.samples)
-        layout.addWidget(data)
+        return data
 
-        # Settings
+    def _settings_box(self) -> QGroupBox:
+        """The run's settings and the estimate of its time and memory."""
         box = QGroupBox("Settings")
         box_layout = QVBoxLayout(box)
         form = QFormLayout()
@@ -153,9 +159,10 @@ class FinetunePanel(QWidget):
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         box_layout.addWidget(self.estimate)  # not a form row: a wrapped label there gets one line's height
-        layout.addWidget(box)
+        return box
 
-        # Run
+    def _run_box(self) -> QGroupBox:
+        """Start, Stop, Resume, the progress and the loss chart."""
         run = QGroupBox("Training")
         run_layout = QVBoxLayout(run)
         row = QHBoxLayout()
@@ -184,9 +191,10 @@ class FinetunePanel(QWidget):
         )
         styled(self.plot)
         run_layout.addWidget(self.plot)
-        layout.addWidget(run)
+        return run
 
-        # Runs
+    def _runs_box(self) -> QGroupBox:
+        """Past runs, the tuned model in chat, compare and export."""
         runs = QGroupBox("Runs")
         runs_layout = QVBoxLayout(runs)
         self.runs = QTreeWidget(accessibleName="Fine-tuning runs")
@@ -212,8 +220,9 @@ class FinetunePanel(QWidget):
         self.outputs.setWordWrap(True)
         self.outputs.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         runs_layout.addWidget(self.outputs)
-        layout.addWidget(runs)
+        return runs
 
+    def _connect(self) -> None:
         self.add_folder.clicked.connect(self._on_add_folder)
         self.add_files.clicked.connect(self._on_add_files)
         self.clear.clicked.connect(self._on_clear)
@@ -231,7 +240,6 @@ class FinetunePanel(QWidget):
         self._repreview.timeout.connect(self._on_repreview)
         for w in (self.seq_len, self.val_fraction):
             w.valueChanged.connect(self._repreview.start)
-        self._train_chunks = 0
 
     # Choosing data
 
