@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
+from desktop.messages import GenerationResult, GenerationStarted, ModelInfo, Token
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.prompt_fit import Fit, fit_prompt
@@ -87,7 +88,7 @@ class ChatSession(QObject):
         remote: RemoteModels,
         saving: Saver,
         show_status: Callable[[str, int], None],
-        model_info: Callable[[], dict | None],
+        model_info: Callable[[], ModelInfo | None],
         training: Callable[[], bool],
         new_conversation: Callable[[], None],
     ) -> None:
@@ -184,11 +185,11 @@ class ChatSession(QObject):
         if self.remote.active is not None:  # the endpoint and model id; never the key
             active = self.remote.active
             return {"model": active["model"], "endpoint": active["base_url"], "settings": settings}
-        info = self._model_info() or {}
+        info = self._model_info()
         return {
-            "model": info.get("path"),
-            "model_fingerprint": info.get("fingerprint"),
-            "template": info.get("template"),
+            "model": info and info.path,
+            "model_fingerprint": info and info.fingerprint,
+            "template": info and info.template,
             "settings": settings,
         }
 
@@ -344,17 +345,17 @@ class ChatSession(QObject):
 
     # The reply streaming in
 
-    @Slot(dict)
-    def _on_generation_started(self, info: dict) -> None:
+    @Slot(object)
+    def _on_generation_started(self, started: GenerationStarted) -> None:
         if self.reply is not None:
-            self.reply.context_length = info["context_length"]
+            self.reply.context_length = started.context_length
 
-    @Slot(list)
-    def _on_tokens(self, batch: list) -> None:
+    @Slot(object)
+    def _on_tokens(self, batch: tuple[Token, ...]) -> None:
         r = self.reply
         if r is None:
             return
-        r.text += "".join(t["text"] for t in batch)
+        r.text += "".join(t.text for t in batch)
         r.tokens += len(batch)
         self.chat.stream_text(r.content)
         elapsed = max(time.monotonic() - r.started, 1e-6)
@@ -367,26 +368,26 @@ class ChatSession(QObject):
                 self.store.update_message(r.message_id, content=r.content)
             r.saved = time.monotonic()
 
-    @Slot(dict)
-    def _on_generation_finished(self, result: dict) -> None:
+    @Slot(object)
+    def _on_generation_finished(self, result: GenerationResult) -> None:
         r = self.reply
         if r is None:
             return
-        status = "stopped" if result["finish_reason"] == "cancelled" else "complete"
+        status = "stopped" if result.finish_reason == "cancelled" else "complete"
         meta = {
             **r.meta,
-            "seed": result["seed"],
-            "finish_reason": result["finish_reason"],
-            "prompt_tokens": result["prompt_tokens"],
-            "generated_tokens": result["generated_tokens"],
-            "decode_tps": round(result["decode_tps"], 2),
+            "seed": result.seed,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "generated_tokens": result.generated_tokens,
+            "decode_tps": round(result.decode_tps, 2),
         }
-        if result.get("logprobs"):  # a remote reply's per-token logprobs, for the inspector
-            meta["logprobs"] = result["logprobs"]
-        self._finish(r.final(status, meta, result["text"]))
+        if result.logprobs:  # a remote reply's per-token logprobs, for the inspector
+            meta["logprobs"] = list(result.logprobs)
+        self._finish(r.final(status, meta, result.text))
         self.chat.set_readout(
-            f"{result['generated_tokens']} tokens · {result['decode_tps']:.1f} tokens/s · "
-            + FINISHED.get(result["finish_reason"], result["finish_reason"])
+            f"{result.generated_tokens} tokens · {result.decode_tps:.1f} tokens/s · "
+            + FINISHED.get(result.finish_reason, result.finish_reason)
         )
 
     @Slot(str)

@@ -10,21 +10,21 @@ batched: at most one `tokens` signal per ~33 ms. Every pass over the model holds
 with the chat. Every request ends in its result or its failure signal, whatever it raises
 (`desktop.worker_boundary`): a bug is logged with its traceback and the thread takes the next request.
 
-Signals:
+Signals (the payload types are in `desktop.messages`, frozen):
     loadStarted(str path)
     loadProgress(int percent)
-    loaded(dict info)            -- model facts for the UI
+    loaded(ModelInfo)            -- model facts for the UI
     loadFailed(str message)      -- the previous model stays loaded and usable
     compileStarted(str message)  -- building the compiled decoding step, after `loaded` (the model answers)
-    compiled(dict info)          -- the model's facts again: compiled, or why not (``compile_warning``)
-    generationStarted(dict info) -- prompt tokens, context length
-    tokens(list batch)           -- [{"id", "text", "logprob"}], in order
-    generationFinished(dict)     -- text, finish_reason, stats
+    compiled(ModelInfo)          -- the model's facts again: compiled, or why not (``compile_warning``)
+    generationStarted(GenerationStarted) -- prompt tokens, context length
+    tokens(tuple[Token, ...])    -- a batch, in order
+    generationFinished(GenerationResult) -- text, finish_reason, stats
     generationFailed(str message)
     inspectionProgress(int percent)
     inspected(Inspection)        -- tokens, log-probs, candidates, attention (CPU tensors)
     inspectionFailed(str message)
-    lens(int position, list)     -- the logit lens at a position of the last inspection
+    lens(Lens)                   -- the logit lens at a position of the last inspection
     explained(Explanation)       -- the "How it works" walk (requestExplain)
     explainFailed(str message)
     wordOrderCompared(WordOrder) -- next-token predictions after two word orders (requestWordOrder)
@@ -37,10 +37,10 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.messages import GenerationResult, GenerationStarted, Lens, ModelInfo, Token
 from desktop.worker_boundary import boundary
 from engine.compiling import compile_decoding
 from engine.errors import CompileUnavailableError
@@ -72,27 +72,42 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_info(lm: LoadedModel, compile_warning: str | None = None) -> dict[str, Any]:
+def model_info(lm: LoadedModel, compile_warning: str | None = None) -> ModelInfo:
     cfg = lm.config
-    return {
-        "path": str(lm.path),
-        "name": lm.name,
-        "format": lm.file_format,
-        "architecture": cfg.arch,
-        "parameters": cfg.n_params,
-        "layers": cfg.n_layer,
-        "context_length": lm.context_length,
-        "weight_types": lm.weight_types,
-        "device": str(lm.model.device),
-        "dtype": str(lm.model.dtype).removeprefix("torch."),
-        "precision": lm.precision,
-        "load_seconds": lm.load_seconds,
-        "template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
-        "template_warning": lm.template_warning,
-        "compile_warning": compile_warning,
-        "memory_estimate": lm.memory_estimate,
-        "fingerprint": fingerprint(lm.path),
-    }
+    return ModelInfo(
+        path=str(lm.path),
+        name=lm.name,
+        format=lm.file_format,
+        architecture=cfg.arch,
+        parameters=cfg.n_params,
+        layers=cfg.n_layer,
+        context_length=lm.context_length,
+        weight_types=tuple(lm.weight_types.items()),
+        device=str(lm.model.device),
+        dtype=str(lm.model.dtype).removeprefix("torch."),
+        precision=lm.precision,
+        load_seconds=lm.load_seconds,
+        template="ChatML (fallback)" if lm.template.is_fallback else "the model's own",
+        template_warning=lm.template_warning,
+        compile_warning=compile_warning,
+        memory_estimate=lm.memory_estimate,
+        fingerprint=fingerprint(lm.path),
+    )
+
+
+def generation_result(gen, logprobs: list | None = None) -> GenerationResult:
+    """What ``gen`` (a local `Generation` or a remote stream, run to its end) produced."""
+    s = gen.stats
+    return GenerationResult(
+        text=gen.text,
+        finish_reason=gen.finish_reason,
+        prompt_tokens=s.prompt_tokens,
+        generated_tokens=s.generated_tokens,
+        prefill_tps=s.prefill_tokens_per_second,
+        decode_tps=s.decode_tokens_per_second,
+        seed=gen.seed,
+        logprobs=tuple(logprobs) if logprobs else None,
+    )
 
 
 class EngineWorker(QObject):
@@ -103,19 +118,19 @@ class EngineWorker(QObject):
     loadStarted = Signal(str)
     loadProgress = Signal(int)
     compileStarted = Signal(str)  # emitted from the compiling thread
-    compiled = Signal(dict)  # emitted from the compiling thread
-    loaded = Signal(dict)
+    compiled = Signal(object)  # emitted from the compiling thread
+    loaded = Signal(object)
     loadFailed = Signal(str)
-    generationStarted = Signal(dict)
-    tokens = Signal(list)
-    generationFinished = Signal(dict)
+    generationStarted = Signal(object)
+    tokens = Signal(object)
+    generationFinished = Signal(object)
     generationFailed = Signal(str)
     requestInspect = Signal(list, dict)  # token ids, sampler settings
     requestLens = Signal(int)  # position in the last inspection
     inspectionProgress = Signal(int)
     inspected = Signal(object)  # engine.inspect.Inspection (lists and CPU tensors, no model reference)
     inspectionFailed = Signal(str)
-    lens = Signal(int, list)  # position, per layer [Candidate]
+    lens = Signal(object)
     requestExplain = Signal(list, dict)  # token ids, sampler settings: the "How it works" walk
     requestWordOrder = Signal(str, str)  # two texts whose next-token predictions to compare
     explained = Signal(object)  # engine.explain.Explanation
@@ -247,7 +262,7 @@ class EngineWorker(QObject):
         if lm is not None and result is not None and 0 <= position < len(result.ids):
             with hold(lm):
                 rows = logit_lens(lm.model, lm.tokenizer, result, position)
-            self.lens.emit(position, rows)
+            self.lens.emit(Lens(position, tuple(rows)))
 
     @Slot(list, dict)
     @boundary("explainFailed", "the walk through the model")
@@ -296,7 +311,7 @@ class EngineWorker(QObject):
                 should_stop=self.cancel_flag,
             )
             # No local tokenizer counts a remote prompt: the server reports its count when it finishes.
-            self.stream(gen, {"prompt_tokens": 0, "context_length": 0, "remote": True})
+            self.stream(gen, GenerationStarted(prompt_tokens=0, context_length=0, remote=True))
             if gen.logprobs_refused:
                 self.remote_without_logprobs.add(endpoint)
         except RemoteError as e:  # what arrived before the failure was sent by `stream`
@@ -306,35 +321,24 @@ class EngineWorker(QObject):
             return
         finally:
             client.close()
-        s = gen.stats
-        self.generationFinished.emit(
-            {
-                "text": gen.text,
-                "finish_reason": gen.finish_reason,
-                "prompt_tokens": s.prompt_tokens,
-                "generated_tokens": s.generated_tokens,
-                "prefill_tps": s.prefill_tokens_per_second,
-                "decode_tps": s.decode_tokens_per_second,
-                "seed": gen.seed,
-                "logprobs": gen.tokens or None,  # per token, for the inspector (bounded: MAX_KEPT_TOKENS)
-            }
-        )
+        # Per token, for the inspector (bounded: MAX_KEPT_TOKENS).
+        self.generationFinished.emit(generation_result(gen, gen.tokens))
 
-    def stream(self, gen, started: dict) -> None:
+    def stream(self, gen, started: GenerationStarted) -> None:
         """Announce ``started``, then send ``gen``'s tokens (local or remote) in batches of at most one per
         `BATCH_SECONDS`. What arrived before a failure is still sent, so the partial reply keeps it."""
         self.generationStarted.emit(started)
-        batch: list[dict] = []
+        batch: list[Token] = []
         last_emit = time.monotonic()
         try:
             for event in gen:
-                batch.append({"id": event.id, "text": event.text, "logprob": event.logprob})
+                batch.append(Token(event.id, event.text, event.logprob))
                 if time.monotonic() - last_emit >= BATCH_SECONDS:
-                    self.tokens.emit(batch)
+                    self.tokens.emit(tuple(batch))
                     batch, last_emit = [], time.monotonic()
         finally:
             if batch:
-                self.tokens.emit(batch)
+                self.tokens.emit(tuple(batch))
 
     @Slot(list, dict, dict)
     @boundary("generationFailed", "the reply")
@@ -357,16 +361,5 @@ class EngineWorker(QObject):
             if not held:  # stopped while it waited: an empty, stopped reply
                 gen.finish_reason = "cancelled"
             else:
-                self.stream(gen, {"prompt_tokens": len(prompt_ids), "context_length": lm.context_length})
-        s = gen.stats
-        self.generationFinished.emit(
-            {
-                "text": gen.text,
-                "finish_reason": gen.finish_reason,
-                "prompt_tokens": s.prompt_tokens,
-                "generated_tokens": s.generated_tokens,
-                "prefill_tps": s.prefill_tokens_per_second,
-                "decode_tps": s.decode_tokens_per_second,
-                "seed": gen.seed,
-            }
-        )
+                self.stream(gen, GenerationStarted(prompt_tokens=len(prompt_ids), context_length=lm.context_length))
+        self.generationFinished.emit(generation_result(gen))

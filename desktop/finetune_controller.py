@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Slot
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import QMessageBox, QTreeWidgetItem
 
 from desktop.engine_worker import EngineWorker
 from desktop.finetune_worker import FinetuneWorker
+from desktop.messages import Compared, Exported, ModelInfo, Preview, RunEnded, RunStarted, Scored, StepProgress
 from desktop.panels.compare import CompareDialog
 from desktop.panels.finetune import FinetunePanel
 from desktop.presets import write_json_atomic
@@ -161,13 +163,13 @@ class FinetuneController(QObject):
         self.panel.summary.setText("Reading the files…")
         self.worker.requestPreview.emit(paths, self.panel.seq_len.value(), self.panel.val_fraction.value())
 
-    @Slot(dict)
-    def _on_previewed(self, preview: dict) -> None:
-        if preview["paths"] == self.panel.paths:  # not an answer for files since replaced
+    @Slot(object)
+    def _on_previewed(self, preview: Preview) -> None:
+        if list(preview.paths) == self.panel.paths:  # not an answer for files since replaced
             lm = self.engine.model
             if lm is not None:
                 self.panel.model_config, self.panel.device_type = lm.config, lm.model.device.type
-            self.panel.flops_per_second = preview.get("flops_per_second")
+            self.panel.flops_per_second = preview.flops_per_second
             self.panel.show_preview(preview)
 
     @Slot(str)
@@ -240,28 +242,37 @@ class FinetuneController(QObject):
         self._show_runs(select=record["out_dir"])
         self.worker.train(record["paths"], record["config"], record["out_dir"], resume)
 
-    @Slot(dict)
-    def _on_started(self, info: dict) -> None:
+    @Slot(object)
+    def _on_started(self, _started: RunStarted) -> None:
         self.panel.status.setText("Reading the files and measuring the validation loss…")
 
-    @Slot(list)
-    def _on_progress(self, batch: list) -> None:
-        self.history.extend(batch)
+    @Slot(object)
+    def _on_progress(self, batch: tuple[StepProgress, ...]) -> None:
+        self.history.extend(asdict(p) for p in batch)  # as the runs file keeps them
         self.panel.show_history(self.history)
         self.panel.show_progress(batch[-1])
 
-    @Slot(dict)
-    def _on_finished(self, result: dict) -> None:
-        record = self._run(result["out_dir"])
+    @Slot(object)
+    def _on_finished(self, ended: RunEnded) -> None:
+        record = self._run(ended.out_dir)
         self.training = ""
         self.panel.set_training(False)
         if record is None:
             return
-        for key in ("status", "step", "total_steps", "val_loss_before", "val_loss_after", "history", "adapter_dir"):
-            if key in result and (result[key] is not None or key not in record):
-                record[key] = result[key]
-        record.setdefault("outputs", {}).update(result.get("outputs") or {})
-        if result["status"] == "finished":
+        values = {
+            "status": ended.status,
+            "step": ended.step,
+            "total_steps": ended.total_steps,
+            "val_loss_before": ended.val_loss_before,
+            "val_loss_after": ended.val_loss_after,
+            "history": list(ended.history),
+            "adapter_dir": ended.outputs.adapter_dir,
+        }
+        for key, value in values.items():
+            if value is not None or key not in record:
+                record[key] = value
+        record.setdefault("outputs", {}).update(ended.outputs.written())
+        if ended.status == "finished":
             before, after = record.get("val_loss_before"), record.get("val_loss_after")
             losses = f" Validation loss {before:.3f} → {after:.3f}." if before is not None and after is not None else ""
             self.panel.status.setText(
@@ -340,15 +351,16 @@ class FinetuneController(QObject):
         self.panel.status.setText("Writing the merged model (folder and GGUF)…")
         self.worker.requestExport.emit(out_dir, record.get("model", ""), "f16")
 
-    @Slot(str, dict)
-    def _on_exported(self, out_dir: str, info: dict) -> None:
+    @Slot(object)
+    def _on_exported(self, exported: Exported) -> None:
         self.exporting = ""
-        record = self._run(out_dir)
+        written = exported.outputs.written()
+        record = self._run(exported.out_dir)
         if record is not None:
-            record.setdefault("outputs", {}).update(info)
+            record.setdefault("outputs", {}).update(written)
             self._save_runs()
         self.panel.status.setText(
-            "Merged model written: " + ", ".join(str(v) for k, v in info.items() if k != "gguf_skipped")
+            "Merged model written: " + ", ".join(v for k, v in written.items() if k != "gguf_skipped")
         )
         self._on_run_selected()
 
@@ -397,8 +409,8 @@ class FinetuneController(QObject):
         if self.compare_dialog is not None:
             self.compare_dialog.append(side, text)
 
-    @Slot(dict)
-    def _on_compare_done(self, result: dict) -> None:
+    @Slot(object)
+    def _on_compare_done(self, result: Compared) -> None:
         if self.compare_dialog is not None:
             self.compare_dialog.show_done(result)
 
@@ -407,8 +419,8 @@ class FinetuneController(QObject):
         if self.compare_dialog is not None:
             self.compare_dialog.show_error(message)
 
-    @Slot(dict)
-    def _on_scored(self, scored: dict) -> None:
+    @Slot(object)
+    def _on_scored(self, scored: Scored) -> None:
         if self.compare_dialog is not None:
             self.compare_dialog.show_scored(scored)
 
@@ -433,8 +445,8 @@ class FinetuneController(QObject):
         elif not self.training:
             self._show_status("Chat now uses the base model.", 5000)
 
-    @Slot(dict)
-    def _on_model_loaded(self, _info: dict) -> None:
+    @Slot(object)
+    def _on_model_loaded(self, _info: ModelInfo) -> None:
         """Another model (or the same one again): the chat starts on its base weights."""
         if self.worker.active:
             self.worker.requestUseTuned.emit("", "")

@@ -11,6 +11,7 @@ from PySide6.QtCore import QObject, Slot
 from desktop.chat_session import ChatSession
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
+from desktop.messages import GenerationResult
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.remote_controller import NEEDS_LOCAL, RemoteModels
@@ -121,8 +122,8 @@ class InspectorController(QObject):
         if self.reply_start < len(result.ids):
             self.panel.select(self.reply_start)
 
-    @Slot(dict)
-    def _on_generation_finished(self, _result: dict) -> None:
+    @Slot(object)
+    def _on_generation_finished(self, _result: GenerationResult) -> None:
         self.panel.mark_stale()
 
     @Slot(str)

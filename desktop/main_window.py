@@ -12,7 +12,6 @@ import json
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import torch
 from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, Slot
@@ -44,6 +43,7 @@ from desktop.engine_worker import EngineWorker
 from desktop.finetune_controller import FinetuneController
 from desktop.how_it_works_controller import HowItWorksController
 from desktop.inspector_controller import InspectorController
+from desktop.messages import ModelInfo
 from desktop.model_watch import ModelFileWatch
 from desktop.panels.finetune import FinetunePanel
 from desktop.panels.how_it_works import HowItWorksPanel
@@ -78,7 +78,7 @@ class MainWindow(QMainWindow):
         opened = open_store(dirs.database)
         self.store = opened.store
         self.store_notice = opened.notice  # shown once the window is up
-        self.model_info: dict[str, Any] | None = None
+        self.model_info: ModelInfo | None = None
         self._build_panels()
         self.docks = self._build_docks(self._build_sidebar())
         self._start_worker()
@@ -173,7 +173,7 @@ class MainWindow(QMainWindow):
             settings=self.settings,
             config_dir=self.dirs.config,
             chatting=self._chatting,
-            local_name=lambda: (self.model_info or {}).get("name"),
+            local_name=lambda: self.model_info.name if self.model_info else None,
             show_status=show_status,
         )
         self.model_panel.serve.port.setValue(self.settings.get("server/port"))
@@ -521,15 +521,15 @@ class MainWindow(QMainWindow):
         self.session.loading = True
         self.worker.requestLoad.emit(path, device, dtype, compile)
 
-    @Slot(dict)
-    def _on_loaded(self, info: dict) -> None:
+    @Slot(object)
+    def _on_loaded(self, info: ModelInfo) -> None:
         self.session.loading = False
         self.model_info = info
         self.settings.set("model/path", self.model_panel.path)
         self.settings.set("model/recent", self.model_panel.recent_paths())
-        self.statusBar().showMessage(f"{info['name']} ready on {info['device']}", 5000)
+        self.statusBar().showMessage(f"{info.name} ready on {info.device}", 5000)
         self.model_notice.hide()
-        self.model_watch.watch(info["path"], info["fingerprint"])
+        self.model_watch.watch(info.path, info.fingerprint)
         self._on_model_switched()
 
     @Slot()
@@ -538,7 +538,7 @@ class MainWindow(QMainWindow):
         if self.remote.active is not None:
             self.setWindowTitle(f"Ember — {self.remote.active['model']} (remote)")
         else:
-            name = (self.model_info or {}).get("name")
+            name = self.model_info.name if self.model_info else ""
             self.setWindowTitle(f"Ember — {name}" if name else "Ember")
         self.session.refresh_preview()
 
@@ -576,9 +576,9 @@ class MainWindow(QMainWindow):
         """Reload the model from the path it was loaded from (the Model panel's, "" for the default)."""
         self.model_panel.request(self.model_panel.path)
 
-    @Slot(dict)
-    def _on_compiled(self, info: dict) -> None:
-        if self.model_info is not None and self.model_info["path"] == info["path"]:
+    @Slot(object)
+    def _on_compiled(self, info: ModelInfo) -> None:
+        if self.model_info is not None and self.model_info.path == info.path:
             self.model_info = info
 
     @Slot(str)

@@ -5,7 +5,7 @@
 load or a reply on the engine thread.
 
 Signals of `RemoteConnector`:
-    listed(str base_url, list model_ids)
+    listed(ModelList)  -- `desktop.messages.ModelList`: the server's address and its model ids
     failed(str base_url, str message)
 """
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from desktop.messages import ModelList
 from engine.remote import RemoteClient, RemoteError, normalise_base_url
 
 
 class RemoteConnector(QObject):
     requestModels = Signal(str, str)  # base URL, API key ("" = none)
-    listed = Signal(str, list)
+    listed = Signal(object)
     failed = Signal(str, str)
 
     def __init__(self) -> None:
@@ -40,7 +41,7 @@ class RemoteConnector(QObject):
         if not models:
             self.failed.emit(base_url, f"{url} lists no models.")
             return
-        self.listed.emit(url, models)
+        self.listed.emit(ModelList(url, tuple(models)))
 
 
 class ConnectorThread:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, Slot
 
 from desktop.engine_worker import EngineWorker
+from desktop.messages import ModelInfo
 from desktop.panels.serve_box import ServeBox
 from desktop.settings import Settings
 from engine.server import EmberServer
@@ -75,8 +76,8 @@ class LocalServer(QObject):
         if server is not None:
             server.stop()
 
-    @Slot(dict)
-    def _on_loaded(self, _info: dict) -> None:
+    @Slot(object)
+    def _on_loaded(self, _info: ModelInfo) -> None:
         self.box.set_available(True)
         server = self.server
         if server is None or server.app.state.api.lm is self.worker.model:

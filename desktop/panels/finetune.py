@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.messages import Preview, StepProgress
 from desktop.panels.charts import BLUE, ORANGE, styled
 from engine.finetune.estimate import estimate_run
 from engine.finetune.lora import ALL_TARGETS
@@ -298,28 +299,28 @@ class FinetunePanel(QWidget):
 
     # Showing
 
-    def show_preview(self, preview: dict) -> None:
+    def show_preview(self, preview: Preview) -> None:
         self.files.clear()
-        for f in preview["files"]:
-            note = f["skipped"] and f"skipped: {f['skipped']}" or "; ".join(f["notes"])
+        for f in preview.files:
+            note = f.skipped and f"skipped: {f.skipped}" or "; ".join(f.notes)
             item = QTreeWidgetItem(
                 [
-                    Path(f["path"]).name,
-                    "" if f["skipped"] else str(f["tokens"]),
-                    "" if f["skipped"] else str(f["chunks"]),
+                    Path(f.path).name,
+                    "" if f.skipped else str(f.tokens),
+                    "" if f.skipped else str(f.chunks),
                     note,
                 ]
             )
-            item.setToolTip(0, f["path"])
+            item.setToolTip(0, f.path)
             item.setToolTip(3, note)
-            if f["skipped"]:
+            if f.skipped:
                 for col in range(4):
                     item.setForeground(col, self.palette().placeholderText())
             self.files.addTopLevelItem(item)
-        self.summary.setText(f"{preview['summary']}; {preview['train_tokens']:,} training tokens.")
+        self.summary.setText(f"{preview.summary}; {preview.train_tokens:,} training tokens.")
         sep = "\n" + "─" * 24 + "\n"
-        self.samples.setPlainText(sep.join(preview["samples"]))
-        self._train_chunks = preview["train_chunks"]
+        self.samples.setPlainText(sep.join(preview.samples))
+        self._train_chunks = preview.train_chunks
         self.update_estimate()
 
     @Slot()
@@ -381,13 +382,13 @@ class FinetunePanel(QWidget):
         val += [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
         self.val_curve.setData([x for x, _ in val], [y for _, y in val])
 
-    def show_progress(self, p: dict) -> None:
-        self.progress.setMaximum(p["total_steps"])
-        self.progress.setValue(p["step"])
-        val = f" · val {p['val_loss']:.3f}" if p.get("val_loss") is not None else ""
+    def show_progress(self, p: StepProgress) -> None:
+        self.progress.setMaximum(p.total_steps)
+        self.progress.setValue(p.step)
+        val = f" · val {p.val_loss:.3f}" if p.val_loss is not None else ""
         self.status.setText(
-            f"Step {p['step']}/{p['total_steps']} · epoch {p['epoch']:.2f} · loss {p['train_loss']:.3f}{val} · "
-            f"{p['tokens_per_second']:.0f} tokens/s · ETA {duration(p['eta_seconds'])}"
+            f"Step {p.step}/{p.total_steps} · epoch {p.epoch:.2f} · loss {p.train_loss:.3f}{val} · "
+            f"{p.tokens_per_second:.0f} tokens/s · ETA {duration(p.eta_seconds)}"
         )
 
     def selected_run(self) -> str:

@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.attention_maps import AttentionGrid, AttentionHeatmap
+from desktop.messages import Lens
 from desktop.panels.token_display import attention_shades, percent, probability_color, visible
 from engine.inspect import Candidate, Inspection
 
@@ -295,9 +296,11 @@ class InspectorPanel(QWidget):
         self.grid.show_maps(result.attention)
         self._show_heatmap()
 
-    def show_lens(self, position: int, rows: list[list[Candidate]]) -> None:
-        if position != self.position:
+    @Slot(object)
+    def show_lens(self, lens: Lens) -> None:
+        if lens.position != self.position:
             return
+        rows = lens.rows
         k = max((len(r) for r in rows), default=0)
         self.lens.clear()
         self.lens.setRowCount(len(rows))

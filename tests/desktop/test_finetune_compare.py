@@ -147,13 +147,13 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     qtbot.waitUntil(lambda: dialog.score.isEnabled() and len(dialog.tokens) != n_reply, timeout=RUN_TIMEOUT_MS)
     ids = lm.tokenizer.encode(dialog.score_text.toPlainText(), add_bos=lm.tokenizer.add_bos)
     expected = logprob_difference(tuned, ids)  # the adapter is on `tuned`: its own base pass turns it off
-    assert [t["id"] for t in dialog.tokens] == ids[1:]
+    assert [t.id for t in dialog.tokens] == ids[1:]
     # The chat's model may hold bf16 / packed int4 weights; the independent copy is float32. In bf16 logits
     # of 16-32 come in steps of 0.125, so each of the two log-probabilities can be off by about one step.
     tol = 2e-3 if lm.model.dtype == torch.float32 else 0.3
     for shown, exp in zip(dialog.tokens, expected, strict=True):
-        assert shown["diff"] == pytest.approx(exp.diff, abs=tol)
-    assert sum(t["diff"] for t in dialog.tokens) > 0, "the tuned model finds its training text likelier"
+        assert shown.diff == pytest.approx(exp.diff, abs=tol)
+    assert sum(t.diff for t in dialog.tokens) > 0, "the tuned model finds its training text likelier"
     dialog._on_token_hovered(QUrl("tok:0"))
     assert "difference" in dialog.details.text() and "base" in dialog.details.text()
     dialog.close()
