@@ -23,7 +23,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
-from desktop.messages import GenerationResult, GenerationStarted, ModelInfo, Token
+from desktop.messages import GenerateRequest, GenerationResult, GenerationStarted, ModelInfo, Token, frozen_map
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.prompt_fit import Fit, fit_prompt
@@ -225,9 +225,9 @@ class ChatSession(QObject):
         self.chat.begin_stream(self.store.messages(self.cid)[-1])
         self.chat.set_busy(True)
         if isinstance(fit, RemoteFit):
-            self.worker.generate_remote(list(fit.messages), settings, self.remote.options(max_tokens))
+            self.worker.generate_remote(self.remote.request(fit.messages, settings, max_tokens))
         else:
-            self.worker.generate(ids, settings, {"max_tokens": max_tokens})
+            self.worker.generate(GenerateRequest(tuple(ids), frozen_map(settings), max_tokens))
 
     @Slot(str)
     def send(self, text: str) -> None:

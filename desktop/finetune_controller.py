@@ -16,7 +16,19 @@ from PySide6.QtWidgets import QMessageBox, QTreeWidgetItem
 
 from desktop.engine_worker import EngineWorker
 from desktop.finetune_worker import FinetuneWorker
-from desktop.messages import Compared, Exported, ModelInfo, Preview, RunEnded, RunStarted, Scored, StepProgress
+from desktop.messages import (
+    Compared,
+    Exported,
+    ModelInfo,
+    Preview,
+    PreviewRequest,
+    RunEnded,
+    RunStarted,
+    Scored,
+    StepProgress,
+    TrainRequest,
+    frozen_map,
+)
 from desktop.panels.compare import CompareDialog
 from desktop.panels.finetune import FinetunePanel
 from desktop.presets import write_json_atomic
@@ -161,7 +173,9 @@ class FinetuneController(QObject):
             self.panel.summary.setText("")
             return
         self.panel.summary.setText("Reading the files…")
-        self.worker.requestPreview.emit(paths, self.panel.seq_len.value(), self.panel.val_fraction.value())
+        self.worker.requestPreview.emit(
+            PreviewRequest(tuple(paths), self.panel.seq_len.value(), self.panel.val_fraction.value())
+        )
 
     @Slot(object)
     def _on_previewed(self, preview: Preview) -> None:
@@ -240,7 +254,7 @@ class FinetuneController(QObject):
         self.panel.status.setText("Waiting for the model…" if not resume else "Resuming…")
         self._save_runs()
         self._show_runs(select=record["out_dir"])
-        self.worker.train(record["paths"], record["config"], record["out_dir"], resume)
+        self.worker.train(TrainRequest(tuple(record["paths"]), frozen_map(record["config"]), record["out_dir"], resume))
 
     @Slot(object)
     def _on_started(self, _started: RunStarted) -> None:

@@ -23,22 +23,6 @@ goes on with the base model until "Use the tuned model in chat" puts them back (
 idempotent, and neither changes a weight: the base weights are never merged into.
 
 Every request ends in its result or its failure signal, whatever it raises (`desktop.worker_boundary`).
-
-Signals (the payload types are in `desktop.messages`, frozen):
-    previewed(Preview)     -- the files read, their tokens and chunks, sample chunks, the machine's FLOP rate
-    previewFailed(str)
-    started(RunStarted)
-    progress(tuple[StepProgress, ...]) -- batched (at most ~10 signals a second)
-    finished(RunEnded)     -- finished or stopped: steps, losses, history, outputs
-    failed(str out_dir, str message)
-    tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
-    tunedFailed(str message)
-    exported(Exported)     -- a LoRA run's merged folder and GGUF file (or why no GGUF)
-    exportFailed(str out_dir, str message)
-    compareText(str side, str text) -- side "base" or "tuned"; pieces of the replies, batched
-    compareDone(Compared)  -- both replies, and the tuned one scored
-    compareFailed(str message)
-    scored(Scored)         -- per token: the base and tuned log-probabilities and their difference
 """
 
 from __future__ import annotations
@@ -57,12 +41,14 @@ from desktop.messages import (
     Exported,
     Preview,
     PreviewFile,
+    PreviewRequest,
     RunEnded,
     RunOutputs,
     RunStarted,
     Scored,
     ScoredToken,
     StepProgress,
+    TrainRequest,
 )
 from desktop.worker_boundary import boundary, failure_message
 from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
@@ -118,8 +104,35 @@ def float32_copy(lm):
 
 
 class FinetuneWorker(QObject):
-    requestPreview = Signal(list, int, float)  # paths, sequence length, validation fraction
-    requestTrain = Signal(list, dict, str, bool)  # paths, FinetuneConfig as a dict, output folder, resume
+    """Its requests (queued to its thread) and what it answers; the payload types are in `desktop.messages`.
+
+    Requests:
+        requestPreview(PreviewRequest)
+        requestTrain(TrainRequest)         -- through `train`
+        requestUseTuned(str out_dir, str model_path) -- "" for the base model
+        requestExport(str out_dir, str model_path, str gguf_type)
+        requestCompare(str out_dir, str model_path, str method, str prompt, int max_tokens, bool chat)
+        requestScore(str out_dir, str model_path, str method, str text)
+
+    Signals:
+        previewed(Preview)     -- the files read, their tokens and chunks, sample chunks, the machine's FLOP rate
+        previewFailed(str)
+        started(RunStarted)
+        progress(tuple[StepProgress, ...]) -- batched (at most ~10 signals a second)
+        finished(RunEnded)     -- finished or stopped: steps, losses, history, outputs
+        failed(str out_dir, str message)
+        tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
+        tunedFailed(str message)
+        exported(Exported)     -- a LoRA run's merged folder and GGUF file (or why no GGUF)
+        exportFailed(str out_dir, str message)
+        compareText(str side, str text) -- side "base" or "tuned"; pieces of the replies, batched
+        compareDone(Compared)  -- both replies, and the tuned one scored
+        compareFailed(str message)
+        scored(Scored)         -- per token: the base and tuned log-probabilities and their difference
+    """
+
+    requestPreview = Signal(object)  # PreviewRequest
+    requestTrain = Signal(object)  # TrainRequest, through `train`
     requestUseTuned = Signal(str, str)  # output folder of a run ("" = the base model), the run's model path
     requestExport = Signal(str, str, str)  # out_dir, the run's model path, GGUF type
     requestCompare = Signal(str, str, str, str, int, bool)  # out_dir, model path, method, prompt, max tokens, chat
@@ -157,22 +170,23 @@ class FinetuneWorker(QObject):
         self.requestCompare.connect(self._on_compare)
         self.requestScore.connect(self._on_score)
 
-    def train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
+    def train(self, request: TrainRequest) -> None:
         """Called on the UI thread; the flag is cleared here so a Stop pressed before the run starts counts."""
         # torch's optimizers import torch._dynamo on first use; importing it on the worker thread while the
         # UI thread runs Python hung a test run twice (a lock inside that import). Do it here, once.
         import torch._dynamo  # noqa: F401
 
         self.stop_flag.clear()
-        self.requestTrain.emit(paths, config, out_dir, resume)
+        self.requestTrain.emit(request)
 
     def stop(self) -> None:
         """Thread-safe: the run stops after the current optimizer step and writes a checkpoint."""
         self.stop_flag.set()
 
-    @Slot(list, int, float)
+    @Slot(object)
     @boundary("previewFailed", "reading the files")
-    def _on_preview(self, paths: list, seq_len: int, val_fraction: float) -> None:
+    def _on_preview(self, request: PreviewRequest) -> None:
+        paths = list(request.paths)
         lm = self.model_source()
         if lm is None:
             self.previewFailed.emit("No model is loaded: the preview needs its tokenizer.")
@@ -181,8 +195,8 @@ class FinetuneWorker(QObject):
             paths,
             lm.tokenizer,
             lm.render_chat,
-            seq_len=min(seq_len, lm.config.max_seq_len - 1),
-            val_fraction=val_fraction,
+            seq_len=min(request.seq_len, lm.config.max_seq_len - 1),
+            val_fraction=request.val_fraction,
         )
         samples = []
         for example in data.train[:SAMPLE_CHUNKS]:
@@ -207,8 +221,9 @@ class FinetuneWorker(QObject):
             self._rate = measure_matmul_rate()
         return self._rate
 
-    @Slot(list, dict, str, bool)
-    def _on_train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
+    @Slot(object)
+    def _on_train(self, request: TrainRequest) -> None:
+        paths, out_dir, resume = list(request.paths), request.out_dir, request.resume
         lm = self.model_source()
         if lm is None:
             self.failed.emit(out_dir, "No model is loaded.")
@@ -226,7 +241,7 @@ class FinetuneWorker(QObject):
 
         outputs: dict = {}
         try:
-            cfg = FinetuneConfig.from_dict(config)
+            cfg = FinetuneConfig.from_dict(dict(request.config))
             with hold(lm, self.stop_flag) as held:
                 if not held:
                     self.finished.emit(RunEnded(out_dir, "cancelled", 0, None, (), RunOutputs()))

@@ -9,6 +9,7 @@ from PySide6.QtCore import QObject, Slot
 from desktop.chat_session import ChatSession
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
+from desktop.messages import PassRequest, frozen_map
 from desktop.panels.how_it_works import EXAMPLE, HowItWorksPanel
 from desktop.panels.sampling import SamplingPanel
 from engine.explain import Explanation, WordOrder
@@ -84,7 +85,7 @@ class HowItWorksController(QObject):
         self.ids, self.busy = ids, True
         self.panel.set_busy(True)
         self.panel.status.setText(f"Running the model over {len(ids)} tokens…")
-        self.worker.requestExplain.emit(ids, self.sampling.settings())
+        self.worker.requestExplain.emit(PassRequest(tuple(ids), frozen_map(self.sampling.settings())))
 
     @Slot(str, str)
     def _on_compare(self, a: str, b: str) -> None:

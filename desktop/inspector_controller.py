@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, Slot
 from desktop.chat_session import ChatSession
 from desktop.chat_view import ChatView
 from desktop.engine_worker import EngineWorker
-from desktop.messages import GenerationResult
+from desktop.messages import GenerationResult, PassRequest, frozen_map
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.remote_controller import NEEDS_LOCAL, RemoteModels
@@ -90,7 +90,7 @@ class InspectorController(QObject):
         self.reveal(MIN_WIDTH)
         self.panel.set_busy(True)
         self.panel.summary.setText(f"Inspecting {len(full)} tokens…")
-        self.worker.inspect(full, self.sampling.settings())
+        self.worker.inspect(PassRequest(tuple(full), frozen_map(self.sampling.settings())))
 
     def _inspect_remote(self, turn: int) -> None:
         """A remote model is in use: show the reply at ``turn`` from the logprobs its server sent, if any."""

@@ -1,20 +1,60 @@
-"""What the workers send to the UI thread: frozen dataclasses, one per kind of signal payload.
+"""What crosses between the UI thread and the workers: frozen dataclasses, one per kind of signal payload.
 
 They live in one module, apart from the workers, so the UI side (the chat session, the controllers, the
 panels) names what it receives without importing a worker and the torch code behind it, and so the data
 that crosses threads can be read in one place. Each worker's class docstring lists its signals with the
 type each one carries (all emitted as ``Signal(object)``). Frozen: a payload is built once on the worker
 thread and only read after; fields are tuples, never lists, so nothing can be appended on either side.
+Sampler settings and fine-tune configs travel as read-only mappings (the worker builds the engine's
+`SamplerSettings` / `FinetuneConfig` from them, so a bad value fails there, as a failure signal).
 The engine's own results cross as they are (`engine.inspect.Inspection`, `engine.explain.Explanation`,
 `engine.explain.WordOrder`, `engine.inspect.Candidate`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-# The engine worker (desktop.engine_worker)
+
+def frozen_map(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy of ``values``, for a field of a request."""
+    return MappingProxyType(dict(values))
+
+
+# Requests to the engine worker (desktop.engine_worker)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt_ids: tuple[int, ...]
+    settings: Mapping[str, Any]  # sampler settings
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoteGenerateRequest:
+    messages: tuple[Mapping[str, str], ...]  # {"role", "content"}, sent as they are
+    settings: Mapping[str, Any]
+    base_url: str
+    model: str
+    api_key: str = field(default="", repr=False)  # in memory only: never stored, never logged
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """One pass over ``ids`` with these sampler settings: an inspection, or the "How it works" walk."""
+
+    ids: tuple[int, ...]
+    settings: Mapping[str, Any]
+
+
+# What the engine worker sends
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,25 @@ class ModelList:
     model_ids: tuple[str, ...]
 
 
-# The fine-tune worker (desktop.finetune_worker)
+# The fine-tune worker (desktop.finetune_worker): requests
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    paths: tuple[str, ...]
+    seq_len: int
+    val_fraction: float
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    paths: tuple[str, ...]
+    config: Mapping[str, Any]  # `engine.finetune.FinetuneConfig` fields
+    out_dir: str
+    resume: bool
+
+
+# What the fine-tune worker sends
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.messages import RemoteGenerateRequest, frozen_map
 from desktop.panels.remote_endpoint import MAX_RECENT, RemoteEndpointBox
 from desktop.prompt_fit import Fit
 from desktop.remote_worker import ConnectorThread
@@ -94,10 +95,17 @@ class RemoteModels(QObject):
     def api_key(self) -> str:
         return (self.keys.get(self.active["base_url"]) if self.active else None) or ""
 
-    def options(self, max_tokens: int) -> dict:
-        """The worker's options for a remote reply (the key travels in memory only)."""
+    def request(self, messages: tuple, settings: dict, max_tokens: int) -> RemoteGenerateRequest:
+        """The worker's request for a reply from the model in use (the key travels in memory only)."""
         assert self.active is not None
-        return {"max_tokens": max_tokens, **self.active, "api_key": self.api_key()}
+        return RemoteGenerateRequest(
+            messages=tuple(frozen_map(m) for m in messages),
+            settings=frozen_map(settings),
+            base_url=self.active["base_url"],
+            model=self.active["model"],
+            api_key=self.api_key(),
+            max_tokens=max_tokens,
+        )
 
     def _busy(self) -> bool:
         """A reply is being written: the model cannot change now (said in the status bar)."""

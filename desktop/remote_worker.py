@@ -3,10 +3,6 @@
 
 `RemoteConnector` is a QObject moved to its own small QThread, so a "Connect" never waits behind a model
 load or a reply on the engine thread.
-
-Signals of `RemoteConnector`:
-    listed(ModelList)  -- `desktop.messages.ModelList`: the server's address and its model ids
-    failed(str base_url, str message)
 """
 
 from __future__ import annotations
@@ -18,6 +14,16 @@ from engine.remote import RemoteClient, RemoteError, normalise_base_url
 
 
 class RemoteConnector(QObject):
+    """Its requests (queued to its thread) and what it answers; the payload types are in `desktop.messages`.
+
+    Requests:
+        requestModels(str base_url, str api_key) -- api_key "" for none
+
+    Signals:
+        listed(ModelList)  -- `desktop.messages.ModelList`: the server's address and its model ids
+        failed(str base_url, str message)
+    """
+
     requestModels = Signal(str, str)  # base URL, API key ("" = none)
     listed = Signal(object)
     failed = Signal(str, str)
