@@ -245,8 +245,6 @@ class MainWindow(QMainWindow):
         ids = [c.id for c in self.store.conversations()]
         self.open_conversation(last if last in ids else (ids[0] if ids else None))
 
-    # Construction
-
     def _dock(self, title: str, widget: QWidget, left: bool = False) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock_{title.lower()}")
@@ -290,8 +288,8 @@ class MainWindow(QMainWindow):
         self._action(chat, "&Regenerate last reply", self.session.regenerate_last, "Ctrl+R")
         self._action(chat, "&Search conversations", self._focus_search, QKeySequence.StandardKey.Find)
         self._action(chat, "Focus &input", self.chat.input.setFocus, "Ctrl+L")
-        self._action(chat, "&Inspect conversation", lambda: self.inspector.inspect_last(), "Ctrl+I")
-        self._action(chat, "How it &works: walk through the model's steps", lambda: self.how_it_works.open_from_chat())
+        self._action(chat, "&Inspect conversation", self.inspector.inspect_last, "Ctrl+I")
+        self._action(chat, "How it &works: walk through the model's steps", self.how_it_works.open_from_chat)
         view = bar.addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
