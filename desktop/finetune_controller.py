@@ -1,20 +1,20 @@
 """Fine-tuning from the desktop: `FinetuneController` owns the `desktop.finetune_worker.FinetuneWorker`
-and its thread, the list of past runs (``finetune_runs.json`` in the data folder, written atomically), the
-compare view and the merged exports, and ties them to the `desktop.panels.finetune.FinetunePanel`.
+and its thread, the list of past runs (`desktop.finetune_runs`), the compare view and the merged exports,
+and ties them to the `desktop.panels.finetune.FinetunePanel`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Slot
 from PySide6.QtWidgets import QMessageBox, QTreeWidgetItem
 
 from desktop.engine_worker import EngineWorker
+from desktop.finetune_runs import RESUMABLE, RUNS_FILE, RunRecord, load_runs, save_runs
 from desktop.finetune_worker import FinetuneWorker
 from desktop.messages import (
     Compared,
@@ -31,11 +31,7 @@ from desktop.messages import (
 )
 from desktop.panels.compare import CompareDialog
 from desktop.panels.finetune import FinetunePanel
-from desktop.presets import write_json_atomic
 from engine.finetune.train import latest_checkpoint
-
-RUNS_FILE = "finetune_runs.json"
-RESUMABLE = ("cancelled", "interrupted", "failed")
 
 
 def settings_text(cfg: dict) -> str:
@@ -69,7 +65,7 @@ class FinetuneController(QObject):
         self.panel, self.engine, self.data_dir = panel, engine, data_dir
         self._chatting, self._show_status = chatting, show_status
         self.runs_file = data_dir / RUNS_FILE
-        self.runs: list[dict] = self._load_runs()
+        self.runs: list[RunRecord] = load_runs(self.runs_file)
         self.training = ""  # out_dir of the run going on
         self.history: list[dict] = []
         self.thread = QThread(self)
@@ -108,25 +104,16 @@ class FinetuneController(QObject):
 
     # Runs file
 
-    def _load_runs(self) -> list[dict]:
-        try:
-            runs = json.loads(self.runs_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError):
-            self.runs_file.replace(self.runs_file.with_suffix(".damaged.json"))  # kept aside, not overwritten
-            return []
-        runs = [r for r in runs if isinstance(r, dict) and "out_dir" in r] if isinstance(runs, list) else []
-        for r in runs:
-            if r.get("status") == "running":  # the app stopped during that run
-                r["status"] = "interrupted"
-        return runs
+    def _run(self, out_dir: str) -> RunRecord | None:
+        return next((r for r in self.runs if r.out_dir == out_dir), None)
 
-    def _save_runs(self) -> None:
-        write_json_atomic(self.runs_file, self.runs)
-
-    def _run(self, out_dir: str) -> dict | None:
-        return next((r for r in self.runs if r["out_dir"] == out_dir), None)
+    def _save(self, record: RunRecord) -> None:
+        """Keep ``record`` in place of the run's previous one (or as a new run) and write the runs file."""
+        if self._run(record.out_dir) is None:
+            self.runs.append(record)
+        else:
+            self.runs = [record if r.out_dir == record.out_dir else r for r in self.runs]
+        save_runs(self.runs_file, self.runs)
 
     def _show_runs(self, select: str = "") -> None:
         tree = self.panel.runs
@@ -134,26 +121,26 @@ class FinetuneController(QObject):
         tree.clear()
         chosen = None
         for r in reversed(self.runs):
-            losses = f"{loss_text(r.get('val_loss_before'))} → {loss_text(r.get('val_loss_after'))}"
-            active = " (in chat)" if r["out_dir"] == self.worker.active else ""
+            losses = f"{loss_text(r.val_loss_before)} → {loss_text(r.val_loss_after)}"
+            active = " (in chat)" if r.out_dir == self.worker.active else ""
             item = QTreeWidgetItem(
                 [
-                    r.get("name", Path(r["out_dir"]).name) + active,
-                    r.get("status", "?"),
-                    f"{r.get('step', 0)}/{r.get('total_steps') or '?'}",
+                    r.name + active,
+                    r.status,
+                    f"{r.step}/{r.total_steps or '?'}",
                     losses,
-                    settings_text(r.get("config", {})),
+                    settings_text(r.config),
                 ]
             )
-            item.setData(0, Qt.ItemDataRole.UserRole, r["out_dir"])
-            tip = f"{r['out_dir']}\nmodel: {r.get('model', '?')}\nfiles: {', '.join(r.get('paths', []))}"
-            tip += f"\n{settings_text(r.get('config', {}))}"
+            item.setData(0, Qt.ItemDataRole.UserRole, r.out_dir)
+            tip = f"{r.out_dir}\nmodel: {r.model or '?'}\nfiles: {', '.join(r.paths)}"
+            tip += f"\n{settings_text(r.config)}"
             for col in range(5):
                 item.setToolTip(col, tip)
-            if r.get("error"):
-                item.setToolTip(1, r["error"])
+            if r.error:
+                item.setToolTip(1, r.error)
             tree.addTopLevelItem(item)
-            if r["out_dir"] == select:
+            if r.out_dir == select:
                 chosen = item
         for col in range(4):
             tree.resizeColumnToContents(col)
@@ -218,19 +205,13 @@ class FinetuneController(QObject):
         while out_dir.exists() or self._run(str(out_dir)):
             n += 1
             out_dir = out_dir.with_name(f"run-{stamp}-{n}")
-        config = self.panel.config()
-        record = {
-            "name": time.strftime("%d %b %H:%M"),
-            "out_dir": str(out_dir),
-            "paths": list(self.panel.paths),
-            "model": str(self.engine.model.path),
-            "config": config,
-            "status": "running",
-            "step": 0,
-            "total_steps": None,
-            "history": [],
-        }
-        self.runs.append(record)
+        record = RunRecord(
+            out_dir=str(out_dir),
+            name=time.strftime("%d %b %H:%M"),
+            paths=tuple(self.panel.paths),
+            model=str(self.engine.model.path),
+            config=self.panel.config(),
+        )
         self._launch(record, resume=False)
 
     @Slot(str)
@@ -241,20 +222,18 @@ class FinetuneController(QObject):
         if latest_checkpoint(out_dir) is None:
             QMessageBox.information(self.panel, "Cannot resume", "This run has no checkpoint to resume from.")
             return
-        record["status"] = "running"
-        record.pop("error", None)
-        self._launch(record, resume=True)
+        self._launch(replace(record, status="running", error=None), resume=True)
 
-    def _launch(self, record: dict, resume: bool) -> None:
-        self.training = record["out_dir"]
-        self.history = list(record.get("history", [])) if resume else []
+    def _launch(self, record: RunRecord, resume: bool) -> None:
+        self.training = record.out_dir
+        self.history = list(record.history) if resume else []
         self.panel.show_history(self.history)
         self.panel.set_training(True)
         self.panel.progress.setValue(0)
         self.panel.status.setText("Waiting for the model…" if not resume else "Resuming…")
-        self._save_runs()
-        self._show_runs(select=record["out_dir"])
-        self.worker.train(TrainRequest(tuple(record["paths"]), frozen_map(record["config"]), record["out_dir"], resume))
+        self._save(record)
+        self._show_runs(select=record.out_dir)
+        self.worker.train(TrainRequest(record.paths, frozen_map(record.config), record.out_dir, resume))
 
     @Slot(object)
     def _on_started(self, _started: RunStarted) -> None:
@@ -273,36 +252,35 @@ class FinetuneController(QObject):
         self.panel.set_training(False)
         if record is None:
             return
-        values = {
-            "status": ended.status,
-            "step": ended.step,
+        values = {  # what the run knows; None: not known (a run stopped before it started), kept as it was
             "total_steps": ended.total_steps,
             "val_loss_before": ended.val_loss_before,
             "val_loss_after": ended.val_loss_after,
-            "history": list(ended.history),
             "adapter_dir": ended.outputs.adapter_dir,
         }
-        for key, value in values.items():
-            if value is not None or key not in record:
-                record[key] = value
-        record.setdefault("outputs", {}).update(ended.outputs.written())
+        record = replace(
+            record,
+            status=ended.status,
+            step=ended.step,
+            history=ended.history,
+            outputs={**record.outputs, **ended.outputs.written()},
+            **{k: v for k, v in values.items() if v is not None},
+        )
         if ended.status == "finished":
-            before, after = record.get("val_loss_before"), record.get("val_loss_after")
+            before, after = record.val_loss_before, record.val_loss_after
             losses = f" Validation loss {before:.3f} → {after:.3f}." if before is not None and after is not None else ""
             self.panel.status.setText(
-                f"Finished {record['step']} steps.{losses} "
+                f"Finished {record.step} steps.{losses} "
                 + (
                     "Tick “Use the tuned model in chat” to try it."
-                    if record.get("adapter_dir")
+                    if record.adapter_dir
                     else "Compare it with the base."
                 )
             )
         else:
-            self.panel.status.setText(
-                f"Stopped at step {record.get('step', 0)}; select the run and press Resume to go on."
-            )
-        self._save_runs()
-        self._show_runs(select=record["out_dir"])
+            self.panel.status.setText(f"Stopped at step {record.step}; select the run and press Resume to go on.")
+        self._save(record)
+        self._show_runs(select=record.out_dir)
 
     @Slot(str, str)
     def _on_failed(self, out_dir: str, message: str) -> None:
@@ -310,12 +288,8 @@ class FinetuneController(QObject):
         self.panel.set_training(False)
         record = self._run(out_dir)
         if record is not None:
-            record["status"] = "failed"
-            record["error"] = message
-            record["history"] = self.history
-            if self.history:
-                record["step"] = self.history[-1]["step"]
-            self._save_runs()
+            step = self.history[-1]["step"] if self.history else record.step
+            self._save(replace(record, status="failed", error=message, history=tuple(self.history), step=step))
             self._show_runs(select=out_dir)
         self.panel.status.setText(f"Training failed: {message}")
 
@@ -327,12 +301,12 @@ class FinetuneController(QObject):
         record = self._run(out_dir) if out_dir else None
         if not self.training:
             if record is not None:
-                self.panel.show_history(record.get("history", []), record.get("val_loss_before"))
-            self.panel.resume.setEnabled(record is not None and record.get("status") in RESUMABLE)
-            finished = record is not None and record.get("status") == "finished"
-            usable = finished and bool(record.get("adapter_dir"))
+                self.panel.show_history(list(record.history), record.val_loss_before)
+            self.panel.resume.setEnabled(record is not None and record.status in RESUMABLE)
+            finished = record is not None and record.status == "finished"
+            usable = finished and bool(record.adapter_dir)
             self.panel.use_tuned.setEnabled(usable or bool(self.worker.active))
-            outputs = (record or {}).get("outputs") or {}
+            outputs = record.outputs if record is not None else {}
             self.panel.compare.setEnabled(usable or (finished and bool(outputs.get("merged_dir"))))
             self.panel.export.setEnabled(usable and not self.exporting)
         self.panel.outputs.setText(self._outputs_text(record))
@@ -341,12 +315,12 @@ class FinetuneController(QObject):
         self.panel.use_tuned.blockSignals(False)
 
     @staticmethod
-    def _outputs_text(record: dict | None) -> str:
+    def _outputs_text(record: RunRecord | None) -> str:
         if record is None:
             return ""
-        outputs = dict(record.get("outputs") or {})
-        if record.get("adapter_dir"):
-            outputs.setdefault("adapter_dir", record["adapter_dir"])
+        outputs = dict(record.outputs)
+        if record.adapter_dir:
+            outputs.setdefault("adapter_dir", record.adapter_dir)
         labels = (("adapter_dir", "Adapter"), ("merged_dir", "Merged folder"), ("gguf_path", "GGUF"))
         lines = [f"{label}: {outputs[key]}" for key, label in labels if outputs.get(key)]
         if outputs.get("gguf_skipped"):
@@ -363,7 +337,7 @@ class FinetuneController(QObject):
         self.exporting = out_dir
         self.panel.export.setEnabled(False)
         self.panel.status.setText("Writing the merged model (folder and GGUF)…")
-        self.worker.requestExport.emit(out_dir, record.get("model", ""), "f16")
+        self.worker.requestExport.emit(out_dir, record.model, "f16")
 
     @Slot(object)
     def _on_exported(self, exported: Exported) -> None:
@@ -371,8 +345,7 @@ class FinetuneController(QObject):
         written = exported.outputs.written()
         record = self._run(exported.out_dir)
         if record is not None:
-            record.setdefault("outputs", {}).update(written)
-            self._save_runs()
+            self._save(replace(record, outputs={**record.outputs, **written}))
         self.panel.status.setText(
             "Merged model written: " + ", ".join(v for k, v in written.items() if k != "gguf_skipped")
         )
@@ -393,9 +366,9 @@ class FinetuneController(QObject):
             return
         if self.compare_dialog is not None:
             self.compare_dialog.close()
-        dialog = CompareDialog(record.get("name", Path(out_dir).name), self.panel)
-        method = record.get("config", {}).get("method", "lora")
-        model = record.get("model", "")
+        dialog = CompareDialog(record.name, self.panel)
+        method = record.config.get("method", "lora")
+        model = record.model
         dialog.compareRequested.connect(
             lambda prompt, n, chat: self._send_compare(dialog, out_dir, model, method, prompt, n, chat)
         )
@@ -446,7 +419,7 @@ class FinetuneController(QObject):
             record = self._run(self.panel.selected_run())
             if record is None:
                 return
-            self.worker.requestUseTuned.emit(record["out_dir"], record.get("model", ""))
+            self.worker.requestUseTuned.emit(record.out_dir, record.model)
         else:
             self.worker.requestUseTuned.emit("", "")
 
@@ -455,7 +428,7 @@ class FinetuneController(QObject):
         self._show_runs(select=self.panel.selected_run())
         record = self._run(out_dir)
         if record is not None:
-            self._show_status(f"Chat now uses the model tuned in run {record.get('name')}.", 5000)
+            self._show_status(f"Chat now uses the model tuned in run {record.name}.", 5000)
         elif not self.training:
             self._show_status("Chat now uses the base model.", 5000)
 
