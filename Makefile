@@ -48,7 +48,7 @@ bench-peers: $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP_PIN)'
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/ruff check engine tests bench desktop
 
 $(PKG_STAMP): pyproject.toml
 	test -x $(PKG_PY) || $(PYTHON) -m venv $(PKG_VENV)

@@ -1,11 +1,11 @@
 """Fine-tuning on a worker thread: the data preview, training runs, and switching chat between the base
 and the tuned model. The UI thread never runs any of it.
 
-`FinetuneWorker` is a QObject moved to its own QThread (`desktop.panels.finetune.FinetuneController`
+`FinetuneWorker` is a QObject moved to its own QThread (`desktop.finetune_controller.FinetuneController`
 owns both). It drives the same engine API as ``ember-cli finetune`` (`engine.finetune.build_dataset`,
 `engine.finetune.finetune`). The model is the engine worker's loaded one, shared: a run holds the model's
 lock (`engine.model_lock.hold`) from start to end, so a chat reply, an inspection or a served request
-waits for it (and the chat refuses to send while a run is going, see `MainWindow._ready`). Stop is a
+waits for it (and the chat refuses to send while a run is going, see `ChatSession._ready`). Stop is a
 `threading.Event` set from the UI thread; the engine checks it between optimizer steps, and while the
 run waits for the lock.
 
@@ -23,24 +23,6 @@ goes on with the base model until "Use the tuned model in chat" puts them back (
 idempotent, and neither changes a weight: the base weights are never merged into.
 
 Every request ends in its result or its failure signal, whatever it raises (`desktop.worker_boundary`).
-
-Signals (all plain data):
-    previewed(dict)        -- {"files": [{"path", "tokens", "chunks", "skipped", "notes"}], "samples", "summary", ...}
-    previewFailed(str)
-    started(dict)          -- {"out_dir", "resume"}
-    progress(list)         -- [{"step", "total_steps", "epoch", "train_loss", "val_loss", "lr", "tokens_per_second",
-                              "eta_seconds"}], batched (at most ~10 signals a second)
-    finished(dict)         -- {"out_dir", "status", "step", "total_steps", "val_loss_before", "val_loss_after",
-                              "history", "config", "adapter_dir"}
-    failed(str out_dir, str message)
-    tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
-    tunedFailed(str message)
-    exported(str out_dir, dict) -- {"merged_dir", "gguf_path", "gguf_skipped"}
-    exportFailed(str out_dir, str message)
-    compareText(str side, str text) -- side "base" or "tuned"; pieces of the replies, batched
-    compareDone(dict)      -- {"base", "tuned", "scored": see scored}
-    compareFailed(str message)
-    scored(dict)           -- {"tokens": [{"index", "id", "text", "base", "tuned", "diff"}], "mean_diff", "start"}
 """
 
 from __future__ import annotations
@@ -54,6 +36,20 @@ import torch
 from PySide6.QtCore import QObject, Signal, Slot
 from torch import nn
 
+from desktop.messages import (
+    Compared,
+    Exported,
+    Preview,
+    PreviewFile,
+    PreviewRequest,
+    RunEnded,
+    RunOutputs,
+    RunStarted,
+    Scored,
+    ScoredToken,
+    StepProgress,
+    TrainRequest,
+)
 from desktop.worker_boundary import boundary, failure_message
 from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
 from engine.finetune.compare import logprob_difference
@@ -108,27 +104,54 @@ def float32_copy(lm):
 
 
 class FinetuneWorker(QObject):
-    requestPreview = Signal(list, int, float)  # paths, sequence length, validation fraction
-    requestTrain = Signal(list, dict, str, bool)  # paths, FinetuneConfig as a dict, output folder, resume
+    """Its requests (queued to its thread) and what it answers; the payload types are in `desktop.messages`.
+
+    Requests:
+        requestPreview(PreviewRequest)
+        requestTrain(TrainRequest)         -- through `train`
+        requestUseTuned(str out_dir, str model_path) -- "" for the base model
+        requestExport(str out_dir, str model_path, str gguf_type)
+        requestCompare(str out_dir, str model_path, str method, str prompt, int max_tokens, bool chat)
+        requestScore(str out_dir, str model_path, str method, str text)
+
+    Signals:
+        previewed(Preview)     -- the files read, their tokens and chunks, sample chunks, the machine's FLOP rate
+        previewFailed(str)
+        started(RunStarted)
+        progress(tuple[StepProgress, ...]) -- batched (at most ~10 signals a second)
+        finished(RunEnded)     -- finished or stopped: steps, losses, history, outputs
+        failed(str out_dir, str message)
+        tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
+        tunedFailed(str message)
+        exported(Exported)     -- a LoRA run's merged folder and GGUF file (or why no GGUF)
+        exportFailed(str out_dir, str message)
+        compareText(str side, str text) -- side "base" or "tuned"; pieces of the replies, batched
+        compareDone(Compared)  -- both replies, and the tuned one scored
+        compareFailed(str message)
+        scored(Scored)         -- per token: the base and tuned log-probabilities and their difference
+    """
+
+    requestPreview = Signal(object)  # PreviewRequest
+    requestTrain = Signal(object)  # TrainRequest, through `train`
     requestUseTuned = Signal(str, str)  # output folder of a run ("" = the base model), the run's model path
     requestExport = Signal(str, str, str)  # out_dir, the run's model path, GGUF type
     requestCompare = Signal(str, str, str, str, int, bool)  # out_dir, model path, method, prompt, max tokens, chat
     requestScore = Signal(str, str, str, str)  # out_dir, model path, method, text
 
-    previewed = Signal(dict)
+    previewed = Signal(object)
     previewFailed = Signal(str)
-    started = Signal(dict)
-    progress = Signal(list)
-    finished = Signal(dict)
+    started = Signal(object)
+    progress = Signal(object)
+    finished = Signal(object)
     failed = Signal(str, str)
     tunedChanged = Signal(str)
     tunedFailed = Signal(str)
-    exported = Signal(str, dict)
+    exported = Signal(object)
     exportFailed = Signal(str, str)
     compareText = Signal(str, str)
-    compareDone = Signal(dict)
+    compareDone = Signal(object)
     compareFailed = Signal(str)
-    scored = Signal(dict)
+    scored = Signal(object)
 
     def __init__(self, model_source) -> None:
         """``model_source``: a callable giving the loaded `LoadedModel` or None (thread-safe)."""
@@ -147,22 +170,23 @@ class FinetuneWorker(QObject):
         self.requestCompare.connect(self._on_compare)
         self.requestScore.connect(self._on_score)
 
-    def train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
+    def train(self, request: TrainRequest) -> None:
         """Called on the UI thread; the flag is cleared here so a Stop pressed before the run starts counts."""
         # torch's optimizers import torch._dynamo on first use; importing it on the worker thread while the
         # UI thread runs Python hung a test run twice (a lock inside that import). Do it here, once.
         import torch._dynamo  # noqa: F401
 
         self.stop_flag.clear()
-        self.requestTrain.emit(paths, config, out_dir, resume)
+        self.requestTrain.emit(request)
 
     def stop(self) -> None:
         """Thread-safe: the run stops after the current optimizer step and writes a checkpoint."""
         self.stop_flag.set()
 
-    @Slot(list, int, float)
+    @Slot(object)
     @boundary("previewFailed", "reading the files")
-    def _on_preview(self, paths: list, seq_len: int, val_fraction: float) -> None:
+    def _on_preview(self, request: PreviewRequest) -> None:
+        paths = list(request.paths)
         lm = self.model_source()
         if lm is None:
             self.previewFailed.emit("No model is loaded: the preview needs its tokenizer.")
@@ -171,24 +195,25 @@ class FinetuneWorker(QObject):
             paths,
             lm.tokenizer,
             lm.render_chat,
-            seq_len=min(seq_len, lm.config.max_seq_len - 1),
-            val_fraction=val_fraction,
+            seq_len=min(request.seq_len, lm.config.max_seq_len - 1),
+            val_fraction=request.val_fraction,
         )
         samples = []
         for example in data.train[:SAMPLE_CHUNKS]:
             text = lm.tokenizer.decode(example.ids, skip_special=True)
             samples.append(text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…")
+        files = tuple(PreviewFile(r.path, r.tokens, r.chunks, r.skipped, tuple(r.notes)) for r in data.reports)
         self.previewed.emit(
-            {
-                "paths": list(paths),
-                "files": [asdict(r) for r in data.reports],
-                "samples": samples,
-                "summary": data.summary(),
-                "train_chunks": len(data.train),
-                "val_chunks": len(data.val),
-                "train_tokens": data.train_tokens,
-                "flops_per_second": self._matmul_rate(),
-            }
+            Preview(
+                paths=tuple(paths),
+                files=files,
+                samples=tuple(samples),
+                summary=data.summary(),
+                train_chunks=len(data.train),
+                val_chunks=len(data.val),
+                train_tokens=data.train_tokens,
+                flops_per_second=self._matmul_rate(),
+            )
         )
 
     def _matmul_rate(self) -> float:
@@ -196,31 +221,32 @@ class FinetuneWorker(QObject):
             self._rate = measure_matmul_rate()
         return self._rate
 
-    @Slot(list, dict, str, bool)
-    def _on_train(self, paths: list, config: dict, out_dir: str, resume: bool) -> None:
+    @Slot(object)
+    def _on_train(self, request: TrainRequest) -> None:
+        paths, out_dir, resume = list(request.paths), request.out_dir, request.resume
         lm = self.model_source()
         if lm is None:
             self.failed.emit(out_dir, "No model is loaded.")
             return
-        pending: list[dict] = []
+        pending: list[StepProgress] = []
         last = [time.monotonic()]
 
-        def progress(p) -> None:  # on this thread: batched into plain-data signals
-            pending.append(asdict(p))
+        def progress(p) -> None:  # on this thread: batched into frozen copies
+            pending.append(StepProgress(**asdict(p)))
             now = time.monotonic()
             if p.val_loss is not None or p.step == p.total_steps or now - last[0] >= EMIT_SECONDS:
-                self.progress.emit(list(pending))
+                self.progress.emit(tuple(pending))
                 pending.clear()
                 last[0] = now
 
         outputs: dict = {}
         try:
-            cfg = FinetuneConfig.from_dict(config)
+            cfg = FinetuneConfig.from_dict(dict(request.config))
             with hold(lm, self.stop_flag) as held:
                 if not held:
-                    self.finished.emit({"out_dir": out_dir, "status": "cancelled", "step": 0, "history": []})
+                    self.finished.emit(RunEnded(out_dir, "cancelled", 0, None, (), RunOutputs()))
                     return
-                self.started.emit({"out_dir": out_dir, "resume": resume})
+                self.started.emit(RunStarted(out_dir, resume))
                 detach_lora(lm.model)  # train on the base model
                 self.active = ""
                 self.tunedChanged.emit("")
@@ -250,23 +276,22 @@ class FinetuneWorker(QObject):
                 self._adapters[out_dir] = (lm, layers)
         except Exception as e:  # noqa: BLE001 (a thread boundary: the panel must hear of any failure)
             if pending:
-                self.progress.emit(list(pending))
+                self.progress.emit(tuple(pending))
             self.failed.emit(out_dir, failure_message(e, "the fine-tuning run"))
             return
         if pending:
-            self.progress.emit(list(pending))
+            self.progress.emit(tuple(pending))
         self.finished.emit(
-            {
-                "out_dir": out_dir,
-                "status": result.status,
-                "step": result.step,
-                "total_steps": result.total_steps,
-                "val_loss_before": result.val_loss_before,
-                "val_loss_after": result.val_loss_after,
-                "history": result.history,
-                "adapter_dir": outputs.get("adapter_dir"),
-                "outputs": outputs,
-            }
+            RunEnded(
+                out_dir=out_dir,
+                status=result.status,
+                step=result.step,
+                total_steps=result.total_steps,
+                history=tuple(result.history),
+                outputs=RunOutputs(**outputs),
+                val_loss_before=result.val_loss_before,
+                val_loss_after=result.val_loss_after,
+            )
         )
 
     def _train_in_place(self, lm, paths, cfg, out_dir, resume, progress, outputs):
@@ -341,7 +366,7 @@ class FinetuneWorker(QObject):
         except Exception as e:  # noqa: BLE001 (thread boundary)
             self.exportFailed.emit(out_dir, failure_message(e, "writing the merged model"))
             return
-        self.exported.emit(out_dir, info)
+        self.exported.emit(Exported(out_dir, RunOutputs(**info)))
 
     # The compare view
 
@@ -375,7 +400,7 @@ class FinetuneWorker(QObject):
         try:
             with hold(lm, self.compare_stop) as held:
                 if not held:
-                    self.compareDone.emit({**replies, "cancelled": True})
+                    self.compareDone.emit(Compared(**replies, scored=None, cancelled=True))
                     return
                 text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
                 prompt_ids = lm.encode_prompt(text)
@@ -394,7 +419,7 @@ class FinetuneWorker(QObject):
         except Exception as e:  # noqa: BLE001 (thread boundary)
             self.compareFailed.emit(failure_message(e, "comparing the base and the tuned model"))
             return
-        self.compareDone.emit({**replies, "scored": scored, "cancelled": self.compare_stop.is_set()})
+        self.compareDone.emit(Compared(**replies, scored=scored, cancelled=self.compare_stop.is_set()))
 
     def _generate(self, side: str, model, lm, prompt_ids: list[int], max_tokens: int) -> tuple[str, list[int]]:
         model.drop_cache()
@@ -418,11 +443,11 @@ class FinetuneWorker(QObject):
         model.drop_cache()
         return gen.text, list(gen.ids)
 
-    def _score(self, lm, tuned_model, ids: list[int], start: int = 1) -> dict:
+    def _score(self, lm, tuned_model, ids: list[int], start: int = 1) -> Scored:
         diffs = logprob_difference(lm, ids, tuned_model)
-        tokens = [{**asdict(d), "diff": d.diff} for d in diffs if d.index >= start]
-        mean = sum(t["diff"] for t in tokens) / len(tokens) if tokens else 0.0
-        return {"tokens": tokens, "mean_diff": mean, "start": start}
+        tokens = tuple(ScoredToken(**asdict(d), diff=d.diff) for d in diffs if d.index >= start)
+        mean = sum(t.diff for t in tokens) / len(tokens) if tokens else 0.0
+        return Scored(tokens, mean, start)
 
     @Slot(str, str, str, str)
     def _on_score(self, out_dir: str, model_path: str, method: str, text: str) -> None:

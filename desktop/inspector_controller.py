@@ -4,37 +4,54 @@ and forking a reply at a token the user picked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Qt, Slot
+from PySide6.QtCore import QObject, Slot
 
+from desktop.chat_session import ChatSession
+from desktop.chat_view import ChatView
+from desktop.engine_worker import EngineWorker
+from desktop.messages import GenerationResult, PassRequest, frozen_map
 from desktop.panels.inspector import InspectorPanel
-from desktop.remote_controller import NEEDS_LOCAL
+from desktop.panels.sampling import SamplingPanel
+from desktop.remote_controller import NEEDS_LOCAL, RemoteModels
 from engine.inspection.inspect import Inspection
 from engine.remote import remote_inspection
 
-if TYPE_CHECKING:
-    from desktop.main_window import MainWindow
+MIN_WIDTH = 620  # the dock's width: room for the tokens beside their alternatives
 
 
 class InspectorController(QObject):
-    def __init__(self, window: MainWindow, panel: InspectorPanel) -> None:
-        super().__init__(window)
-        self.window = window
-        self.panel = panel
+    """``session``: the conversation inspected and forked; ``chat``: its input (counted in tokens) and its
+    Inspect buttons; ``reveal(min_width)``: shows the panel's dock at least that wide."""
+
+    def __init__(
+        self,
+        panel: InspectorPanel,
+        *,
+        worker: EngineWorker,
+        session: ChatSession,
+        chat: ChatView,
+        remote: RemoteModels,
+        sampling: SamplingPanel,
+        show_status: Callable[[str, int], None],
+        reveal: Callable[[int], None],
+    ) -> None:
+        super().__init__(panel)
+        self.panel, self.worker, self.session, self.chat = panel, worker, session, chat
+        self.remote, self.sampling, self.show_status, self.reveal = remote, sampling, show_status, reveal
         self.cid: int | None = None  # the conversation inspected, and the turn it was inspected up to
         self.turn: int | None = None
         self.ids: list[int] = []
         self.reply_start = 0
         self.busy = False
-        worker = window.worker
         panel.inspectRequested.connect(self.inspect_last)
         panel.cancelRequested.connect(worker.cancel)
         panel.lensRequested.connect(worker.requestLens)
         panel.forkRequested.connect(self._on_fork)
         panel.inputTokensRequested.connect(self._on_input_tokens)
-        window.chat.inspectRequested.connect(self.inspect_turn)
-        window.chat.inputChanged.connect(self._on_input_changed)
+        chat.inspectRequested.connect(self.inspect_turn)
+        chat.inputChanged.connect(self._on_input_changed)
         worker.inspectionProgress.connect(panel.set_progress)
         worker.inspected.connect(self._on_inspected)
         worker.inspectionFailed.connect(self._on_failed)
@@ -43,7 +60,7 @@ class InspectorController(QObject):
         worker.generationFinished.connect(self._on_generation_finished)
 
     def inspect_last(self) -> None:
-        messages = self.window.store.messages(self.window.cid) if self.window.cid is not None else []
+        messages = self.session.messages()
         if messages:
             self.inspect_turn(messages[-1].turn)
         else:
@@ -52,15 +69,14 @@ class InspectorController(QObject):
     @Slot(int)
     def inspect_turn(self, turn: int) -> None:
         """Inspect the conversation up to and including ``turn``; forking is possible in its reply."""
-        w = self.window
-        lm = w.worker.model
-        if w.remote.active is not None:
+        lm = self.worker.model
+        if self.remote.active is not None:
             self._inspect_remote(turn)
             return
-        if lm is None or w.generating or self.busy:
-            w.statusBar().showMessage("The inspector needs a loaded model and no reply being written.", 5000)
+        if lm is None or self.session.generating or self.busy:
+            self.show_status("The inspector needs a loaded model and no reply being written.", 5000)
             return
-        history = w._history(upto_turn=turn + 1)
+        history = self.session.history(upto_turn=turn + 1)
         full = lm.encode_prompt(lm.render_chat(history, add_generation_prompt=False))
         self.reply_start = len(full)
         if history and history[-1]["role"] == "assistant":
@@ -68,25 +84,18 @@ class InspectorController(QObject):
             if full[: len(prompt)] == prompt:
                 self.reply_start = len(prompt)
         if len(full) > lm.context_length:
-            w.statusBar().showMessage(f"{len(full)} tokens are more than the model's context holds.", 5000)
+            self.show_status(f"{len(full)} tokens are more than the model's context holds.", 5000)
             return
-        self.cid, self.turn, self.ids, self.busy = w.cid, turn, full, True
-        dock = w.docks["inspector"]
-        dock.show()
-        dock.raise_()
-        if dock.width() < 620:  # room for the tokens beside their alternatives
-            w.resizeDocks([dock], [620], Qt.Orientation.Horizontal)
+        self.cid, self.turn, self.ids, self.busy = self.session.cid, turn, full, True
+        self.reveal(MIN_WIDTH)
         self.panel.set_busy(True)
         self.panel.summary.setText(f"Inspecting {len(full)} tokens…")
-        w.worker.inspect(full, w.sampling.settings())
+        self.worker.inspect(PassRequest(tuple(full), frozen_map(self.sampling.settings())))
 
     def _inspect_remote(self, turn: int) -> None:
         """A remote model is in use: show the reply at ``turn`` from the logprobs its server sent, if any."""
-        w = self.window
-        dock = w.docks["inspector"]
-        dock.show()
-        dock.raise_()
-        messages = w.store.messages(w.cid) if w.cid is not None else []
+        self.reveal(0)
+        messages = self.session.messages()
         reply = next((m for m in messages if m.turn == turn and m.role == "assistant"), None)
         try:
             if reply is None:
@@ -100,9 +109,8 @@ class InspectorController(QObject):
                 "the whole conversation."
             )
             return
-        if dock.width() < 620:  # room for the tokens beside their alternatives
-            w.resizeDocks([dock], [620], Qt.Orientation.Horizontal)
-        self.cid, self.turn, self.ids, self.reply_start = w.cid, turn, [], len(result.ids)
+        self.reveal(MIN_WIDTH)
+        self.cid, self.turn, self.ids, self.reply_start = self.session.cid, turn, [], len(result.ids)
         self.panel.tabs.setCurrentIndex(0)
         self.panel.show_remote(result, reply.meta.get("model") or "the remote model")
 
@@ -114,8 +122,8 @@ class InspectorController(QObject):
         if self.reply_start < len(result.ids):
             self.panel.select(self.reply_start)
 
-    @Slot(dict)
-    def _on_generation_finished(self, _result: dict) -> None:
+    @Slot(object)
+    def _on_generation_finished(self, _result: GenerationResult) -> None:
         self.panel.mark_stale()
 
     @Slot(str)
@@ -126,22 +134,22 @@ class InspectorController(QObject):
 
     @Slot(int, int)
     def _on_fork(self, position: int, token_id: int) -> None:
-        if self.cid != self.window.cid or self.window.remote.active is not None:
+        if self.cid != self.session.cid or self.remote.active is not None:
             self.panel.mark_stale()
             return
         if self.turn is None or not self.reply_start <= position < len(self.ids):
             return
-        self.window.fork(self.turn, self.ids[self.reply_start : position] + [token_id])
+        self.session.fork(self.turn, self.ids[self.reply_start : position] + [token_id])
 
     @Slot(str)
     def _on_input_changed(self, text: str) -> None:
-        lm = self.window.worker.model
+        lm = self.worker.model
         if lm is not None:
             self.panel.set_input_count(len(lm.tokenizer.encode(text, add_bos=False)) if text.strip() else 0)
 
     @Slot()
     def _on_input_tokens(self) -> None:
-        lm = self.window.worker.model
+        lm = self.worker.model
         if lm is not None:
-            ids = lm.tokenizer.encode(self.window.chat.input.toPlainText(), add_bos=False)
+            ids = lm.tokenizer.encode(self.chat.input.toPlainText(), add_bos=False)
             self.panel.show_input_tokens([lm.tokenizer.piece(i) for i in ids], ids)

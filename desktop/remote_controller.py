@@ -9,18 +9,18 @@ settings.ini keeps only recent (address, model) pairs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from PySide6.QtCore import QObject, Slot
+from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.messages import RemoteGenerateRequest, frozen_map
 from desktop.panels.remote_endpoint import MAX_RECENT, RemoteEndpointBox
 from desktop.prompt_fit import Fit
 from desktop.remote_worker import ConnectorThread
+from desktop.settings import Settings
 from engine.remote import KeyStore, RemoteError, normalise_base_url
-
-if TYPE_CHECKING:
-    from desktop.main_window import MainWindow
 
 NEEDS_LOCAL = "needs a local model: a remote server sends text, not its weights or its tokenizer."
 PREVIEW_NEEDS_LOCAL = (
@@ -33,18 +33,36 @@ PREVIEW_NEEDS_LOCAL = (
 
 @dataclass(frozen=True)
 class RemoteFit(Fit):
-    """What `MainWindow._ready` returns for a remote model: the messages, sent as they are."""
+    """What `ChatSession._ready` returns for a remote model: the messages, sent as they are."""
 
     messages: tuple = ()
 
 
 class RemoteModels(QObject):
-    def __init__(self, window: MainWindow, box: RemoteEndpointBox) -> None:
-        super().__init__(window)
-        self.window = window
-        self.box = box
+    """``config_dir``: where the key store is; ``chatting()``: a reply is being written (no switching then);
+    ``local_name()``: the loaded local model's name, if any; ``show_status(text, ms)``: the status bar.
+
+    Signals:
+        switched()  -- a remote model is in use now, or the local one again
+    """
+
+    switched = Signal()
+
+    def __init__(
+        self,
+        box: RemoteEndpointBox,
+        *,
+        settings: Settings,
+        config_dir: Path,
+        chatting: Callable[[], bool],
+        local_name: Callable[[], str | None],
+        show_status: Callable[[str, int], None],
+    ) -> None:
+        super().__init__(box)
+        self.box, self.settings = box, settings
+        self._chatting, self._local_name, self._show_status = chatting, local_name, show_status
         self.active: dict[str, str] | None = None
-        self.keys = KeyStore(window.dirs.config)
+        self.keys = KeyStore(config_dir)
         self._connector = ConnectorThread(self)
         c = self._connector.connector
         box.connectRequested.connect(c.requestModels)
@@ -60,7 +78,7 @@ class RemoteModels(QObject):
 
     def _read_recent(self) -> list[tuple[str, str]]:
         try:
-            entries = json.loads(self.window.settings.get("remote/recent") or "[]")
+            entries = json.loads(self.settings.get("remote/recent") or "[]")
         except ValueError:
             return []
         return [
@@ -70,23 +88,34 @@ class RemoteModels(QObject):
     def _remember(self, base_url: str, model: str) -> None:
         entries = [(base_url, model)] + [e for e in self.box.recent_entries() if e != (base_url, model)]
         self.box.set_recent(entries[:MAX_RECENT])
-        self.window.settings.set("remote/recent", json.dumps([list(e) for e in entries[:MAX_RECENT]]))
+        self.settings.set("remote/recent", json.dumps([list(e) for e in entries[:MAX_RECENT]]))
 
     # Switching
 
     def api_key(self) -> str:
         return (self.keys.get(self.active["base_url"]) if self.active else None) or ""
 
-    def options(self, max_tokens: int) -> dict:
-        """The worker's options for a remote reply (the key travels in memory only)."""
+    def request(self, messages: tuple, settings: dict, max_tokens: int) -> RemoteGenerateRequest:
+        """The worker's request for a reply from the model in use (the key travels in memory only)."""
         assert self.active is not None
-        return {"max_tokens": max_tokens, **self.active, "api_key": self.api_key()}
+        return RemoteGenerateRequest(
+            messages=tuple(frozen_map(m) for m in messages),
+            settings=frozen_map(settings),
+            base_url=self.active["base_url"],
+            model=self.active["model"],
+            api_key=self.api_key(),
+            max_tokens=max_tokens,
+        )
+
+    def _busy(self) -> bool:
+        """A reply is being written: the model cannot change now (said in the status bar)."""
+        if self._chatting():
+            self._show_status("Wait for the reply to finish (or stop it) before switching models.", 5000)
+        return self._chatting()
 
     @Slot(str, str, str)
     def _on_use(self, base_url: str, model: str, api_key: str) -> None:
-        w = self.window
-        if w.generating:
-            w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
+        if self._busy():
             return
         try:
             base_url = normalise_base_url(base_url)
@@ -98,37 +127,26 @@ class RemoteModels(QObject):
 
     @Slot(str, str)
     def _on_recent(self, base_url: str, model: str) -> None:
-        if self.window.generating:
-            self.window.statusBar().showMessage(
-                "Wait for the reply to finish (or stop it) before switching models.", 5000
-            )
+        if self._busy():
             return
         self.box.key.setText(self.keys.get(base_url) or "")
         self._activate(base_url, model)
 
     def _activate(self, base_url: str, model: str) -> None:
-        w = self.window
         self.active = {"base_url": base_url, "model": model}
         self._remember(base_url, model)
         self.box.show_active(base_url, model)
-        w.setWindowTitle(f"Ember — {model} (remote)")
-        w.statusBar().showMessage(f"Replies now come from {model} at {base_url}", 5000)
-        w.refresh_preview()
+        self._show_status(f"Replies now come from {model} at {base_url}", 5000)
+        self.switched.emit()
 
     @Slot()
     def use_local(self) -> None:
         """Back to the local model (a local load request also calls this)."""
-        w = self.window
-        if self.active is None:
-            return
-        if w.generating:
-            w.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
+        if self.active is None or self._busy():
             return
         self.active = None
-        name = (w.model_info or {}).get("name")
-        self.box.show_inactive(name)
-        w.setWindowTitle(f"Ember — {name}" if name else "Ember")
-        w.refresh_preview()
+        self.box.show_inactive(self._local_name())
+        self.switched.emit()
 
     def stop(self) -> None:
         self._connector.stop()

@@ -3,7 +3,7 @@
 It starts the real main window offscreen on a temporary data directory (deleted afterwards, so the
 user's conversations and settings are never touched), waits for its worker to load the default model,
 sends one message through the window as the Send button would, checks that the greedy reply streamed
-in and was saved, runs one inspection pass (`engine.inspect.inspect`) over prompt and reply, and prints
+in and was saved, runs one inspection pass (`engine.inspection.inspect.inspect`) over prompt and reply, and prints
 a short summary. Exit status 0 when all of that worked; 1 with the reason on stderr otherwise. Works
 the same from source (``python -m desktop --self-test``) and from the bundle (``Ember --self-test``).
 
@@ -85,6 +85,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
 
     from desktop import crash
     from desktop.main_window import MainWindow
+    from desktop.messages import Token
     from desktop.paths import APP_AUTHOR, APP_NAME, data_dirs
     from desktop.settings import Settings
     from engine.inspection.inspect import inspect
@@ -123,26 +124,27 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         info = window.model_info
         lm = window.worker.model
 
-        reply: dict[str, Any] = {}
-        tokens: list[dict] = []
+        ended: dict[str, Any] = {}  # "result": the GenerationResult, or "failed": the message
+        tokens: list[Token] = []
         window.worker.tokens.connect(tokens.extend)
-        window.worker.generationFinished.connect(lambda result: reply.update(result))
-        window.worker.generationFailed.connect(lambda message: reply.update(failed=message))
-        window.send(PROMPT)
-        _wait(app, lambda: bool(reply), deadline, "waiting for the reply", dialogs)
+        window.worker.generationFinished.connect(lambda result: ended.update(result=result))
+        window.worker.generationFailed.connect(lambda message: ended.update(failed=message))
+        window.session.send(PROMPT)
+        _wait(app, lambda: bool(ended), deadline, "waiting for the reply", dialogs)
         app.processEvents()
-        if "failed" in reply:
-            raise SelfTestFailed(f"generation failed: {reply['failed']}")
-        text = reply["text"]
+        if "failed" in ended:
+            raise SelfTestFailed(f"generation failed: {ended['failed']}")
+        reply = ended["result"]
+        text = reply.text
         if not text.strip() or not tokens:
-            raise SelfTestFailed(f"the reply is empty (finish reason {reply['finish_reason']})")
+            raise SelfTestFailed(f"the reply is empty (finish reason {reply.finish_reason})")
         saved_reply = window.store.messages(window.cid)[-1]
         if saved_reply.role != "assistant" or saved_reply.content != text or saved_reply.status != "complete":
             raise SelfTestFailed(f"the reply was not saved as it was written: {saved_reply!r}")
 
         # One inspection pass over what the model saw and wrote, attention kept for the last layer.
         prompt_ids = lm.encode_prompt(lm.render_chat([{"role": "user", "content": PROMPT}]))
-        ids = prompt_ids + [t["id"] for t in tokens]
+        ids = prompt_ids + [t.id for t in tokens]
         last = lm.config.n_layer - 1
         t_inspect = time.monotonic()
         result = inspect(lm.model, lm.tokenizer, ids, layers=[last])
@@ -153,9 +155,9 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         if not bool(torch.isfinite(attention.float()).all()):
             raise SelfTestFailed("the inspection's attention weights are not finite")
         gaps = [
-            abs(result.token_logprobs[len(prompt_ids) + i] - t["logprob"])
+            abs(result.token_logprobs[len(prompt_ids) + i] - t.logprob)
             for i, t in enumerate(tokens)
-            if t["logprob"] > -math.inf
+            if t.logprob > -math.inf
         ]
         tolerance = LOGPROB_TOLERANCE if lm.model.dtype == torch.float32 else BF16_LOGPROB_TOLERANCE
         if not gaps or max(gaps) > tolerance:
@@ -190,10 +192,10 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         f"mode:       {where}",
         f"versions:   Python {platform.python_version()}, torch {torch.__version__}, "
         f"PySide6 {PySide6.__version__} ({app.platformName()})",
-        f"model:      {info['name']} · {info['architecture']} · {info['parameters'] / 1e6:.0f}M parameters · "
-        f"{info['device']} {info['dtype']} · loaded in {info['load_seconds']:.1f} s",
-        f"reply:      {reply['generated_tokens']} tokens, {reply['decode_tps']:.1f} tokens/s, "
-        f"finish {reply['finish_reason']}: {shown[:70]!r}",
+        f"model:      {info.name} · {info.architecture} · {info.parameters / 1e6:.0f}M parameters · "
+        f"{info.device} {info.dtype} · loaded in {info.load_seconds:.1f} s",
+        f"reply:      {reply.generated_tokens} tokens, {reply.decode_tps:.1f} tokens/s, "
+        f"finish {reply.finish_reason}: {shown[:70]!r}",
         f"inspection: {len(ids)} positions, {lm.config.n_layer} layers, attention of layer {last} "
         f"({attention.shape[0]} heads) in {inspect_seconds:.2f} s; log-probabilities match generation "
         f"within {max(gaps):.1e}",

@@ -9,29 +9,32 @@ restarts the server on it, at the same port; switching it off and closing the wi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Slot
 
+from desktop.engine_worker import EngineWorker
+from desktop.messages import ModelInfo
 from desktop.panels.serve_box import ServeBox
+from desktop.settings import Settings
 from engine.server.ember_server import EmberServer
-
-if TYPE_CHECKING:
-    from desktop.main_window import MainWindow
 
 HOST = "127.0.0.1"  # never another address from the app: it would need an API key and a firewall thought
 
 
 class LocalServer(QObject):
-    def __init__(self, window: MainWindow, box: ServeBox) -> None:
-        super().__init__(window)
-        self.window = window
-        self.box = box
+    """Serves ``worker``'s loaded model; ``settings`` keeps the port; ``show_status(text, ms)``: the status bar."""
+
+    def __init__(
+        self, box: ServeBox, *, worker: EngineWorker, settings: Settings, show_status: Callable[[str, int], None]
+    ) -> None:
+        super().__init__(box)
+        self.box, self.worker, self.settings, self.show_status = box, worker, settings, show_status
         self.server: EmberServer | None = None
         box.serveRequested.connect(self._on_serve)
         # A bound slot of this UI-thread object: a lambda on a worker signal would run on the worker's thread.
-        window.worker.loaded.connect(self._on_loaded)
-        box.set_available(window.worker.model is not None)
+        worker.loaded.connect(self._on_loaded)
+        box.set_available(worker.model is not None)
 
     @property
     def url(self) -> str | None:
@@ -46,7 +49,7 @@ class LocalServer(QObject):
             self.box.show_stopped("Stopped: other apps can no longer use the model.")
 
     def start(self, port: int) -> bool:
-        lm = self.window.worker.model
+        lm = self.worker.model
         if lm is None:
             self.box.show_stopped("Load a local model first.", error=True)
             return False
@@ -62,9 +65,9 @@ class LocalServer(QObject):
             self.box.show_stopped(f"The server did not start: {e}", error=True)
             return False
         self.server = server
-        self.window.settings.set("server/port", port)
+        self.settings.set("server/port", port)
         self.box.show_serving(server.url, server.model_id)
-        self.window.statusBar().showMessage(f"Serving {server.model_id} at {server.url}", 5000)
+        self.show_status(f"Serving {server.model_id} at {server.url}", 5000)
         return True
 
     def stop(self) -> None:
@@ -73,13 +76,13 @@ class LocalServer(QObject):
         if server is not None:
             server.stop()
 
-    @Slot(dict)
-    def _on_loaded(self, _info: dict) -> None:
+    @Slot(object)
+    def _on_loaded(self, _info: ModelInfo) -> None:
         self.box.set_available(True)
         server = self.server
-        if server is None or server.app.state.api.lm is self.window.worker.model:
+        if server is None or server.app.state.api.lm is self.worker.model:
             return
         port = server.port
         self.stop()
         if self.start(port):  # the same address, now answering with the new model
-            self.window.statusBar().showMessage(f"Now serving {self.server.model_id} at {self.server.url}", 8000)
+            self.show_status(f"Now serving {self.server.model_id} at {self.server.url}", 8000)

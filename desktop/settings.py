@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "model/path": "",  # "" = the default model
     "model/device": "auto",
     "model/dtype": "auto",
-    "model/compile": True,  # compiled decoding, built in the background on load (engine.compiling)
+    "model/compile": True,  # compiled decoding, built in the background on load (engine.compiled.library)
     "model/recent": [],
     "remote/recent": "",  # JSON [[base_url, model_id], …]; API keys live in engine.remote.KeyStore, never here
     "server/port": 8080,  # serving the local model to other apps, on 127.0.0.1

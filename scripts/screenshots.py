@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for question in QUESTIONS:
             window.chat.input.setPlainText(question)
             window.chat.send.click()
-            settle(lambda: window._stream is None)
+            settle(lambda: window.session.reply is None)
         window.chat.input.setPlainText("Thanks! Can you also")
         settle(lambda: window.prompts.preview.toPlainText().rstrip().endswith("assistant"))
         # The inspector on the first reply ("...Paris."), a token of the reply selected, a mid-depth layer.

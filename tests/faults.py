@@ -27,8 +27,8 @@ class InjectedFault(Exception):
 
 class Injector:
     """``monkeypatch.setattr(obj, name, injector.wrap(getattr(obj, name)))``; then per trial
-    ``injector.arm(n)`` (None: count only), run the request, ``disarm()``. ``fired`` says where it struck,
-``calls`` how many calls the request made (up to the fault)."""
+        ``injector.arm(n)`` (None: count only), run the request, ``disarm()``. ``fired`` says where it struck,
+    ``calls`` how many calls the request made (up to the fault)."""
 
     def __init__(self) -> None:
         self.at: int | None = None

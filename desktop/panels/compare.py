@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.panels.inspector import visible
+from desktop.messages import Compared, Scored, ScoredToken
+from desktop.panels.token_display import visible
 
 SCALE = 3.0  # a difference of this many nats (or more) gets the strongest colour
 
@@ -47,21 +48,21 @@ def diff_color(diff: float) -> str:
     return QColor.fromHsv(hue, int(30 + 170 * strength), 240).name()
 
 
-def diff_html(tokens: list[dict]) -> str:
+def diff_html(tokens: tuple[ScoredToken, ...]) -> str:
     parts = []
     for i, t in enumerate(tokens):
-        text = html.escape(visible(t["text"]))
+        text = html.escape(visible(t.text))
         parts.append(
-            f'<a href="tok:{i}" style="text-decoration:none;color:#111;background-color:{diff_color(t["diff"])}">'
+            f'<a href="tok:{i}" style="text-decoration:none;color:#111;background-color:{diff_color(t.diff)}">'
             f"{text}</a>"
         )
     return " ".join(parts)
 
 
-def token_details(t: dict) -> str:
+def token_details(t: ScoredToken) -> str:
     return (
-        f"“{visible(t['text'])}” (id {t['id']}): base {t['base']:.2f}, tuned {t['tuned']:.2f}, "
-        f"difference {t['diff']:+.2f} nats (×{math.exp(t['diff']):.3g} as likely)"
+        f"“{visible(t.text)}” (id {t.id}): base {t.base:.2f}, tuned {t.tuned:.2f}, "
+        f"difference {t.diff:+.2f} nats (×{math.exp(t.diff):.3g} as likely)"
     )
 
 
@@ -75,7 +76,7 @@ class CompareDialog(QDialog):
         self.setWindowTitle(f"Compare base and tuned: {run_name}")
         self.setModal(False)
         self.resize(900, 640)
-        self.tokens: list[dict] = []
+        self.tokens: tuple[ScoredToken, ...] = ()
         layout = QVBoxLayout(self)
 
         self.prompt = QPlainTextEdit(accessibleName="Prompt for both models")
@@ -173,23 +174,21 @@ class CompareDialog(QDialog):
         edit.moveCursor(edit.textCursor().MoveOperation.End)
         edit.insertPlainText(text)
 
-    def show_done(self, result: dict) -> None:
-        self.set_busy(
-            False, "Stopped." if result.get("cancelled") else "Done: the tuned reply's tokens are scored below."
-        )
-        self.base_reply.setPlainText(result.get("base", ""))
-        self.tuned_reply.setPlainText(result.get("tuned", ""))
-        if result.get("scored"):
-            self.show_scored(result["scored"], "the tuned reply")
+    def show_done(self, result: Compared) -> None:
+        self.set_busy(False, "Stopped." if result.cancelled else "Done: the tuned reply's tokens are scored below.")
+        self.base_reply.setPlainText(result.base)
+        self.tuned_reply.setPlainText(result.tuned)
+        if result.scored:
+            self.show_scored(result.scored, "the tuned reply")
 
-    def show_scored(self, scored: dict, what: str = "the text") -> None:
+    def show_scored(self, scored: Scored, what: str = "the text") -> None:
         self.set_busy(False)
-        self.tokens = scored["tokens"]
+        self.tokens = scored.tokens
         self.diff_view.setHtml(diff_html(self.tokens))
         if self.tokens:
             self.details.setText(
-                f"{len(self.tokens)} tokens of {what}; mean difference {scored['mean_diff']:+.3f} nats a token "
-                f"(perplexity ×{math.exp(-scored['mean_diff']):.3g} under the tuned model)."
+                f"{len(self.tokens)} tokens of {what}; mean difference {scored.mean_diff:+.3f} nats a token "
+                f"(perplexity ×{math.exp(-scored.mean_diff):.3g} under the tuned model)."
             )
 
     def show_error(self, message: str) -> None:

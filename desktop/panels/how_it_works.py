@@ -1,6 +1,6 @@
 """ "How it works": a guided walk through the model's steps on the user's own text, from tokens to the
 sampled next token, each step with a short plain-language caption. The pages are in
-`desktop.panels.how_it_works_steps`; the numbers come from `engine.explain` on the engine worker.
+`desktop.panels.how_it_works_steps`; the numbers come from `engine.inspection.explain` on the engine worker.
 
 HowItWorksPanel signals:
     explainRequested(str text)         -- walk through this text
@@ -10,9 +10,7 @@ HowItWorksPanel signals:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import (
     QButtonGroup,
     QFrame,
@@ -35,9 +33,6 @@ from desktop.panels.how_it_works_steps import (
     TokensStep,
 )
 from engine.inspection.explain import Explanation, WordOrder
-
-if TYPE_CHECKING:
-    from desktop.main_window import MainWindow
 
 EXAMPLE = "The cat chased the mouse because it was"
 
@@ -147,88 +142,3 @@ class HowItWorksPanel(QWidget):
     def _on_explain(self) -> None:
         if self.text.text().strip() and self.explain_button.isEnabled():
             self.explainRequested.emit(self.text.text())
-
-
-class HowItWorksController(QObject):
-    """Ties the panel to the engine worker: tokenizes on the UI thread (the tokenizer only), computes on
-    the worker, keeps the ids being walked through so a generated token is appended, not re-tokenized."""
-
-    def __init__(self, window: MainWindow, panel: HowItWorksPanel) -> None:
-        super().__init__(window)
-        self.window, self.panel = window, panel
-        self.ids: list[int] = []
-        self.busy = False
-        worker = window.worker
-        panel.explainRequested.connect(self.explain_text)
-        panel.generateRequested.connect(self.generate_one)
-        panel.compareRequested.connect(self._on_compare)
-        # Bound slots of this UI-thread object (a lambda would run on the worker's thread).
-        worker.explained.connect(self._on_explained)
-        worker.explainFailed.connect(self._on_failed)
-        worker.wordOrderCompared.connect(self._on_word_order)
-
-    def open(self, text: str | None = None) -> None:
-        """Show the view; with ``text``, walk through it."""
-        dock = self.window.docks["how_it_works"]
-        dock.show()
-        dock.raise_()
-        if text:
-            self.panel.text.setText(text)
-            self.explain_text(text)
-
-    def open_from_chat(self) -> None:
-        """The message being typed, else the last message of the conversation, else the example."""
-        w = self.window
-        text = w.chat.input.toPlainText().strip()
-        if not text and w.cid is not None:
-            messages = w.store.messages(w.cid)
-            text = messages[-1].content.strip() if messages else ""
-        self.open(text or self.panel.text.text() or EXAMPLE)
-
-    @Slot(str)
-    def explain_text(self, text: str) -> None:
-        lm = self.window.worker.model
-        if lm is None:
-            self.panel.show_error("Wait for the model to finish loading.")
-            return
-        ids = lm.tokenizer.encode(text)
-        if not ids:
-            self.panel.show_error("There is nothing to walk through: write some text first.")
-            return
-        self._request(ids[: lm.context_length - 1])
-
-    @Slot()
-    def generate_one(self) -> None:
-        e = self.panel.explanation
-        lm = self.window.worker.model
-        if e is None or lm is None or self.busy:
-            return
-        ids = e.ids + [e.sampled_id]
-        self.panel.text.setText(lm.tokenizer.decode(ids, skip_special=True))
-        self._request(ids[-(lm.context_length - 1) :])
-
-    def _request(self, ids: list[int]) -> None:
-        self.ids, self.busy = ids, True
-        self.panel.set_busy(True)
-        self.panel.status.setText(f"Running the model over {len(ids)} tokens…")
-        self.window.worker.requestExplain.emit(ids, self.window.sampling.settings())
-
-    @Slot(str, str)
-    def _on_compare(self, a: str, b: str) -> None:
-        if self.window.worker.model is not None and a.strip() and b.strip():
-            self.panel.set_busy(True)
-            self.window.worker.requestWordOrder.emit(a, b)
-
-    @Slot(object)
-    def _on_explained(self, e: Explanation) -> None:
-        self.busy = False
-        self.panel.show_explanation(e)
-
-    @Slot(object)
-    def _on_word_order(self, w: WordOrder) -> None:
-        self.panel.show_word_order(w)
-
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
-        self.busy = False
-        self.panel.show_error(message)

@@ -32,22 +32,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.panels.inspector import attention_shades, percent, probability_color, visible
+from desktop.panels.charts import GREY, ORANGE, styled
+from desktop.panels.token_display import attention_shades, percent, probability_color, visible
 from engine.inspection.explain import Explanation, WordOrder, suggest_heads
 
 CHIP_COLORS = ("#ffd8a8", "#c3e6ff", "#d3f9d8", "#f3d9fa", "#fff3bf", "#ffe3e3")
-ORANGE, GREY = "#e8703a", "#9aa0a6"
-
-
-def styled(plot: pg.PlotWidget) -> None:
-    """Chart colours from the application palette, so charts follow the light or dark theme."""
-    pal = QApplication.palette()
-    plot.setBackground(pal.color(QPalette.ColorRole.Base))
-    text = pal.color(QPalette.ColorRole.Text)
-    for side in ("left", "bottom"):
-        axis = plot.getAxis(side)
-        axis.setPen(pg.mkPen(text))
-        axis.setTextPen(pg.mkPen(text))
 
 
 def esc(piece: str) -> str:

@@ -41,28 +41,11 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.attention_maps import AttentionGrid, AttentionHeatmap
+from desktop.messages import Lens
+from desktop.panels.token_display import attention_shades, percent, probability_color, visible
 from engine.inspection.inspect import Candidate, Inspection
 
 ROLE = 0x0100  # Qt.ItemDataRole.UserRole
-
-
-def visible(piece: str) -> str:
-    """Show whitespace in a token: spaces as ·, newlines as ↵, tabs as →."""
-    return piece.replace(" ", "·").replace("\n", "↵").replace("\t", "→") or "∅"
-
-
-def probability_color(logprob: float | None) -> str:
-    """Green for likely tokens through yellow to red for surprising ones; grey when unknown."""
-    if logprob is None:
-        return "#9e9e9e"
-    p = math.exp(logprob)
-    hue = int(120 * p)  # 0 red .. 120 green
-    return QColor.fromHsv(hue, 150, 235).name()
-
-
-def percent(logprob: float) -> str:
-    p = math.exp(logprob) * 100
-    return f"{p:.1f}%" if p >= 0.1 else "<0.1%"
 
 
 def alternatives_html(raw: list[Candidate], sampled: list[Candidate] | None) -> str:
@@ -87,17 +70,6 @@ def needs_local(what: str) -> QLabel:
     label.setContentsMargins(8, 8, 8, 8)
     label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
     return label
-
-
-def attention_shades(row: torch.Tensor, position: int) -> list[float]:
-    """Opacity in [0, 1] for each token, from the attention ``row`` of the token at ``position``.
-
-    Scaled to the strongest target other than the first token, which most heads use as a resting place
-    ("attention sink") and would otherwise wash everything else out; tokens after ``position`` get 0.
-    """
-    row = row.float()
-    peak = float(row[1 : position + 1].max()) if position > 0 else float(row[0])
-    return [min(1.0, float(row[p]) / max(peak, 1e-6)) if p <= position else 0.0 for p in range(row.shape[0])]
 
 
 class InspectorPanel(QWidget):
@@ -324,9 +296,11 @@ class InspectorPanel(QWidget):
         self.grid.show_maps(result.attention)
         self._show_heatmap()
 
-    def show_lens(self, position: int, rows: list[list[Candidate]]) -> None:
-        if position != self.position:
+    @Slot(object)
+    def show_lens(self, lens: Lens) -> None:
+        if lens.position != self.position:
             return
+        rows = lens.rows
         k = max((len(r) for r in rows), default=0)
         self.lens.clear()
         self.lens.setRowCount(len(rows))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -30,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.messages import ModelInfo
 from desktop.panels.remote_endpoint import RemoteEndpointBox
 from desktop.panels.serve_box import ServeBox
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
@@ -143,7 +143,7 @@ class ModelPanel(QWidget):
         layout.addStretch(1)
         self.set_recent(recent)
 
-        self.open_file.clicked.connect(self._on_open_file)
+        self.open_file.clicked.connect(self.choose_file)
         self.open_folder.clicked.connect(self._on_open_folder)
         self.use_default.clicked.connect(lambda: self.request(""))
         self.recent.itemActivated.connect(lambda item: self.request(item.data(Qt.ItemDataRole.UserRole)))
@@ -172,7 +172,7 @@ class ModelPanel(QWidget):
         self.estimate.setText(describe_estimate(self.path, self.device.currentText(), self.dtype.currentText()))
 
     @Slot()
-    def _on_open_file(self) -> None:
+    def choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)")
         if path:
             self.request(path)
@@ -214,12 +214,12 @@ class ModelPanel(QWidget):
         self.progress.setVisible(True)
         self.status.setText(html.escape(message) + "… The model answers meanwhile, uncompiled.")
 
-    @Slot(dict)
-    def on_compiled(self, info: dict[str, Any]) -> None:
+    @Slot(object)
+    def on_compiled(self, info: ModelInfo) -> None:
         self.progress.setRange(0, 100)
         self.progress.setVisible(False)
-        if info.get("compile_warning") is None:
-            self.status.setText(f"{html.escape(info['name'])}: decoding compiled, replies are faster now")
+        if info.compile_warning is None:
+            self.status.setText(f"{html.escape(info.name)}: decoding compiled, replies are faster now")
         self._show_facts(info)
 
     def _load_done(self) -> None:
@@ -228,23 +228,23 @@ class ModelPanel(QWidget):
         for w in (self.open_file, self.open_folder, self.use_default, self.recent):
             w.setEnabled(True)
 
-    @Slot(dict)
-    def on_loaded(self, info: dict[str, Any]) -> None:
+    @Slot(object)
+    def on_loaded(self, info: ModelInfo) -> None:
         self._load_done()
-        self.status.setText(f"Loaded {info['name']} in {info['load_seconds']:.1f} s")
+        self.status.setText(f"Loaded {info.name} in {info.load_seconds:.1f} s")
         self._show_facts(info)
         if self.path:
             self.set_recent([self.path] + [p for p in self.recent_paths() if p != self.path])
 
-    def _show_facts(self, info: dict[str, Any]) -> None:
-        types = ", ".join(f"{k} ×{n}" for k, n in info["weight_types"].items())
+    def _show_facts(self, info: ModelInfo) -> None:
+        types = ", ".join(f"{k} ×{n}" for k, n in info.weight_types)
         self.facts.setText(
-            f"<b>{info['name']}</b><br>Architecture: {info['architecture']}<br>"
-            f"Parameters: {info['parameters'] / 1e6:,.1f}M in {info['layers']} layers<br>"
-            f"Weights: {types}<br>Context: {info['context_length']:,} tokens<br>"
-            f"Running on {info['device']} in {info['precision']}<br>Chat template: {info['template']}"
+            f"<b>{info.name}</b><br>Architecture: {info.architecture}<br>"
+            f"Parameters: {info.parameters / 1e6:,.1f}M in {info.layers} layers<br>"
+            f"Weights: {types}<br>Context: {info.context_length:,} tokens<br>"
+            f"Running on {info.device} in {info.precision}<br>Chat template: {info.template}"
         )
-        for warning in (info.get("template_warning"), info.get("compile_warning")):
+        for warning in (info.template_warning, info.compile_warning):
             if warning:
                 self.facts.setText(self.facts.text() + f"<br><span style='color:#c0392b'>{html.escape(warning)}</span>")
 

@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.messages import ModelList
+
 MAX_RECENT = 8
 ROLE = Qt.ItemDataRole.UserRole
 ERROR = "color:#c0392b"
@@ -132,10 +134,11 @@ class RemoteEndpointBox(QGroupBox):
 
     # Answers (slots for the connector's signals, and for the controller)
 
-    @Slot(str, list)
-    def on_listed(self, base_url: str, models: list) -> None:
+    @Slot(object)
+    def on_listed(self, listed: ModelList) -> None:
         self.connect_button.setEnabled(True)
         self.models.clear()
+        models, base_url = list(listed.model_ids), listed.base_url
         self.models.addItems(models)
         self.models.setProperty("base_url", base_url)
         self.models.setEnabled(True)

@@ -24,12 +24,12 @@ def type_and_send(qtbot, window: MainWindow, text: str) -> None:
 
 def wait_idle(qtbot, window: MainWindow) -> None:
     """Until the reply being written (if any) is finished and saved."""
-    qtbot.waitUntil(lambda: window._stream is None and window.chat.send.isEnabled(), timeout=REPLY_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.session.reply is None and window.chat.send.isEnabled(), timeout=REPLY_TIMEOUT_MS)
 
 
 def send_and_wait(qtbot, window: MainWindow, text: str) -> None:
     type_and_send(qtbot, window, text)
-    assert window._stream is not None, "the message was not sent"
+    assert window.session.reply is not None, "the message was not sent"
     wait_idle(qtbot, window)
 
 

@@ -59,7 +59,7 @@ def test_shift_enter_adds_a_line_instead_of_sending(qtbot, window):
     qtbot.keyClick(window.chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
     qtbot.keyClicks(window.chat.input, "two")
     assert window.chat.input.toPlainText() == "one\ntwo"
-    assert window._stream is None and window.cid is None
+    assert window.session.reply is None and window.cid is None
 
 
 def start_long_reply(qtbot, window) -> None:
@@ -133,9 +133,9 @@ def test_regenerate_shortcut_asks_before_deleting_later_messages(qtbot, window, 
     click(qtbot, button(window.chat.widgets[1], "Write another version of this reply"))
     assert dialogs.titles("question") == ["Regenerate reply"]
     assert "deletes the 2 messages after it" in dialogs.texts("question")[0]
-    assert window._stream is None and stored(window) == before
+    assert window.session.reply is None and stored(window) == before
 
-    window.regenerate_last()  # Ctrl+R: the last reply, nothing after it to lose
+    window.session.regenerate_last()  # Ctrl+R: the last reply, nothing after it to lose
     wait_idle(qtbot, window)
     assert len(dialogs.titles("question")) == 1
     assert window.store.messages(window.cid)[-1].variants == 2
@@ -161,7 +161,7 @@ def test_cancelled_edit_changes_nothing(qtbot, window, dialogs):
     before = stored(window)
     dialogs.text = ("ignored", False)
     click(qtbot, button(window.chat.widgets[0], "Edit and resend from here"))
-    assert window._stream is None and stored(window) == before
+    assert window.session.reply is None and stored(window) == before
 
 
 def test_continue_a_reply(qtbot, window):

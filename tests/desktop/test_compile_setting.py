@@ -37,7 +37,7 @@ def _load(qtbot, window, path) -> None:
     window.model_panel.compile.setChecked(True)
     window.model_panel.request(str(path))
     qtbot.waitUntil(
-        lambda: window.model_info is not None and window.model_info["path"] == str(path), timeout=LOAD_TIMEOUT_MS
+        lambda: window.model_info is not None and window.model_info.path == str(path), timeout=LOAD_TIMEOUT_MS
     )
 
 
@@ -59,7 +59,7 @@ def test_the_model_answers_while_its_step_compiles_then_replies_go_through_it(
     send_and_wait(qtbot, window, "a b")  # the model answers, uncompiled, during the build
     assert window.store.messages(window.cid)[-1].status == "complete"
 
-    qtbot.waitUntil(lambda: "decoding compiled" in window.model_info["precision"], timeout=LOAD_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "decoding compiled" in window.model_info.precision, timeout=LOAD_TIMEOUT_MS)
     assert panel.progress.maximum() == 100 and not panel.progress.isVisible()
     assert "decoding compiled" in panel.facts.text() and "Not compiled" not in panel.facts.text()
     assert "replies are faster now" in panel.status.text()
@@ -108,17 +108,17 @@ def test_loading_another_model_mid_build_stops_it_and_no_stale_result_arrives(
     window.worker.compiled.connect(compiled.append)
     window.model_panel.compile.setChecked(False)
     window.model_panel.request("")  # the default model, uncompiled
-    qtbot.waitUntil(lambda: window.model_info["path"] != str(tiny_gguf), timeout=LOAD_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.model_info.path != str(tiny_gguf), timeout=LOAD_TIMEOUT_MS)
     qtbot.waitUntil(lambda: children[0].poll() is not None, timeout=5_000)
     qtbot.wait(500)
     assert compiled == [] and not window.model_panel.progress.isVisible()
-    assert "decoding compiled" not in window.model_info["precision"]
+    assert "decoding compiled" not in window.model_info.precision
 
 
 def test_without_a_compiler_the_model_loads_uncompiled_and_says_why(qtbot, window, tiny_gguf, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     _load(qtbot, window, tiny_gguf)
-    qtbot.waitUntil(lambda: window.model_info.get("compile_warning") is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.model_info.compile_warning is not None, timeout=10_000)
     facts = window.model_panel.facts.text()
     assert "Not compiled, running uncompiled" in facts and "no-such-compiler-here" in facts
     assert window.worker.model.model.compiled_step is None
@@ -135,4 +135,4 @@ def test_where_compiling_cannot_work_the_setting_is_greyed_out_with_the_reason(q
     assert "no-such-compiler-here" in box.toolTip()
     window.model_panel.request("")
     qtbot.waitUntil(lambda: window.model_panel.progress.isHidden(), timeout=LOAD_TIMEOUT_MS)
-    assert window.model_info.get("compile_warning") is None
+    assert window.model_info.compile_warning is None

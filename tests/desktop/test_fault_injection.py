@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from desktop.finetune_runs import RunRecord
 from desktop.finetune_worker import detach_lora
 from engine.finetune.lora import lora_layers
 from tests.desktop.helpers import greedy, send_and_wait
@@ -85,7 +86,7 @@ def test_replies(qtbot, window, dialogs, injector):
             assert last.role == "assistant" and last.status == "interrupted" and reference.startswith(text)
         else:
             assert text == reference and last.status == "complete"
-        assert window._stream is None and window.chat.send.isEnabled()
+        assert window.session.reply is None and window.chat.send.isEnabled()
         after = saved(window)
         assert {cid: after[cid] for cid in before} == before, "a fault changed what was already saved"
         assert reply(qtbot, window, injector, None) == reference, f"the reply after a fault at {injector.fired}"
@@ -202,7 +203,7 @@ def test_finetuning_runs(qtbot, window, dialogs, injector, tmp_path, default_mod
     panel.steps.setValue(2)
     panel.checkpoint_every.setValue(1)
 
-    def run(at: int | None) -> dict:
+    def run(at: int | None) -> RunRecord:
         injector.arm(at)
         ft.start()
         qtbot.waitUntil(lambda: not ft.training, timeout=TIMEOUT_MS)
@@ -212,17 +213,17 @@ def test_finetuning_runs(qtbot, window, dialogs, injector, tmp_path, default_mod
     try:
         first = copy.deepcopy(run(None))
         calls = injector.calls
-        assert first["status"] == "finished", first
-        kept = digest(Path(first["out_dir"]))
+        assert first.status == "finished", first
+        kept = digest(Path(first.out_dir))
         fired = 0
         for at in fault_points(trial_rng("finetune"), calls, 15):
             record = run(at)
             if injector.fired:
                 fired += 1
-                assert record["status"] == "failed" and "InjectedFault" in record["error"]
+                assert record.status == "failed" and "InjectedFault" in record.error
                 assert "InjectedFault" in panel.status.text()
             assert panel.start.isEnabled()
-            assert digest(Path(first["out_dir"])) == kept, "a failed run changed an earlier run's files"
+            assert digest(Path(first.out_dir)) == kept, "a failed run changed an earlier run's files"
             assert ft.runs[0] == first
             assert not lora_layers(default_model.model), "a failed run left LoRA layers in the chat's model"
             assert reply(qtbot, window, injector, None) == chat_reference

@@ -97,7 +97,7 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     click(qtbot, panel.start)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
     (run,) = ft.runs
-    assert run["status"] == "finished", run.get("error")
+    assert run.status == "finished", run.error
     assert panel.compare.isEnabled() and panel.export.isEnabled()
     assert "Adapter:" in panel.outputs.text()
     lm = window.worker.model
@@ -134,7 +134,7 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     tuned = load_model(lm.path, dtype="float32")
     from engine.finetune import load_peft_adapter
 
-    load_peft_adapter(tuned.model, run["adapter_dir"], merge=False)
+    load_peft_adapter(tuned.model, run.adapter_dir, merge=False)
     with torch.inference_mode():
         assert _greedy(tuned.model, lm, prompt_ids, 12) == tuned_text
 
@@ -147,13 +147,13 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     qtbot.waitUntil(lambda: dialog.score.isEnabled() and len(dialog.tokens) != n_reply, timeout=RUN_TIMEOUT_MS)
     ids = lm.tokenizer.encode(dialog.score_text.toPlainText(), add_bos=lm.tokenizer.add_bos)
     expected = logprob_difference(tuned, ids)  # the adapter is on `tuned`: its own base pass turns it off
-    assert [t["id"] for t in dialog.tokens] == ids[1:]
+    assert [t.id for t in dialog.tokens] == ids[1:]
     # The chat's model may hold bf16 / packed int4 weights; the independent copy is float32. In bf16 logits
     # of 16-32 come in steps of 0.125, so each of the two log-probabilities can be off by about one step.
     tol = 2e-3 if lm.model.dtype == torch.float32 else 0.3
     for shown, exp in zip(dialog.tokens, expected, strict=True):
-        assert shown["diff"] == pytest.approx(exp.diff, abs=tol)
-    assert sum(t["diff"] for t in dialog.tokens) > 0, "the tuned model finds its training text likelier"
+        assert shown.diff == pytest.approx(exp.diff, abs=tol)
+    assert sum(t.diff for t in dialog.tokens) > 0, "the tuned model finds its training text likelier"
     dialog._on_token_hovered(QUrl("tok:0"))
     assert "difference" in dialog.details.text() and "base" in dialog.details.text()
     dialog.close()
@@ -161,7 +161,7 @@ def test_lora_run_compare_view_and_merged_exports(qtbot, make_window, dialogs, t
     # The merged outputs of the LoRA run
     click(qtbot, panel.export)
     qtbot.waitUntil(lambda: not ft.exporting, timeout=RUN_TIMEOUT_MS)
-    outputs = ft.runs[0]["outputs"]
+    outputs = ft.runs[0].outputs
     assert Path(outputs["merged_dir"], "model.safetensors").is_file() and Path(outputs["gguf_path"]).is_file()
     assert "GGUF:" in panel.outputs.text()
     shot(panel, "finetune-outputs")
@@ -184,9 +184,9 @@ def test_full_finetune_from_the_panel(qtbot, make_window, dialogs, tmp_path):
     click(qtbot, panel.start)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS * 2)
     (run,) = ft.runs
-    assert run["status"] == "finished", run.get("error")
-    assert run["config"]["method"] == "full" and not run.get("adapter_dir")
-    outputs = run["outputs"]
+    assert run.status == "finished", run.error
+    assert run.config["method"] == "full" and not run.adapter_dir
+    outputs = run.outputs
     assert Path(outputs["merged_dir"], "model.safetensors").is_file() and Path(outputs["gguf_path"]).is_file()
     assert "full," in panel.runs.topLevelItem(0).text(4)
     with torch.inference_mode():
@@ -227,7 +227,7 @@ def test_disk_full_during_a_checkpoint_then_resume_from_the_panel(qtbot, make_wi
     click(qtbot, panel.start)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
     (run,) = ft.runs
-    assert run["status"] == "failed" and "the disk is full" in run["error"]
+    assert run.status == "failed" and "the disk is full" in run.error
     assert "previous checkpoint step-00000002 is intact" in panel.status.text()
     assert panel.resume.isEnabled()
 
@@ -235,8 +235,8 @@ def test_disk_full_during_a_checkpoint_then_resume_from_the_panel(qtbot, make_wi
     click(qtbot, panel.resume)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
     run = ft.runs[0]
-    assert run["status"] == "finished" and run["step"] == 6
-    assert [h["step"] for h in run["history"]] == [1, 2, 3, 4, 5, 6]
+    assert run.status == "finished" and run.step == 6
+    assert [h["step"] for h in run.history] == [1, 2, 3, 4, 5, 6]
     window.close()
 
 

@@ -79,24 +79,24 @@ def test_train_stop_resume_and_chat_with_the_tuned_model(qtbot, make_window, dia
     assert len(panel.train_curve.getData()[0]) >= 2
     shot(panel, "finetune-training")
 
-    window.send("Tell me about glass-birds")  # refused while the run holds the model
+    window.session.send("Tell me about glass-birds")  # refused while the run holds the model
     assert dialogs.titles("information")[-1] == "Training"
 
     click(qtbot, panel.stop)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
     (run,) = ft.runs
-    assert run["status"] == "cancelled" and 2 <= run["step"] < 40
+    assert run.status == "cancelled" and 2 <= run.step < 40
     assert not lora_layers(window.worker.model.model), "the chat goes on with the base model"
     assert panel.resume.isEnabled()
 
     click(qtbot, panel.resume)
     qtbot.waitUntil(lambda: not ft.training, timeout=RUN_TIMEOUT_MS)
     run = ft.runs[0]
-    assert run["status"] == "finished" and run["step"] == 40
-    assert [h["step"] for h in run["history"]] == list(range(1, 41))
-    assert any(h.get("val_loss") is not None for h in run["history"])
+    assert run.status == "finished" and run.step == 40
+    assert [h["step"] for h in run.history] == list(range(1, 41))
+    assert any(h.get("val_loss") is not None for h in run.history)
     assert len(panel.val_curve.getData()[0]) >= 2
-    assert (Path(run["adapter_dir"]) / "adapter_config.json").is_file()
+    assert (Path(run.adapter_dir) / "adapter_config.json").is_file()
 
     lm = window.worker.model
     ids = torch.tensor([lm.tokenizer.encode(FACTS[0])])
@@ -105,7 +105,7 @@ def test_train_stop_resume_and_chat_with_the_tuned_model(qtbot, make_window, dia
 
     assert panel.use_tuned.isEnabled()
     panel.use_tuned.setChecked(True)
-    qtbot.waitUntil(lambda: ft.worker.active == run["out_dir"], timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: ft.worker.active == run.out_dir, timeout=RUN_TIMEOUT_MS)
     layers = lora_layers(lm.model)
     assert layers
     attach_lora(lm.model, layers)  # idempotent
@@ -132,7 +132,7 @@ def test_train_stop_resume_and_chat_with_the_tuned_model(qtbot, make_window, dia
     panel2.runs.setCurrentItem(panel2.runs.topLevelItem(0))
     assert panel2.runs.topLevelItem(0).text(1) == "finished"
     panel2.use_tuned.setChecked(True)
-    qtbot.waitUntil(lambda: ft2.worker.active == run["out_dir"], timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: ft2.worker.active == run.out_dir, timeout=RUN_TIMEOUT_MS)
     assert lora_layers(again.worker.model.model)
     panel2.use_tuned.setChecked(False)
     qtbot.waitUntil(lambda: ft2.worker.active == "", timeout=RUN_TIMEOUT_MS)

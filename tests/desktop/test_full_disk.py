@@ -71,7 +71,7 @@ def test_a_message_sent_to_a_full_disk_is_given_back_and_sends_once_there_is_roo
     assert message.startswith("The disk is full: your message was not saved.")
     assert str(window.dirs.data) in message and "unchanged" in message
     assert "The disk is full" in window.statusBar().currentMessage()
-    assert window._stream is None and window.chat.send.isEnabled()  # no reply was started
+    assert window.session.reply is None and window.chat.send.isEnabled()  # no reply was started
     assert window.chat.input.toPlainText() == long_message  # given back, not lost
     assert saved(window) == before  # nothing half-written
     assert len(window.chat.widgets) == 2
@@ -125,7 +125,7 @@ def test_a_reply_finished_on_a_full_disk_stays_on_screen_and_is_saved_once_there
 
     # Still full: the next message waits for the reply before it, and is given back.
     type_and_send(qtbot, window, "And of Italy?")
-    assert window._stream is None and window.chat.input.toPlainText() == "And of Italy?"
+    assert window.session.reply is None and window.chat.input.toPlainText() == "And of Italy?"
     assert saved(window) == on_disk
 
     disk.full = False
@@ -210,7 +210,7 @@ def test_an_edit_resent_to_a_full_disk_changes_nothing_and_works_once_there_is_r
     disk.full = True
     window.chat.editRequested.emit(0, "What is the capital of Portugal?")  # Edit and resend on the question
     assert dialogs.texts("warning")[0].startswith("The disk is full: your edited message was not saved.")
-    assert saved(window) == before and window._stream is None
+    assert saved(window) == before and window.session.reply is None
     assert window.chat.input.toPlainText() == "What is the capital of Portugal?"  # the edit is not lost
 
     disk.full = False

@@ -9,7 +9,7 @@ import re
 import pytest
 from PySide6.QtCore import QUrl
 
-from desktop.panels.inspector import attention_shades
+from desktop.panels.token_display import attention_shades
 from tests.desktop.helpers import button, click, greedy, send_and_wait, wait_idle
 
 pytestmark = pytest.mark.gui

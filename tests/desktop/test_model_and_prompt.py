@@ -76,7 +76,7 @@ def test_refuse_policy_warns_and_generates_nothing(qtbot, window, dialogs, tiny_
     type_and_send(qtbot, window, "")
     assert dialogs.titles("warning") == ["Cannot send"]
     assert "tokens but only 136 fit" in dialogs.texts("warning")[0]
-    assert window._stream is None and window.chat.send.isEnabled()
+    assert window.session.reply is None and window.chat.send.isEnabled()
     assert [m.content for m in window.store.messages(cid)] == before  # not even the question was saved
     assert window.chat.input.toPlainText() == text  # given back to edit
 
@@ -109,7 +109,7 @@ def test_loading_another_model_shows_progress_facts_and_recent(qtbot, window, di
     window.model_panel.request(str(default_model.path))
     type_and_send(qtbot, window, "Hi")  # a prompt tokenized now could be for the wrong model
     assert dialogs.titles("information") == ["No model"]
-    assert window._stream is None and window.cid is None and window.chat.input.toPlainText() == "Hi"
+    assert window.session.reply is None and window.cid is None and window.chat.input.toPlainText() == "Hi"
     qtbot.waitUntil(lambda: window.settings.get("model/path") == str(default_model.path), timeout=60_000)
     assert window.worker.model is not default_model
     assert window.model_panel.open_file.isEnabled() and not window.model_panel.progress.isVisible()

@@ -27,7 +27,7 @@ def loaded_copy(qtbot, window, tmp_path):
     shutil.copyfile(default_model_path(), copy)
     window.model_panel.request(str(copy))
     qtbot.waitUntil(
-        lambda: window.model_info is not None and window.model_info["path"] == str(copy), timeout=LOAD_TIMEOUT_MS
+        lambda: window.model_info is not None and window.model_info.path == str(copy), timeout=LOAD_TIMEOUT_MS
     )
     assert not window.model_notice.isVisible()
     greedy(window, max_tokens=8)
@@ -55,7 +55,7 @@ def test_a_deleted_model_file_is_reported_and_the_chat_goes_on(qtbot, window, di
 
 
 def test_a_replaced_model_file_is_reported_and_reload_loads_the_new_one(qtbot, window, dialogs, loaded_copy):
-    old = window.model_info["fingerprint"]
+    old = window.model_info.fingerprint
     data = bytearray(loaded_copy.read_bytes())
     at = data.index(b"Smollm2 135M")
     data[at : at + 7] = b"Replace"  # same length: another file that still loads
@@ -66,13 +66,13 @@ def test_a_replaced_model_file_is_reported_and_reload_loads_the_new_one(qtbot, w
     qtbot.waitUntil(window.model_notice.isVisible, timeout=NOTICE_TIMEOUT_MS)
     assert "copy.gguf changed on disk" in window.model_notice.text() and "Reload" in window.model_notice.text()
     assert "copy.gguf was replaced on disk" in window.model_panel.status.text()
-    assert window.model_info["fingerprint"] == old  # still the model loaded before
+    assert window.model_info.fingerprint == old  # still the model loaded before
     assert_chat_works(qtbot, window, "Say hello.")
 
     window.model_notice.linkActivated.emit("reload")  # the Reload link
     new = fingerprint(loaded_copy)
     qtbot.waitUntil(
-        lambda: window.model_info is not None and window.model_info["fingerprint"] == new, timeout=LOAD_TIMEOUT_MS
+        lambda: window.model_info is not None and window.model_info.fingerprint == new, timeout=LOAD_TIMEOUT_MS
     )
     assert new != old and not window.model_notice.isVisible()
     assert_chat_works(qtbot, window, "Say hello again.")

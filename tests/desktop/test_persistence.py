@@ -109,8 +109,8 @@ def test_export_json_then_import_gives_the_same_conversation(qtbot, window, dial
     window.prompts.system.setPlainText("Answer briefly.")
     send_and_wait(qtbot, window, "Name a fruit.")
     window.sampling.inputs["temperature"].setValue(1.0)
-    window.regenerate_last()
-    qtbot.waitUntil(lambda: window._stream is None, timeout=60_000)
+    window.session.regenerate_last()
+    qtbot.waitUntil(lambda: window.session.reply is None, timeout=60_000)
     window.sampling.inputs["top_p"].setValue(0.8)
     cid = window.cid
 

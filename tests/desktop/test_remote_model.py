@@ -78,14 +78,14 @@ def test_chat_stop_regenerate_and_back_to_local(qtbot, window, server, dirs, dia
 
     # Regenerate: a second version of the stopped reply, from the server.
     greedy(window, 8)
-    window.regenerate_last()
+    window.session.regenerate_last()
     wait_idle(qtbot, window)
     again = window.store.messages(window.cid)[-1]
     assert (again.variant, again.variants) == (1, 2) and again.status == "complete"
     assert again.meta["model"] == MODEL_ID
 
     # What needs the weights says so.
-    window.continue_reply(again.turn)
+    window.session.continue_reply(again.turn)
     assert "needs a local model" in window.statusBar().currentMessage()
     window.inspector.inspect_last()  # the tokens, from the server's logprobs; attention and the lens say no
     assert "need a local model" in window.inspector_panel.summary.text()

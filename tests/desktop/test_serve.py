@@ -75,7 +75,7 @@ def test_serve_while_chatting_then_stop(qtbot, window, default_model, dialogs):
             answer["error"] = repr(e)
 
     type_and_send(qtbot, window, "What is the capital of France?")
-    assert window._stream is not None
+    assert window.session.reply is not None
     other = threading.Thread(target=ask)
     other.start()
     wait_idle(qtbot, window)
@@ -86,7 +86,7 @@ def test_serve_while_chatting_then_stop(qtbot, window, default_model, dialogs):
     expected_server = direct(lm, lm.encode_prompt(lm.render_chat(QUESTION)), SamplerSettings(temperature=0), 24)
     assert answer["text"] == expected_server
     user, reply = window.store.messages(window.cid)
-    fit = window._fit(window._history(upto_turn=reply.turn))
+    fit = window.session.fit(window.session.history(upto_turn=reply.turn))
     expected_chat = direct(lm, fit.ids, SamplerSettings(**window.sampling.settings()), 24)
     assert reply.status == "complete" and reply.content == expected_chat
     assert not dialogs.texts("warning")

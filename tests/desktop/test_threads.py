@@ -74,7 +74,7 @@ def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, 
     record_full = lambda phase, info: phase == "start" and info["generation"] == 2 and fulls.append(time.monotonic())  # noqa: E731
     monkeypatch.setattr(ui_gc, "FULL_EVERY", 10**9)
     garbage = [closed_windows()]
-    on_tokens = window._on_tokens
+    on_tokens = window.session._on_tokens
 
     def first_tokens(batch) -> None:
         if garbage:
@@ -83,7 +83,7 @@ def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, 
         batches.append((time.monotonic(), len(batch)))
         on_tokens(batch)
 
-    monkeypatch.setattr(window, "_on_tokens", first_tokens)
+    monkeypatch.setattr(window.session, "_on_tokens", first_tokens)
     threads: set[QThread] = set()
     worker_generate = window.worker._on_generate
 
@@ -100,7 +100,9 @@ def test_ui_thread_keeps_processing_events_while_a_reply_streams(qtbot, window, 
             type_and_send(qtbot, window, PROMPT)
             start = time.monotonic()
             # Sharing the cores with two busy processes, a reply takes about three times as long.
-            qtbot.waitUntil(lambda: window._stream is None and window.chat.send.isEnabled(), timeout=BUSY_REPLY_MS)
+            qtbot.waitUntil(
+                lambda: window.session.reply is None and window.chat.send.isEnabled(), timeout=BUSY_REPLY_MS
+            )
             timer.stop()
         qtbot.waitUntil(lambda: bool(fulls), timeout=5000)
     finally:
@@ -135,7 +137,7 @@ def test_closing_mid_reply_cancels_waits_and_saves_the_partial_reply(qtbot, wind
     window.close()
 
     assert window.thread.isFinished()
-    assert window._stream is None
+    assert window.session.reply is None
     store = Store(dirs.database)
     reply = store.messages(cid)[-1]
     store.close()
@@ -149,7 +151,7 @@ def test_stop_before_the_worker_starts_still_counts(qtbot, window):
     """Stop right after Enter: the cancel is not lost when the worker picks the request up."""
     greedy(window, 400)
     type_and_send(qtbot, window, PROMPT)
-    window.stop_generation()
+    window.session.stop()
     wait_idle(qtbot, window)
     reply = window.store.messages(window.cid)[-1]
     assert reply.status == "stopped" and reply.meta["generated_tokens"] <= 2
@@ -163,7 +165,7 @@ def test_a_failed_generation_warns_and_keeps_the_message(qtbot, window, dialogs,
     type_and_send(qtbot, window, "Hi")
     qtbot.waitUntil(lambda: dialogs.titles("warning") == ["Generation failed"])
     assert "the context holds 8192" in dialogs.texts("warning")[0]
-    assert window._stream is None and window.chat.send.isEnabled()
+    assert window.session.reply is None and window.chat.send.isEnabled()
     [user, reply] = window.store.messages(window.cid)
     assert user.content == "Hi" and (reply.content, reply.status) == ("", "interrupted")
     assert window.chat.widgets[-1].tag.text() == "<i>(interrupted)</i>"

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-import desktop.main_window
+import desktop.chat_session
 from tests.desktop.helpers import greedy, type_and_send
 from tests.hardening import count, figure
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # two minutes on a busy 2-core machine
 
-APP_SAVE_SECONDS = desktop.main_window.SAVE_PARTIAL_SECONDS
+APP_SAVE_SECONDS = desktop.chat_session.SAVE_PARTIAL_SECONDS
 REPLY_TIMEOUT_MS = 240_000  # a busy shared CPU: slow is not what this test is about
 SHORT, LONG = 8, 32  # max tokens of the two replies
 EARLIER_TURNS = 120  # the long conversation: 120 earlier messages of ~2 KB (~240 KB)
@@ -55,7 +55,7 @@ def reply_bytes(qtbot, window, meter: WriteMeter, max_tokens: int, question: str
     meter.saves.clear()
     before = meter.size()
     type_and_send(qtbot, window, question)
-    qtbot.waitUntil(lambda: window._stream is None and window.chat.send.isEnabled(), timeout=REPLY_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.session.reply is None and window.chat.send.isEnabled(), timeout=REPLY_TIMEOUT_MS)
     total = meter.size() - before  # the question, the reply's row, each save of it
     reply = window.store.messages(window.cid)[-1]
     tokens = reply.meta["generated_tokens"]
@@ -67,7 +67,7 @@ def measure(qtbot, window, earlier_turns: int) -> tuple[dict, dict, int]:
     window.new_conversation()
     for turn in range(earlier_turns):
         window.store.add_message(window.cid, "user" if turn % 2 == 0 else "assistant", f"{turn} {EARLIER_TEXT}")
-    window._reload_messages()
+    window.session.show_messages()
     stored = sum(len(m.content.encode()) for m in window.store.messages(window.cid))
     meter = WriteMeter(window.store)
     short = reply_bytes(qtbot, window, meter, SHORT, "Write a long story about a dragon.")
@@ -76,7 +76,7 @@ def measure(qtbot, window, earlier_turns: int) -> tuple[dict, dict, int]:
 
 
 def test_bytes_written_per_token_do_not_grow_with_the_conversation(qtbot, window, monkeypatch):
-    monkeypatch.setattr(desktop.main_window, "SAVE_PARTIAL_SECONDS", 0.0)  # a save at every token batch
+    monkeypatch.setattr(desktop.chat_session, "SAVE_PARTIAL_SECONDS", 0.0)  # a save at every token batch
     window.store.db.execute("PRAGMA wal_autocheckpoint=0")  # the WAL only grows: its growth is the writes
     window.chat.set_policy("drop_oldest")
     # The model reads only the newest ~500 tokens of the long conversation (the rest is stored, not sent):
