@@ -1,10 +1,11 @@
 """Taking turns on one loaded model.
 
-A `LoadedModel` has one KV cache; a generation rebuilds it from position 0 and an inspection runs its
-own pass over the weights, so two passes at once on two threads would corrupt each other.  Everything
-that runs the model (the desktop's engine worker, the server's model worker) holds ``lm.lock`` around
-the whole pass, through `hold`, which keeps watching a cancel signal while it waits: a reply stopped
-while it waits for another one never starts.
+A `LoadedModel` has one KV cache; a generation rewrites it from where its prompt departs from what
+the cache holds and an inspection runs its own pass over the weights, so two passes at once on two
+threads would corrupt each other.  Everything that runs the model (the desktop's engine worker, the
+server's model worker, installing a compiled step) holds ``lm.lock`` around the whole pass, through
+`hold`, which keeps watching a cancel signal while it waits: a reply stopped while it waits for another
+one never starts.
 """
 
 from __future__ import annotations

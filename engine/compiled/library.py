@@ -27,6 +27,7 @@ import torch
 from engine.compiled.step import CompiledDecoding, build, structure_key, unavailable_reason, weight_specs
 from engine.errors import CompileUnavailableError
 from engine.loading.config import ModelConfig
+from engine.model_lock import hold
 from engine.weights.pack_cache import default_cache_dir
 
 BUILD_TIMEOUT_S = 1800
@@ -61,20 +62,18 @@ def compile_decoding(
             if progress is not None:
                 progress(BUILDING)
             _build_in_child(model, path, cache_dir, stop)
-        while not lm.lock.acquire(timeout=POLL_S):  # a reply in progress finishes first
-            if stop():
+        with hold(lm, stop) as held:  # a reply in progress finishes first
+            if not held:
                 raise CompileUnavailableError("compiling the decoding step was stopped")
-        try:
-            if structure_key(model) != path.stem:  # LoRA layers were added meanwhile, say
-                raise CompileUnavailableError("the model changed while its decoding step was compiled")
-            model.compiled_step = CompiledDecoding(model, path)
-            return time.perf_counter() - t0
-        except CompileUnavailableError:
-            if attempt or not path.exists() or structure_key(model) != path.stem:
-                raise
-            path.unlink()  # a damaged library (a disk that filled, a crash mid-write): built again, once
-        finally:
-            lm.lock.release()
+            try:
+                if structure_key(model) != path.stem:  # LoRA layers were added meanwhile, say
+                    raise CompileUnavailableError("the model changed while its decoding step was compiled")
+                model.compiled_step = CompiledDecoding(model, path)
+                return time.perf_counter() - t0
+            except CompileUnavailableError:
+                if attempt or not path.exists() or structure_key(model) != path.stem:
+                    raise
+                path.unlink()  # a damaged library (a disk that filled, a crash mid-write): built again, once
     raise AssertionError("unreachable")
 
 

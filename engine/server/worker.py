@@ -1,7 +1,8 @@
 """One thread owns the model: requests queue behind each other and run one at a time.
 
-The model's KV cache is rebuilt from position 0 by every `Generation`, so running generations one
-after another never mixes two requests' caches; running two at once would.  So the HTTP side never
+The model has one KV cache: each `Generation` keeps what its prompt shares with the cache's contents (a
+client's conversation so far) and rewrites the rest, so generations run one after another never mix two
+requests' caches; two at once would.  So the HTTP side never
 touches the model: it submits a `Job` to the `ModelWorker`'s bounded queue (refused at once with 429
 when full) and reads the job's events from its `JobStream`, an asyncio queue that the worker fills through
 ``loop.call_soon_threadsafe``.  A job whose client went away is cancelled between tokens.  The desktop
