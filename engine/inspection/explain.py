@@ -64,7 +64,7 @@ class SamplerStep:
     kept_after: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class WordOrder:
     text: str
     swapped_text: str
@@ -73,7 +73,7 @@ class WordOrder:
     difference: float  # total variation distance between the two next-token distributions, in [0, 1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Explanation:
     """Everything the six steps show, for the token sequence ``ids``."""
 

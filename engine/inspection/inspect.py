@@ -35,7 +35,7 @@ class Candidate:
     logprob: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inspection:
     """Per position ``i`` of ``ids``: the token, its log-probability given the tokens before it
     (None for the first), and what the model predicted *after* it (the candidates for token ``i+1``)."""
