@@ -25,13 +25,12 @@ from desktop.messages import (
     RunEnded,
     RunStarted,
     Scored,
-    StepProgress,
     TrainRequest,
     frozen_map,
 )
 from desktop.panels.compare import CompareDialog
 from desktop.panels.finetune import FinetunePanel
-from engine.finetune.train import latest_checkpoint
+from engine.finetune.train import Progress, latest_checkpoint
 
 
 def settings_text(cfg: dict) -> str:
@@ -240,7 +239,7 @@ class FinetuneController(QObject):
         self.panel.status.setText("Reading the files and measuring the validation loss…")
 
     @Slot(object)
-    def _on_progress(self, batch: tuple[StepProgress, ...]) -> None:
+    def _on_progress(self, batch: tuple[Progress, ...]) -> None:
         self.history.extend(asdict(p) for p in batch)  # as the runs file keeps them
         self.panel.show_history(self.history)
         self.panel.show_progress(batch[-1])

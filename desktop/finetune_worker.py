@@ -47,7 +47,6 @@ from desktop.messages import (
     RunStarted,
     Scored,
     ScoredToken,
-    StepProgress,
     TrainRequest,
 )
 from desktop.worker_boundary import boundary, failure_message
@@ -55,6 +54,7 @@ from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_a
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
 from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
+from engine.finetune.train import Progress
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.model_lock import hold
@@ -118,7 +118,7 @@ class FinetuneWorker(QObject):
         previewed(Preview)     -- the files read, their tokens and chunks, sample chunks, the machine's FLOP rate
         previewFailed(str)
         started(RunStarted)
-        progress(tuple[StepProgress, ...]) -- batched (at most ~10 signals a second)
+        progress(tuple[Progress, ...]) -- batched (at most ~10 signals a second)
         finished(RunEnded)     -- finished or stopped: steps, losses, history, outputs
         failed(str out_dir, str message)
         tunedChanged(str out_dir) -- the run whose adapter the chat now uses; "" for the base model
@@ -228,11 +228,11 @@ class FinetuneWorker(QObject):
         if lm is None:
             self.failed.emit(out_dir, "No model is loaded.")
             return
-        pending: list[StepProgress] = []
+        pending: list[Progress] = []
         last = [time.monotonic()]
 
         def progress(p) -> None:  # on this thread: batched into frozen copies
-            pending.append(StepProgress(**asdict(p)))
+            pending.append(p)
             now = time.monotonic()
             if p.val_loss is not None or p.step == p.total_steps or now - last[0] >= EMIT_SECONDS:
                 self.progress.emit(tuple(pending))

@@ -178,20 +178,6 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
-class StepProgress:
-    """One optimizer step (``progress`` carries them in batches, as a tuple)."""
-
-    step: int
-    total_steps: int
-    epoch: float
-    train_loss: float
-    lr: float
-    tokens_per_second: float
-    eta_seconds: float
-    val_loss: float | None = None  # on the steps that evaluated
-
-
-@dataclass(frozen=True)
 class RunOutputs:
     """What a run wrote, each None until it exists."""
 

@@ -47,10 +47,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.messages import Preview, StepProgress
+from desktop.messages import Preview
 from desktop.panels.charts import BLUE, ORANGE, styled
 from engine.finetune.estimate import estimate_run
 from engine.finetune.lora import ALL_TARGETS
+from engine.finetune.train import Progress
 
 GiB = 1 << 30
 
@@ -382,7 +383,7 @@ class FinetunePanel(QWidget):
         val += [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
         self.val_curve.setData([x for x, _ in val], [y for _, y in val])
 
-    def show_progress(self, p: StepProgress) -> None:
+    def show_progress(self, p: Progress) -> None:
         self.progress.setMaximum(p.total_steps)
         self.progress.setValue(p.step)
         val = f" · val {p.val_loss:.3f}" if p.val_loss is not None else ""

@@ -92,8 +92,10 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
+    """One optimizer step (the desktop's fine-tune worker sends them across threads as they are)."""
+
     step: int
     total_steps: int
     epoch: float
