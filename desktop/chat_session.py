@@ -379,15 +379,18 @@ class ChatSession(QObject):
             "seed": result.seed,
             "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens,
+            "cached_tokens": result.cached_tokens,
             "generated_tokens": result.generated_tokens,
             "decode_tps": round(result.decode_tps, 2),
         }
         if result.logprobs:  # a remote reply's per-token logprobs, for the inspector
             meta["logprobs"] = list(result.logprobs)
         self._finish(r.final(status, meta, result.text))
+        reused = f" · {result.cached_tokens:,} prompt tokens reused" if result.cached_tokens else ""
         self.chat.set_readout(
             f"{result.generated_tokens} tokens · {result.decode_tps:.1f} tokens/s · "
             + FINISHED.get(result.finish_reason, result.finish_reason)
+            + reused
         )
 
     @Slot(str)

@@ -93,6 +93,7 @@ def generation_result(gen, logprobs: list | None = None) -> GenerationResult:
         text=gen.text,
         finish_reason=gen.finish_reason,
         prompt_tokens=s.prompt_tokens,
+        cached_tokens=s.cached_tokens,
         generated_tokens=s.generated_tokens,
         prefill_tps=s.prefill_tokens_per_second,
         decode_tps=s.decode_tokens_per_second,

@@ -103,6 +103,7 @@ class GenerationResult:
     text: str
     finish_reason: str  # "eos", "stop", "length", "context" or "cancelled"
     prompt_tokens: int
+    cached_tokens: int  # of the prompt's tokens, those the KV cache already held (the conversation so far)
     generated_tokens: int
     prefill_tps: float
     decode_tps: float

@@ -53,6 +53,22 @@ def test_send_streams_the_reply_into_the_chat_and_the_store(qtbot, window, monke
     assert window.conversation_list.count() == 1
 
 
+def test_the_next_turn_reuses_the_conversation_in_the_cache(qtbot, window):
+    """The second message's prompt begins with the first turn, which the KV cache still holds: only the
+    new tokens run (engine/model/transformer.py `reusable_prefix`), and the readout says so."""
+    greedy(window)
+    window.worker.model.model.drop_cache()  # nothing left from an earlier test
+    type_and_send(qtbot, window, "Name a colour.")
+    wait_idle(qtbot, window)
+    first = window.store.messages(window.cid)[-1].meta
+    assert first["cached_tokens"] == 0 and "reused" not in window.chat.readout.text()
+    type_and_send(qtbot, window, "Name another one.")
+    wait_idle(qtbot, window)
+    second = window.store.messages(window.cid)[-1].meta
+    assert first["prompt_tokens"] <= second["cached_tokens"] < second["prompt_tokens"]
+    assert f"{second['cached_tokens']:,} prompt tokens reused" in window.chat.readout.text()
+
+
 def test_shift_enter_adds_a_line_instead_of_sending(qtbot, window):
     window.chat.input.setFocus()
     qtbot.keyClicks(window.chat.input, "one")

@@ -68,7 +68,7 @@ def reply(qtbot, window, injector: Injector, at: int | None) -> str:
     return window.store.messages(window.cid)[-1].content
 
 
-def test_replies(qtbot, window, dialogs, injector):
+def test_replies(qtbot, window, dialogs, injector, fresh_prefill):
     greedy(window, 6)
     reference = reply(qtbot, window, injector, None)
     calls = injector.calls

@@ -45,7 +45,7 @@ def direct(lm, ids: list[int], settings: SamplerSettings, max_tokens: int) -> st
     return gen.text
 
 
-def test_serve_while_chatting_then_stop(qtbot, window, default_model, dialogs):
+def test_serve_while_chatting_then_stop(qtbot, window, default_model, dialogs, fresh_prefill):
     box = window.model_panel.serve
     window.docks["model"].show()
     window.docks["model"].raise_()
