@@ -26,7 +26,6 @@ MAX_COMPLETION_LOGPROBS = 5  # legacy completions: logprobs in [0, 5]
 # seed are OpenAI's own; the rest are Ember extensions (send them in the body, with the openai
 # client as ``extra_body={...}``).  Unset fields take SamplerSettings' defaults.
 SAMPLER_FIELDS = tuple(f.name for f in fields(SamplerSettings))
-EXTENSION_FIELDS = ("top_k", "min_p", "typical_p", "repetition_penalty", "repetition_window")
 
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
