@@ -25,13 +25,14 @@ TOPICS = ["rivers", "bread", "lighthouses", "comets", "violins", "glaciers", "be
 
 
 def cpu_name() -> str:
+    """The CPU's name, family and model, and whether it has AVX-512 bf16 (the figures depend on all three)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines())
+    except (OSError, ValueError):
+        return platform.processor() or "unknown CPU"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    bf16 = "AVX-512 bf16" if "avx512_bf16" in info.get("flags", "").split() else "no AVX-512 bf16"
+    return f"{info.get('model name')} (family {info.get('cpu family')}, model {info.get('model')}, {bf16})"
 
 
 def user_message(turn: int, words: int) -> str:
