@@ -49,6 +49,7 @@ from desktop.messages import (
     ScoredToken,
     TrainRequest,
 )
+from desktop.ui_gc import worker_job
 from desktop.worker_boundary import boundary, failure_message
 from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
 from engine.finetune.compare import logprob_difference
@@ -222,6 +223,7 @@ class FinetuneWorker(QObject):
         return self._rate
 
     @Slot(object)
+    @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
     def _on_train(self, request: TrainRequest) -> None:
         paths, out_dir, resume = list(request.paths), request.out_dir, request.resume
         lm = self.model_source()
@@ -346,6 +348,7 @@ class FinetuneWorker(QObject):
         self.tunedChanged.emit(out_dir)
 
     @Slot(str, str, str)
+    @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
     def _on_export(self, out_dir: str, model_path: str, gguf_type: str) -> None:
         """A LoRA run's merged outputs: the adapter folded into a float32 copy of the base, written as
         ``merged/`` and ``model.gguf``."""
@@ -391,6 +394,7 @@ class FinetuneWorker(QObject):
             self._activate(lm, previous, "")
 
     @Slot(str, str, str, str, int, bool)
+    @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
     def _on_compare(self, out_dir: str, model_path: str, method: str, prompt: str, max_tokens: int, chat: bool):
         lm = self.model_source()
         if lm is None:
@@ -450,6 +454,7 @@ class FinetuneWorker(QObject):
         return Scored(tokens, mean, start)
 
     @Slot(str, str, str, str)
+    @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
     def _on_score(self, out_dir: str, model_path: str, method: str, text: str) -> None:
         lm = self.model_source()
         if lm is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from desktop.messages import ModelList
+from desktop.ui_gc import worker_job
 from engine.remote import RemoteClient, RemoteError, normalise_base_url
 
 
@@ -33,6 +34,7 @@ class RemoteConnector(QObject):
         self.requestModels.connect(self._on_models)
 
     @Slot(str, str)
+    @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
     def _on_models(self, base_url: str, api_key: str) -> None:
         try:
             url = normalise_base_url(base_url)

@@ -14,7 +14,7 @@ objects (a closed dialog, an unloaded model) are still reclaimed.
 
 Reclaiming is the expensive part: a full collection that frees a few closed windows' widget trees took
 1.2 s in CI, and it ran in the middle of a streaming reply. So a full collection waits while any worker
-job runs (`worker_job`, entered by every worker slot through `desktop.worker_boundary`) and runs at the
+job runs (`worker_job`: every worker slot enters it, through `desktop.worker_boundary` or directly) and runs at the
 first tick after; young collections go on meanwhile and keep what a reply allocates in check.
 """
 

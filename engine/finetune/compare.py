@@ -32,9 +32,12 @@ class TokenDiff:
 
 @torch.no_grad()
 def token_logprobs(model, ids: list[int]) -> list[float]:
-    """``log p(ids[i] | ids[:i])`` for i = 1 .. len(ids) - 1, one uncached forward pass."""
+    """``log p(ids[i] | ids[:i])`` for i = 1 .. len(ids) - 1, one forward pass (written into the model's KV
+    cache when it has one, grown to fit: the cache records what it holds)."""
     if len(ids) < 2:
         return []
+    if model.caches:
+        model.grow_cache(len(ids) - 1)
     was_training = model.training
     model.eval()
     try:

@@ -87,7 +87,7 @@ class Generation:
     ids: list[int] = field(default_factory=list, init=False)
     text: str = field(default="", init=False)
     finish_reason: str | None = field(default=None, init=False)
-    seed: int | None = field(default=None, init=False)  # the seed actually used (replays the reply)
+    seed: int | None = field(default=None, init=False)  # the seed used: replays the reply (in bf16, on an equal cache)
     stats: GenerationStats = field(default_factory=GenerationStats, init=False)
 
     def __post_init__(self) -> None:

@@ -222,6 +222,8 @@ def swap_words(text: str) -> str:
 @torch.inference_mode()
 def next_token_distribution(model: Transformer, ids: Sequence[int]) -> torch.Tensor:
     """Log-probabilities of the next token after ``ids``, ``(vocab,)`` float32 on the CPU."""
+    if model.caches:  # the chat's cache, written over from position 0: grown to fit
+        model.grow_cache(len(ids))
     logits = model(torch.tensor([list(ids)], device=model.device), last_only=True)[0, -1]
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 

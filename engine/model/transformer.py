@@ -185,6 +185,10 @@ class Transformer(nn.Module):
 
     def grow_cache(self, capacity: int) -> None:
         """A batch-1 cache of at least ``capacity`` positions that keeps what the cache holds now."""
+        same = self.caches and (self.caches[0].k.dtype, self.caches[0].k.device) == (self.dtype, self.device)
+        if not same:  # none yet, or the model moved to another dtype or device since
+            self.setup_cache(capacity)
+            return
         if self.cache_capacity >= capacity and self.caches[0].k.shape[0] == 1:
             return
         old, kept = self.caches, list(self.cached_ids)

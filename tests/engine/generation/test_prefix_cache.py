@@ -183,3 +183,14 @@ def test_a_pass_that_fails_half_way_leaves_no_record_of_its_tokens(lm, monkeypat
     gen, logprobs, ran = warm(lm, edited, monkeypatch)
     assert gen.stats.cached_tokens == shared and ran == len(edited) - shared
     same_reply((gen.ids, logprobs), fresh(lm, edited))
+
+
+def test_a_model_moved_to_another_dtype_gets_a_new_cache(monkeypatch):
+    """``model.to(dtype)`` keeps each parameter object and its version: the cache's own dtype tells."""
+    lm = load_model(device="cpu", dtype="float32")
+    ids = prompt(lm, "Name a planet.")
+    reply(lm, ids)
+    lm.model.to(torch.bfloat16)
+    gen, logprobs, ran = warm(lm, ids, monkeypatch)
+    assert (gen.stats.cached_tokens, ran) == (0, len(ids)) and lm.model.caches[0].k.dtype == torch.bfloat16
+    assert (gen.ids, logprobs) == fresh(lm, ids)
