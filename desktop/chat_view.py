@@ -205,6 +205,7 @@ class ChatView(QWidget):
         )
         self.readout = QLabel(accessibleName="Generation readout")
         self.readout.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.readout.setWordWrap(True)  # a long readout wraps; it never widens the window
         buttons = QVBoxLayout()
         buttons.addWidget(self.send)
         buttons.addWidget(self.stop)

@@ -69,6 +69,13 @@ def test_the_next_turn_reuses_the_conversation_in_the_cache(qtbot, window):
     assert f"{second['cached_tokens']:,} prompt tokens reused" in window.chat.readout.text()
 
 
+def test_a_long_readout_wraps_instead_of_widening_the_window(qtbot, window):
+    narrowest = window.minimumSizeHint().width()
+    window.chat.set_readout("16 tokens · 20.1 tokens/s · reached the reply length · 1,229 prompt tokens reused")
+    qtbot.wait(20)
+    assert window.minimumSizeHint().width() == narrowest  # it was 112 px wider before the readout wrapped
+
+
 def test_shift_enter_adds_a_line_instead_of_sending(qtbot, window):
     window.chat.input.setFocus()
     qtbot.keyClicks(window.chat.input, "one")
