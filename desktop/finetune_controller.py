@@ -34,11 +34,16 @@ from engine.finetune.train import Progress, latest_checkpoint
 
 
 def settings_text(cfg: dict) -> str:
-    steps = f"{cfg.get('steps')} steps" if cfg.get("steps") else f"{cfg.get('epochs', 1):g} epochs"
-    method = "full" if cfg.get("method") == "full" else f"LoRA r{cfg.get('rank')}"
+    """A run's settings in one line; "auto" where they are still to be chosen from the files."""
+
+    def value(key: str, fmt: str = "{:g}") -> str:
+        return "auto" if cfg.get(key) is None else fmt.format(cfg[key])
+
+    steps = f"{cfg['steps']} steps" if cfg.get("steps") else f"{value('epochs')} epochs"
+    method = "full" if cfg.get("method") == "full" else f"LoRA r{value('rank')}"
     return (
-        f"{method}, {steps}, lr {cfg.get('lr', 0):g}, "
-        f"seq {cfg.get('seq_len')}, batch {cfg.get('batch_size')}, val {cfg.get('val_fraction', 0):g}"
+        f"{method}, {steps}, lr {value('lr')}, seq {cfg.get('seq_len')}, batch {cfg.get('batch_size')}, "
+        f"val {value('val_fraction')}"
     )
 
 
@@ -159,9 +164,7 @@ class FinetuneController(QObject):
             self.panel.summary.setText("")
             return
         self.panel.summary.setText("Reading the files…")
-        self.worker.requestPreview.emit(
-            PreviewRequest(tuple(paths), self.panel.seq_len.value(), self.panel.val_fraction.value())
-        )
+        self.worker.requestPreview.emit(PreviewRequest(tuple(paths), frozen_map(self.panel.config())))
 
     @Slot(object)
     def _on_previewed(self, preview: Preview) -> None:
@@ -235,8 +238,13 @@ class FinetuneController(QObject):
         self.worker.train(TrainRequest(record.paths, frozen_map(record.config), record.out_dir, resume))
 
     @Slot(object)
-    def _on_started(self, _started: RunStarted) -> None:
-        self.panel.status.setText("Reading the files and measuring the validation loss…")
+    def _on_started(self, started: RunStarted) -> None:
+        record = self._run(started.out_dir)
+        if record is not None and started.config:  # the settings chosen from the files, as the run uses them
+            self._save(replace(record, config=dict(started.config)))
+            self._show_runs(select=started.out_dir)
+        self.panel.show_recall(None)
+        self.panel.status.setText("Reading the files and asking the base model questions about them…")
 
     @Slot(object)
     def _on_progress(self, batch: tuple[Progress, ...]) -> None:
@@ -256,6 +264,7 @@ class FinetuneController(QObject):
             "val_loss_before": ended.val_loss_before,
             "val_loss_after": ended.val_loss_after,
             "adapter_dir": ended.outputs.adapter_dir,
+            "recall": ended.recall.to_json() if ended.recall is not None else None,
         }
         record = replace(
             record,
@@ -268,6 +277,9 @@ class FinetuneController(QObject):
         if ended.status == "finished":
             before, after = record.val_loss_before, record.val_loss_after
             losses = f" Validation loss {before:.3f} → {after:.3f}." if before is not None and after is not None else ""
+            if record.recall:
+                n = len(record.recall["probes"])
+                losses += f" Recall {record.recall['recalled_before']}/{n} → {record.recall['recalled_after']}/{n}."
             self.panel.status.setText(
                 f"Finished {record.step} steps.{losses} "
                 + (
@@ -301,6 +313,7 @@ class FinetuneController(QObject):
         if not self.training:
             if record is not None:
                 self.panel.show_history(list(record.history), record.val_loss_before)
+            self.panel.show_recall(record.recall if record is not None else None)
             self.panel.resume.setEnabled(record is not None and record.status in RESUMABLE)
             finished = record is not None and record.status == "finished"
             usable = finished and bool(record.adapter_dir)

@@ -34,6 +34,7 @@ class RunRecord:
     adapter_dir: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # merged_dir, gguf_path, gguf_skipped, as written
     error: str | None = None  # why it failed
+    recall: dict[str, Any] | None = None  # `engine.finetune.probes.Recall.to_json` of a finished run
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:

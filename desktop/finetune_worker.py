@@ -48,13 +48,15 @@ from desktop.messages import (
     Scored,
     ScoredToken,
     TrainRequest,
+    frozen_map,
 )
 from desktop.ui_gc import worker_job
 from desktop.worker_boundary import boundary, failure_message
-from engine.finetune import FinetuneConfig, build_dataset, finetune, load_peft_adapter, save_peft_adapter
+from engine.finetune import build_dataset, finetune, load_peft_adapter, save_peft_adapter
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
 from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
+from engine.finetune.plan import PLANNED, planned_config
 from engine.finetune.train import Progress
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
@@ -192,12 +194,14 @@ class FinetuneWorker(QObject):
         if lm is None:
             self.previewFailed.emit("No model is loaded: the preview needs its tokenizer.")
             return
+        config, chosen = planned_config(lm, paths, dict(request.settings))
         data = build_dataset(
             paths,
             lm.tokenizer,
             lm.render_chat,
-            seq_len=min(request.seq_len, lm.config.max_seq_len - 1),
-            val_fraction=request.val_fraction,
+            seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
+            val_fraction=config.val_fraction,
+            lessons=config.lessons,
         )
         samples = []
         for example in data.train[:SAMPLE_CHUNKS]:
@@ -214,6 +218,8 @@ class FinetuneWorker(QObject):
                 val_chunks=len(data.val),
                 train_tokens=data.train_tokens,
                 flops_per_second=self._matmul_rate(),
+                planned=frozen_map({k: getattr(config, k) for k in PLANNED}),
+                reasons=chosen.reasons,
             )
         )
 
@@ -243,12 +249,12 @@ class FinetuneWorker(QObject):
 
         outputs: dict = {}
         try:
-            cfg = FinetuneConfig.from_dict(dict(request.config))
+            cfg, _ = planned_config(lm, paths, dict(request.config))
             with hold(lm, self.stop_flag) as held:
                 if not held:
                     self.finished.emit(RunEnded(out_dir, "cancelled", 0, None, (), RunOutputs()))
                     return
-                self.started.emit(RunStarted(out_dir, resume))
+                self.started.emit(RunStarted(out_dir, resume, frozen_map(asdict(cfg))))
                 detach_lora(lm.model)  # train on the base model
                 self.active = ""
                 self.tunedChanged.emit("")
@@ -293,6 +299,7 @@ class FinetuneWorker(QObject):
                 outputs=RunOutputs(**outputs),
                 val_loss_before=result.val_loss_before,
                 val_loss_after=result.val_loss_after,
+                recall=result.recall,
             )
         )
 

@@ -8,7 +8,7 @@ thread and only read after; fields are tuples, never lists, so nothing can be ap
 Sampler settings and fine-tune configs travel as read-only mappings (the worker builds the engine's
 `SamplerSettings` / `FinetuneConfig` from them, so a bad value fails there, as a failure signal).
 The engine's own results cross as they are (`engine.inspection.inspect.Inspection` and `Candidate`,
-`engine.inspection.explain.Explanation` and `WordOrder`).
+`engine.inspection.explain.Explanation` and `WordOrder`, `engine.finetune.probes.Recall`).
 """
 
 from __future__ import annotations
@@ -134,8 +134,7 @@ class ModelList:
 @dataclass(frozen=True)
 class PreviewRequest:
     paths: tuple[str, ...]
-    seq_len: int
-    val_fraction: float
+    settings: Mapping[str, Any]  # the panel's `FinetuneConfig` fields; None: chosen from the files
 
 
 @dataclass(frozen=True)
@@ -170,12 +169,15 @@ class Preview:
     val_chunks: int
     train_tokens: int
     flops_per_second: float  # this machine's measured matrix-multiply rate, for the estimate
+    planned: Mapping[str, Any] = field(default_factory=lambda: frozen_map({}))  # the settings a run would use
+    reasons: tuple[str, ...] = ()  # why the settings chosen from the files are what they are
 
 
 @dataclass(frozen=True)
 class RunStarted:
     out_dir: str
     resume: bool
+    config: Mapping[str, Any] = field(default_factory=lambda: frozen_map({}))  # the settings it runs with
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class RunEnded:
     outputs: RunOutputs
     val_loss_before: float | None = None
     val_loss_after: float | None = None
+    recall: Any = None  # engine.finetune.probes.Recall: the probe questions answered before and after
 
 
 @dataclass(frozen=True)

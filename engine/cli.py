@@ -107,17 +107,23 @@ def _finetune_parser(sub) -> None:
     ft.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     ft.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights while training (auto: float32)")
     ft.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
-    ft.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
-    ft.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
+    ft.add_argument("--rank", type=int, help="LoRA rank (default: chosen from the data)")
+    ft.add_argument("--alpha", type=float, help="LoRA alpha (default: twice the rank)")
     ft.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
     ft.add_argument("--targets", default=LORA_TARGETS, help="comma-separated modules to adapt")
     ft.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
-    ft.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
-    ft.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: 2e-4)")
+    ft.add_argument("--epochs", type=float, help="passes over the data (default: chosen from the data)")
+    ft.add_argument("--lr", type=float, help="peak learning rate (default: chosen from the data)")
     ft.add_argument("--seq-len", type=int, default=256, help="training length in tokens (default: 256)")
     ft.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default: 4)")
     ft.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
-    ft.add_argument("--val-fraction", type=float, default=0.1, help="held out for validation (default: 0.1)")
+    ft.add_argument("--val-fraction", type=float, help="chunks held out for validation (default: chosen)")
+    ft.add_argument(
+        "--lessons",
+        action=argparse.BooleanOptionalAction,
+        help="also train on questions and answers made from the files' facts (default: chosen from the data)",
+    )
+    ft.add_argument("--probes", type=int, default=8, help="recall questions asked before and after (default: 8)")
     ft.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -311,29 +317,33 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.finetune import FinetuneConfig, build_dataset, finetune
+    from engine.finetune.plan import planned_config
     from engine.loading.loader import load_model
 
-    config = FinetuneConfig(
-        method="full" if args.full else "lora",
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.lora_dropout,
-        target_modules=[t.strip() for t in args.targets.split(",") if t.strip()],
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        steps=args.steps,
-        epochs=args.epochs,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        gguf=args.gguf,
-    )
+    settings = {
+        "method": "full" if args.full else "lora",
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "dropout": args.lora_dropout,
+        "target_modules": [t.strip() for t in args.targets.split(",") if t.strip()],
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "val_fraction": args.val_fraction,
+        "lessons": args.lessons,
+        "probes": args.probes,
+        "checkpoint_every": args.checkpoint_every,
+        "seed": args.seed,
+        "gguf": args.gguf,
+    }
     # Training wants float32 weights unless asked otherwise (LoRA factors are float32 either way); the
     # loader's own default may be a packed low-precision layout meant for chat.
     dtype = "float32" if args.dtype == "auto" else args.dtype
     lm = load_model(args.model, device=args.device, dtype=dtype, pack=False)  # packed kernels have no backward
+    config, chosen = planned_config(lm, args.paths, settings)
     if args.resume:
         from engine.finetune import latest_checkpoint
 
@@ -341,6 +351,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if ckpt is not None:  # the run's own settings, so the data and its order are the same
             config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
             config.gguf = args.gguf
+    else:
+        print("Settings chosen from your files (flags override them):", file=sys.stderr)
+        for reason in chosen.reasons:
+            print(f"  - {reason}", file=sys.stderr)
     data = build_dataset(
         args.paths,
         lm.tokenizer,
@@ -349,6 +363,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         overlap=config.overlap,
         val_fraction=config.val_fraction,
         seed=config.seed,
+        lessons=config.lessons,
+        probes=config.probes,
     )
     for r in data.reports:
         what = f"skipped: {r.skipped}" if r.skipped else f"{r.tokens} tokens, {r.chunks} chunks"
@@ -367,6 +383,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         print(line, file=sys.stderr, flush=True)
 
     result = finetune(lm, data, args.out, config, progress=progress, resume=args.resume, export=not args.no_export)
+    if result.recall is not None:
+        from engine.finetune.probes import report
+
+        print(report(result.recall.to_json()))
     if result.val_loss_before is not None and result.val_loss_after is not None:
         print(
             f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f} "

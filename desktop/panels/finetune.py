@@ -26,6 +26,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -51,6 +52,7 @@ from desktop.messages import Preview
 from desktop.panels.charts import BLUE, ORANGE, styled
 from engine.finetune.estimate import estimate_run
 from engine.finetune.lora import ALL_TARGETS
+from engine.finetune.probes import MAX_PROBES
 from engine.finetune.train import Progress
 
 GiB = 1 << 30
@@ -63,6 +65,33 @@ def duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class RateSpinBox(QDoubleSpinBox):
+    """A learning rate, shown as people write it (``2e-04``), stepping by factors of two."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(minimum=1e-7, maximum=0.1, decimals=9, **kwargs)
+        self.setValue(2e-4)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt override)
+        return f"{value:.0e}" if value else "0"
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802 (Qt override)
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int):
+        try:
+            float(text)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos
+        return QValidator.State.Acceptable, text, pos
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
+        self.setValue(self.value() * 2.0**steps)
 
 
 class FinetunePanel(QWidget):
@@ -135,21 +164,31 @@ class FinetunePanel(QWidget):
             "LoRA trains a small adapter beside the frozen weights; full fine-tuning trains every weight of a\n"
             "float32 copy of the model and needs several times its size in memory."
         )
-        self.rank = QSpinBox(minimum=1, maximum=256, value=8, accessibleName="LoRA rank")
-        self.epochs = QDoubleSpinBox(minimum=0.1, maximum=100, value=1.0, decimals=1, singleStep=0.5)
+        self.auto = QCheckBox("Choose from my files (recommended)", checked=True)
+        self.auto.setAccessibleName("Choose the settings from my files")
+        self.auto.setToolTip("Epochs, learning rate, rank, validation and questions follow the size of your files")
+        self.rank = QSpinBox(minimum=1, maximum=256, value=16, accessibleName="LoRA rank")
+        self.epochs = QDoubleSpinBox(minimum=0.1, maximum=100, value=12.0, decimals=1, singleStep=0.5)
         self.epochs.setAccessibleName("Epochs")
         self.steps = QSpinBox(minimum=0, maximum=1_000_000, value=0, accessibleName="Steps")
         self.steps.setSpecialValueText("from epochs")
-        self.lr = QDoubleSpinBox(minimum=0.000001, maximum=0.1, value=0.0002, decimals=6, singleStep=0.00005)
-        self.lr.setAccessibleName("Learning rate")
-        self.lr.setValue(0.0002)  # again: the keyword value above was rounded to the default 2 decimals
+        self.lr = RateSpinBox(accessibleName="Learning rate")
+        self.lessons = QCheckBox("Also train on questions made from the facts", checked=True)
+        self.lessons.setAccessibleName("Also train on questions made from the facts")
+        self.probes = QCheckBox("Ask questions from my files before and after", checked=True)
+        self.probes.setAccessibleName("Ask questions from my files before and after training")
+        self.probes.setToolTip(
+            "Up to 8 questions about facts in your files, asked of the base and the tuned model, to show what\n"
+            "it learned (about half a minute each way on a CPU)"
+        )
         self.seq_len = QSpinBox(minimum=16, maximum=8192, value=256, singleStep=64, accessibleName="Sequence length")
         self.batch = QSpinBox(minimum=1, maximum=256, value=4, accessibleName="Batch size")
-        self.val_fraction = QDoubleSpinBox(minimum=0.0, maximum=0.5, value=0.1, decimals=2, singleStep=0.05)
+        self.val_fraction = QDoubleSpinBox(minimum=0.0, maximum=0.5, value=0.0, decimals=2, singleStep=0.05)
         self.val_fraction.setAccessibleName("Validation fraction")
         self.checkpoint_every = QSpinBox(minimum=0, maximum=100_000, value=50, accessibleName="Checkpoint every")
         self.checkpoint_every.setSpecialValueText("at the end only")
         form.addRow("Method", self.method)
+        form.addRow("Settings", self.auto)
         form.addRow("LoRA rank", self.rank)
         form.addRow("Epochs", self.epochs)
         form.addRow("Steps", self.steps)
@@ -157,7 +196,12 @@ class FinetunePanel(QWidget):
         form.addRow("Sequence length", self.seq_len)
         form.addRow("Batch size", self.batch)
         form.addRow("Validation", self.val_fraction)
+        form.addRow("Questions", self.lessons)
+        form.addRow("Recall check", self.probes)
         form.addRow("Checkpoint every", self.checkpoint_every)
+        self.reasons = QLabel("")
+        self.reasons.setWordWrap(True)
+        box_layout.addWidget(self.reasons)
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         box_layout.addWidget(self.estimate)  # not a form row: a wrapped label there gets one line's height
@@ -168,7 +212,8 @@ class FinetunePanel(QWidget):
         run = QGroupBox("Training")
         run_layout = QVBoxLayout(run)
         row = QHBoxLayout()
-        self.start = QPushButton("Start", accessibleName="Start training")
+        self.start = QPushButton("Start", accessibleName="Start training", enabled=False)
+        self.start.setToolTip("Choose files or a folder to train on first")
         self.stop = QPushButton("Stop", accessibleName="Stop training", enabled=False)
         self.resume = QPushButton("Resume", accessibleName="Resume the selected run", enabled=False)
         for b in (self.start, self.stop, self.resume):
@@ -193,6 +238,16 @@ class FinetunePanel(QWidget):
         )
         styled(self.plot)
         run_layout.addWidget(self.plot)
+        self.recall_summary = QLabel("")
+        self.recall_summary.setWordWrap(True)
+        run_layout.addWidget(self.recall_summary)
+        self.recall = QTreeWidget(accessibleName="What it learned: questions from your files")
+        self.recall.setHeaderLabels(["Question", "Expected", "Before", "After"])
+        self.recall.setRootIsDecorated(False)
+        self.recall.setWordWrap(True)
+        self.recall.setMinimumHeight(120)
+        self.recall.hide()
+        run_layout.addWidget(self.recall)
         return run
 
     def _runs_box(self) -> QGroupBox:
@@ -236,12 +291,15 @@ class FinetunePanel(QWidget):
         self.export.clicked.connect(lambda: self.selected_run() and self.exportRequested.emit(self.selected_run()))
         for w in (self.epochs, self.steps, self.batch, self.rank, self.seq_len):
             w.valueChanged.connect(self.update_estimate)
+        self.auto.toggled.connect(self._on_auto)
         self.method.currentIndexChanged.connect(self._on_method)
         # The chunks depend on the sequence length and the split: preview again once the value settles.
         self._repreview = QTimer(self, singleShot=True, interval=400)
         self._repreview.timeout.connect(self._on_repreview)
         for w in (self.seq_len, self.val_fraction):
             w.valueChanged.connect(self._repreview.start)
+        self.lessons.toggled.connect(self._repreview.start)
+        self._on_auto(True)
 
     # Choosing data
 
@@ -284,19 +342,32 @@ class FinetunePanel(QWidget):
             event.acceptProposedAction()
 
     def config(self) -> dict[str, Any]:
-        """The settings as `engine.finetune.FinetuneConfig` fields."""
+        """The settings as `engine.finetune.FinetuneConfig` fields; None where they are chosen from the files
+        (`engine.finetune.plan`)."""
+        chosen = self.auto.isChecked()
         return {
             "method": self.method.currentData(),
-            "rank": self.rank.value(),
-            "alpha": 2.0 * self.rank.value(),
-            "epochs": self.epochs.value(),
-            "steps": self.steps.value() or None,
-            "lr": self.lr.value(),
+            "rank": None if chosen else self.rank.value(),
+            "alpha": None if chosen else 2.0 * self.rank.value(),
+            "epochs": None if chosen else self.epochs.value(),
+            "steps": None if chosen else self.steps.value() or None,
+            "lr": None if chosen else self.lr.value(),
             "seq_len": self.seq_len.value(),
             "batch_size": self.batch.value(),
-            "val_fraction": self.val_fraction.value(),
+            "val_fraction": None if chosen else self.val_fraction.value(),
+            "lessons": None if chosen else self.lessons.isChecked(),
             "checkpoint_every": self.checkpoint_every.value(),
+            "probes": MAX_PROBES if self.probes.isChecked() else 0,
         }
+
+    @Slot(bool)
+    def _on_auto(self, chosen: bool) -> None:
+        for w in (self.rank, self.epochs, self.steps, self.lr, self.val_fraction, self.lessons):
+            w.setEnabled(not chosen and (w is not self.rank or self.method.currentData() == "lora"))
+        if chosen:
+            self.steps.setValue(0)
+        self.reasons.setVisible(chosen)
+        self._repreview.start()
 
     # Showing
 
@@ -322,11 +393,29 @@ class FinetunePanel(QWidget):
         sep = "\n" + "─" * 24 + "\n"
         self.samples.setPlainText(sep.join(preview.samples))
         self._train_chunks = preview.train_chunks
+        if self.auto.isChecked() and preview.planned:
+            self._show_planned(preview.planned)
+        self.reasons.setText("Chosen from your files: " + "; ".join(preview.reasons) + "." if preview.reasons else "")
+        self.start.setEnabled(preview.train_chunks > 0 and not self.stop.isEnabled())
+        self.start.setToolTip("" if preview.train_chunks else "None of the chosen files has text to train on")
         self.update_estimate()
+
+    def _show_planned(self, planned) -> None:
+        """The settings a run will use, in the (disabled) fields, without asking for another preview."""
+        widgets = (self.rank, self.epochs, self.lr, self.val_fraction, self.lessons)
+        for w in widgets:
+            w.blockSignals(True)
+        self.rank.setValue(int(planned["rank"]))
+        self.epochs.setValue(float(planned["epochs"]))
+        self.lr.setValue(float(planned["lr"]))
+        self.val_fraction.setValue(float(planned["val_fraction"]))
+        self.lessons.setChecked(bool(planned["lessons"]))
+        for w in widgets:
+            w.blockSignals(False)
 
     @Slot()
     def _on_method(self) -> None:
-        self.rank.setEnabled(self.method.currentData() == "lora")
+        self.rank.setEnabled(self.method.currentData() == "lora" and not self.auto.isChecked())
         self.update_estimate()
 
     @Slot()
@@ -368,7 +457,7 @@ class FinetunePanel(QWidget):
         )
 
     def set_training(self, training: bool) -> None:
-        self.start.setEnabled(not training)
+        self.start.setEnabled(not training and self._train_chunks > 0)
         self.stop.setEnabled(training)
         for w in (self.add_folder, self.add_files, self.clear):
             w.setEnabled(not training)
@@ -391,6 +480,25 @@ class FinetunePanel(QWidget):
             f"Step {p.step}/{p.total_steps} · epoch {p.epoch:.2f} · loss {p.train_loss:.3f}{val} · "
             f"{p.tokens_per_second:.0f} tokens/s · ETA {duration(p.eta_seconds)}"
         )
+
+    def show_recall(self, recall: dict | None) -> None:
+        """The probe questions with both answers (`engine.finetune.probes.Recall.to_json`), or nothing."""
+        self.recall.clear()
+        self.recall.setVisible(bool(recall and recall["probes"]))
+        if not recall or not recall["probes"]:
+            self.recall_summary.setText("")
+            return
+        n = len(recall["probes"])
+        self.recall_summary.setText(
+            f"<b>What it learned:</b> {recall['recalled_before']}/{n} questions from your files answered before, "
+            f"<b>{recall['recalled_after']}/{n}</b> after."
+        )
+        for p in recall["probes"]:
+            marks = ["✓ " if p[f"{w}_recalled"] else "✗ " for w in ("before", "after")]
+            item = QTreeWidgetItem([p["question"], p["expected"], marks[0] + p["before"], marks[1] + p["after"]])
+            for col, text in enumerate((p["question"], p["expected"], p["before"], p["after"])):
+                item.setToolTip(col, text)
+            self.recall.addTopLevelItem(item)
 
     def selected_run(self) -> str:
         item = self.runs.currentItem()

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.finetune.facts import facts
+from engine.finetune.lessons import lessons as fact_lessons
+from engine.finetune.probes import Probe, build_probes
 from engine.text.tokenizer import Tokenizer
 
 TEXT_SUFFIXES = frozenset(
@@ -29,6 +32,7 @@ TEXT_SUFFIXES = frozenset(
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx", ".jsonl"}
 MAX_FILE_BYTES = 50 * 1024 * 1024
+PROBE_DOCUMENTS = 200
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Dataset:
     val: list[Example]
     reports: list[FileReport]
     seq_len: int
+    probes: list[Probe] = field(default_factory=list)  # recall questions from the files' facts
+    prose_tokens: int = 0  # tokens of plain text, before any questions were made from it
 
     @property
     def train_tokens(self) -> int:
@@ -352,6 +358,16 @@ def _chat_example(
     return Example(ids, mask) if any(mask[1:]) else None
 
 
+def _lesson_examples(
+    tokenizer: Tokenizer, render: Callable[..., str], text: str, seq_len: int, report: FileReport, rng: random.Random
+) -> list[Example]:
+    chats = [chat for fact in facts(text) for chat in fact_lessons(fact, rng)]
+    out = [e for e in (_chat_example(tokenizer, render, c, seq_len, report) for c in chats) if e is not None]
+    if out:
+        report.notes.append(f"{len(out)} questions and answers made from its facts")
+    return out
+
+
 def _pack(examples: list[Example], seq_len: int) -> list[Example]:
     """Join consecutive short examples (each already ends in EOS) into one of at most seq_len+1 tokens."""
     packed: list[Example] = []
@@ -374,9 +390,13 @@ def build_dataset(
     seed: int = 0,
     max_file_bytes: int = MAX_FILE_BYTES,
     pack: bool = True,
+    lessons: bool = False,
+    probes: int = 0,
 ) -> Dataset:
     """Read, tokenize, chunk and split. ``render(messages, add_generation_prompt=...)`` renders chats
-    (e.g. `LoadedModel.render_chat`); without it, chat records are skipped."""
+    (e.g. `LoadedModel.render_chat`); without it, chat records are skipped. With ``lessons`` (and
+    ``render``), prose also becomes questions and answers about its facts (`engine.finetune.lessons`);
+    ``probes`` recall questions are made from the first `PROBE_DOCUMENTS` texts (`engine.finetune.probes`)."""
     if seq_len < 8:
         raise ValueError(f"seq_len must be at least 8, got {seq_len}")
     if not 0 <= val_fraction < 1:
@@ -386,6 +406,8 @@ def build_dataset(
     if eos is None and tokenizer.eos_ids:
         eos = min(tokenizer.eos_ids)
     examples: list[Example] = []
+    texts: list[tuple[str, str]] = []  # (file name, text) for the probes
+    prose_tokens = 0
     for f in files:
         report = FileReport(str(f))
         reports.append(report)
@@ -406,7 +428,13 @@ def build_dataset(
             else:
                 text = _normalise(doc.text or "")
                 if text:
-                    mine += _text_examples(tokenizer, text, seq_len, overlap, eos)
+                    prose = _text_examples(tokenizer, text, seq_len, overlap, eos)
+                    prose_tokens += sum(len(e.ids) for e in prose)
+                    mine += prose
+                    if probes and len(texts) < PROBE_DOCUMENTS:
+                        texts.append((f.name, text))
+                if text and lessons and render is not None:
+                    mine += _lesson_examples(tokenizer, render, text, seq_len, report, random.Random(seed))
         if not mine:
             report.skipped = "no text found"
             continue
@@ -423,4 +451,4 @@ def build_dataset(
         n_val = 1
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in sorted(order[n_val:])]
-    return Dataset(train, val, reports, seq_len)
+    return Dataset(train, val, reports, seq_len, build_probes(texts, probes) if probes else [], prose_tokens)

@@ -27,8 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import EmberError
+from engine.finetune import probes
 from engine.finetune.data import Dataset, Example, build_dataset
-from engine.finetune.lora import ALL_TARGETS, add_lora, lora_state_dict
+from engine.finetune.lora import ALL_TARGETS, add_lora, lora_disabled, lora_state_dict
 
 MARKER = "COMPLETE"
 
@@ -64,6 +65,8 @@ class FinetuneConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     max_grad_norm: float = 1.0
     val_fraction: float = 0.1
+    lessons: bool = False  # also train on questions and answers made from the prose's facts
+    probes: int = 0  # recall questions asked before and after the run (engine.finetune.probes); 0: none
     eval_every: int | None = None  # None: ten evaluations per run
     checkpoint_every: int = 0  # 0: only at the end (and on cancel)
     keep_checkpoints: int = 2
@@ -120,6 +123,7 @@ class FinetuneResult:
     merged_dir: Path | None = None
     gguf_path: Path | None = None
     gguf_skipped: str | None = None  # why no GGUF was written (a base model from a Hugging Face folder)
+    recall: probes.Recall | None = None  # the probes asked before and after the run
 
     @property
     def perplexity_before(self) -> float | None:
@@ -490,15 +494,27 @@ def finetune(
             overlap=config.overlap,
             val_fraction=config.val_fraction,
             seed=config.seed,
+            lessons=config.lessons,
+            probes=config.probes,
         )
     if not data.train:
         reasons = "; ".join(f"{Path(r.path).name}: {r.skipped}" for r in data.reports if r.skipped) or "no files"
         raise FinetuneError(f"nothing to train on ({reasons})")
     out.mkdir(parents=True, exist_ok=True)
+    stop = _stopper(should_stop)
+    before = []
+    if data.probes and checkpoint is None:
+        before = probes.ask(lm, data.probes, stop)
     trainer = _Trainer(lm, data, out, config)
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
-    result = trainer.run(progress or (lambda p: None), _stopper(should_stop))
+        if data.probes and config.method == "lora":  # the base model's answers: the adapters switched off
+            with lora_disabled(lm.model):
+                before = probes.ask(lm, data.probes, stop)
+            reset_for_training(lm.model)
+    result = trainer.run(progress or (lambda p: None), stop)
+    if result.status == "finished" and before:
+        result.recall = probes.Recall(tuple(zip(before, probes.ask(lm, data.probes, stop), strict=False)))
     if result.status == "finished" and export:
         from engine.finetune.export import save_merged_hf, save_peft_adapter
 
@@ -520,6 +536,7 @@ def finetune(
             for name, p in (("adapter", result.adapter_dir), ("merged", result.merged_dir), ("gguf", result.gguf_path))
         },
         "gguf_skipped": result.gguf_skipped,
+        "recall": result.recall.to_json() if result.recall is not None else None,
         "history": result.history,
         "files": [asdict(r) for r in data.reports],
     }

@@ -197,6 +197,8 @@ def test_finetuning_runs(qtbot, window, dialogs, injector, tmp_path, default_mod
     panel, ft = window.finetune_panel, window.finetune
     panel.set_paths([str(notes)])
     qtbot.waitUntil(lambda: panel.files.topLevelItemCount() == 2, timeout=TIMEOUT_MS)
+    panel.auto.setChecked(False)  # the test's own small settings
+    panel.probes.setChecked(False)
     panel.rank.setValue(2)
     panel.seq_len.setValue(32)
     panel.batch.setValue(1)

@@ -42,6 +42,8 @@ def _panel(qtbot, make_window, dialogs, tmp_path):
     dialogs.open_path = str(corpus(tmp_path / "notes"))
     click(qtbot, panel.add_folder)
     qtbot.waitUntil(lambda: panel.files.topLevelItemCount() == 5, timeout=RUN_TIMEOUT_MS)
+    panel.auto.setChecked(False)  # the test's own small settings
+    panel.probes.setChecked(False)
     panel.seq_len.setValue(32)
     panel.batch.setValue(2)
     panel.val_fraction.setValue(0.25)

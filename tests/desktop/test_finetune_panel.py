@@ -65,6 +65,8 @@ def test_train_stop_resume_and_chat_with_the_tuned_model(qtbot, make_window, dia
     assert int(rows["notes0.md"].text(1)) > 0 and int(rows["notes0.md"].text(2)) >= 1
     assert "Zorvian" in panel.samples.toPlainText()
 
+    panel.auto.setChecked(False)  # the test's own small settings
+    panel.probes.setChecked(False)
     panel.rank.setValue(4)
     panel.seq_len.setValue(32)
     panel.batch.setValue(2)

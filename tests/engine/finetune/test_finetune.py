@@ -223,8 +223,9 @@ def test_cli_finetune_then_generate_with_the_adapter(tiny_models, tmp_path, caps
     (data / "junk.txt").write_bytes(b"\x00\x01binary")
     out = tmp_path / "run"
     argv = ["finetune", str(data), "--out", str(out), "--model", str(folder), "--steps", "3", "--seq-len", "24"]
-    assert main([*argv, "--lr", "1e-2", "--batch-size", "2", "--rank", "4"]) == 0
+    assert main([*argv, "--lr", "1e-2", "--batch-size", "2", "--rank", "4", "--val-fraction", "0.25"]) == 0
     captured = capsys.readouterr()
+    assert "Settings chosen from your files (flags override them):" in captured.err
     assert "junk.txt: skipped: binary data" in captured.err
     assert "step 3/3" in captured.err and "tok/s" in captured.err
     assert "validation loss" in captured.out and "perplexity" in captured.out
