@@ -14,7 +14,7 @@ HowItWorksPanel signals:
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QKeyEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
     QFrame,
@@ -52,18 +52,31 @@ class WalkText(QPlainTextEdit):
     """
 
     returnPressed = Signal()
-    MAX_LINES = 8
+    MAX_LINES = 10
 
     def __init__(self, text: str) -> None:
         super().__init__(text, accessibleName="Text to walk through", tabChangesFocus=True)
-        self.document().documentLayout().documentSizeChanged.connect(self._fit_height)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # it wraps
+        self.textChanged.connect(self._fit_height)
         self._fit_height()
 
     @Slot()
-    def _fit_height(self, *_args) -> None:
-        lines = max(2, min(self.MAX_LINES, round(self.document().size().height())))  # plain text: in lines
-        margins = 2 * (self.frameWidth() + round(self.document().documentMargin())) + 4  # + slack: no scroll bar
+    def _fit_height(self) -> None:
+        margin = round(self.document().documentMargin())
+        width = max(1, self.viewport().width() - 2 * margin)
+        wrap = Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere
+        lines = round(
+            self.fontMetrics().boundingRect(0, 0, width, 10**6, wrap, self.text()).height()
+            / self.fontMetrics().lineSpacing()
+        )
+        lines = max(2, min(self.MAX_LINES, lines))
+        margins = 2 * (self.frameWidth() + margin) + 4  # + slack: no scroll bar
         self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + margins)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():  # rewrapped
+            self._fit_height()
 
     def text(self) -> str:
         return self.toPlainText()

@@ -359,7 +359,8 @@ class PositionsStep(Step):
         self.swapped = QLineEdit(accessibleName="Other order")
         self.compare = QPushButton("Compare", accessibleName="Compare word orders")
         self.result = QTableWidget(accessibleName="Predictions for both orders", columnCount=2)
-        self.result.setHorizontalHeaderLabels(["After the original order", "After the other order"])
+        self.result.setHorizontalHeaderLabels(["Original order", "Other order"])
+        self.result.setToolTip("The likeliest next tokens after the original order (left) and the other (right)")
         self.result.verticalHeader().setVisible(False)
         self.result.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.result.verticalHeader().setDefaultSectionSize(24)
@@ -452,6 +453,7 @@ class AttentionStep(Step):
         self.head = QSpinBox(accessibleName="Head")
         self.suggestions = QListWidget(accessibleName="Suggested heads")
         self.view = QTextBrowser(accessibleName="Where the token looks")
+        self.view.setMinimumHeight(280)  # the text and the top tokens, stacked over the heads when narrow
         self.token.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.token.setMinimumContentsLength(10)
         row = FlowLayout(gap=12)
@@ -540,10 +542,11 @@ class AttentionStep(Step):
             parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
         self.view.setHtml(
             f"<p>Where <b>{esc(e.tokens[position].piece)}</b> looks in layer {self.layer.value()}, head "
-            f"{self.head.value()} (stronger orange: more attention; later tokens are hidden from it):</p>"
-            f"<p style='font-size:large;line-height:160%;white-space:pre-wrap'>{''.join(parts)}</p>"
+            f"{self.head.value()}, most:</p>"
             + top_attended_html(e.tokens, row, position)
-            + "<p style='color:#777777'>Many heads park spare attention on the first token; the colour "
+            + "<p>In the text (stronger orange: more attention; later tokens are hidden from it):</p>"
+            f"<p style='font-size:large;line-height:160%;white-space:pre-wrap'>{''.join(parts)}</p>"
+            "<p style='color:#777777'>Many heads park spare attention on the first token; the colour "
             "scale leaves it out.</p>"
         )
 
@@ -562,7 +565,7 @@ def top_attended_html(tokens: list[Token], row: torch.Tensor, position: int) -> 
     peak = max(float(seen[top[0]]), 1e-6)
     lines = "".join(
         f"<tr><td>#{p}&nbsp;<b>{esc(tokens[p].piece)}</b></td>"
-        f"<td><span style='color:{ORANGE}'>{'█' * max(1, round(float(seen[p]) / peak * 12))}</span></td>"
+        f"<td><span style='color:{ORANGE}'>{'█' * max(1, round(float(seen[p]) / peak * 8))}</span></td>"
         f"<td align='right'>{share(float(seen[p]))}</td></tr>"
         for p in top
     )
@@ -572,7 +575,7 @@ def top_attended_html(tokens: list[Token], row: torch.Tensor, position: int) -> 
         if rest
         else ""
     )
-    return f"<p><b>Where its attention goes most:</b></p><table cellspacing='2'>{lines}{others}</table>"
+    return f"<table cellspacing='2'>{lines}{others}</table>"
 
 
 class LayersStep(Step):
@@ -588,7 +591,8 @@ class LayersStep(Step):
         super().__init__()
         self.table = QTableWidget(accessibleName="What each layer predicts", columnCount=3)
         self.table.setHorizontalHeaderLabels(["1st guess", "2nd", "3rd"])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)  # narrow: it scrolls sideways, nothing elided
         self.plot = pg.PlotWidget()
         self.plot.setAccessibleName("How sure each layer is")
         self.plot.setLabel("bottom", "layer")
@@ -682,6 +686,9 @@ class NextTokenStep(Step):
         for i, s in enumerate(e.steps):
             self.steps.addItem(f"{i + 2}. {s.name} {s.setting}")
         self.steps.blockSignals(False)
+        self.steps.setMaximumHeight(
+            self.steps.sizeHintForRow(0) * (self.steps.count() + 1) + 2 * self.steps.frameWidth()
+        )
         self.steps.setCurrentRow(0)
         self._render(0)
         self.picked.setText(

@@ -109,9 +109,11 @@ class InspectorPanel(QWidget):
         self.show_ids = QCheckBox("Show token ids", accessibleName="Show token ids")
         self.tokens = QTextBrowser(accessibleName="Tokens coloured by probability", openLinks=False)
         self.tokens.setMouseTracking(True)
+        self.tokens.document().setDefaultStyleSheet("a { text-decoration: none; }")  # chips, not links
         self.legend = QLabel(wordWrap=True)
         self.alternatives = QListWidget(accessibleName="Alternatives for the selected token", uniformItemSizes=True)
-        self.alternatives.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # one line each; the tooltip has it all
+        self.alternatives.setTextElideMode(Qt.TextElideMode.ElideRight)  # one line each; the tooltip has it all
+        self.alternatives.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.alternatives.setToolTip("Double-click an alternative on the reply to fork the conversation with it")
         self.fork_button = QPushButton("Fork with this token", accessibleName="Fork with this token", enabled=False)
         self.selected_label = QLabel(wordWrap=True, accessibleName="Selected token")
@@ -337,7 +339,7 @@ class InspectorPanel(QWidget):
 
     def _chips(self, chips: list[tuple[str, int, float | None, bool]]) -> None:
         palette = QApplication.palette()
-        text, selected = palette.color(QPalette.ColorRole.Text).name(), palette.color(QPalette.ColorRole.Link).name()
+        ink, selected = palette.color(QPalette.ColorRole.Text).name(), palette.color(QPalette.ColorRole.Link).name()
         faint = palette.color(QPalette.ColorRole.PlaceholderText).name()
         parts = []
         for pos, (text, token_id, logprob, special) in enumerate(chips):
@@ -348,10 +350,8 @@ class InspectorPanel(QWidget):
             if pos == self.position:  # the selected token: bold, underlined, blue text
                 label = f"<b><u><span style='color:{selected}'>{label}</span></u></b>"
             ids = f"<sub style='color:{faint}'>{token_id}</sub>" if self.show_ids.isChecked() and token_id >= 0 else ""
-            parts.append(
-                f"<a href='tok:{pos}' style='text-decoration:none;color:{text}'>"
-                f"<span style='background-color:{bg}'>&nbsp;{label}{ids}&nbsp;</span></a>"
-            )
+            chip = f"<span style='background-color:{bg};color:{ink}'>&nbsp;{label}{ids}&nbsp;</span>"
+            parts.append(f"<a href='tok:{pos}'>{chip}</a>")
         self.tokens.setHtml(" ".join(parts))
 
     def _render_tokens(self) -> None:
@@ -398,17 +398,13 @@ class InspectorPanel(QWidget):
             token_id = f" (id {r.ids[position]})" if r.ids[position] >= 0 else ""
             self.selected_label.setText(
                 f"<b>{html.escape(visible(chosen))}</b>{token_id} had probability "
-                f"{percent(r.token_logprobs[position])}. The model's alternatives here:"
+                f"{percent(r.token_logprobs[position])}. The model's alternatives here"
+                + ("" if self.remote else " (→ after sampling; ✕ sampling drops it)")
+                + ":"
             )
             sampled = {c.id: c.logprob for c in r.top_sampled[position - 1]}
             for cand in r.top_raw[position - 1]:
-                after = (
-                    ""
-                    if self.remote
-                    else f" → {percent(sampled[cand.id])} after sampling"
-                    if cand.id in sampled
-                    else " (sampling drops it)"
-                )
+                after = "" if self.remote else f" → {percent(sampled[cand.id])}" if cand.id in sampled else " ✕"
                 item = QListWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}{after}")
                 item.setData(ROLE, cand.id)
                 item.setData(LOGPROB, cand.logprob)
@@ -478,8 +474,8 @@ class InspectorPanel(QWidget):
         for pos, (piece, alpha) in enumerate(
             zip(r.pieces, attention_shades(w[self.position], self.position), strict=True)
         ):
-            label = html.escape(visible(piece))
+            label = html.escape(piece)  # the text as written: the tokens glue back into words
             if pos == self.position:
                 label = f"<b><u>{label}</u></b>"
             parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
-        self.attention_text.setHtml(" ".join(parts))
+        self.attention_text.setHtml(f"<p style='white-space:pre-wrap'>{''.join(parts)}</p>")

@@ -124,7 +124,12 @@ def test_alternatives_are_one_line_each_on_light_tints(qtbot, inspected):
         assert text.lightness() > 180
         for colours in row_colours(panel):
             assert all(c.lightness() <= 90 for c in colours)  # deep tints under light text
-        assert "#111111" not in panel.tokens.toHtml()
+        html = panel.tokens.toHtml()  # every chip on its tint, in the theme's text colour
+        chips = re.findall(r'<a href="tok:\d+"><span style="([^"]*)"', html)
+        assert chip_positions(html) == set(range(len(panel.result.ids))) and len(chips) >= len(panel.result.ids)
+        link = alts.palette().color(QPalette.ColorRole.Link).name()  # the selected token's
+        assert all("background-color:#" in style for style in chips)
+        assert all(f"color:{text.name()};" in style or f"color:{link};" in style for style in chips)
     finally:
         inspected.set_theme(original)
 
