@@ -9,14 +9,19 @@ around it (the scroll area), as if it did not handle wheels. Click or tab into o
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject
-from PySide6.QtWidgets import QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox
+from PySide6.QtWidgets import QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox, QScrollBar
 
 GUARDED = (QAbstractSpinBox, QComboBox, QAbstractSlider)
 
 
 class WheelGuard(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
-        if event.type() == QEvent.Type.Wheel and isinstance(watched, GUARDED) and not watched.hasFocus():
+        if (
+            event.type() == QEvent.Type.Wheel
+            and isinstance(watched, GUARDED)
+            and not isinstance(watched, QScrollBar)  # a scroll area wheels through its bars: they must follow
+            and not watched.hasFocus()
+        ):
             # Ignored and filtered: the widget never sees it, and Qt offers it to the parents in turn.
             event.ignore()
             return True

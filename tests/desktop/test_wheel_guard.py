@@ -102,6 +102,16 @@ def test_finetune_panel_method_and_batch_size(qtbot):
     assert panel.method.currentIndex() == 1
 
 
+def test_the_scroll_area_still_scrolls(qtbot, tmp_path):
+    """Where the wheel goes instead: a scroll area turns it into a wheel on its (unfocused) scroll bar."""
+    panel = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", tmp_path))
+    area = in_scroll_area(qtbot, panel)
+    bar = area.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() == 0 and not bar.hasFocus()
+    wheel(area.viewport())
+    assert bar.value() > 0
+
+
 def test_slider(qtbot):
     host = QWidget()
     slider = QSlider(Qt.Orientation.Horizontal)
