@@ -190,11 +190,9 @@ class TokensStep(Step):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tiles_host = QWidget(accessibleName="The text as tokens")
-        self.tiles = FlowLayout(self.tiles_host, gap=6)
         self.view = QScrollArea(widgetResizable=True)
         self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # tiles wrap instead
-        self.view.setWidget(self.tiles_host)
+        self.tiles = self._new_tiles()
         self.key = QLabel(
             "Each tile is a word of your text; each coloured cell in it is one token. Top: the token's text. "
             "Bottom: its id, the number the model gets.",
@@ -207,17 +205,23 @@ class TokensStep(Step):
         layout.addWidget(self.key)
         layout.addWidget(self.notes)
 
+    def _new_tiles(self) -> FlowLayout:
+        """An empty host for the tiles; the scroll area deletes the one before, tiles and all."""
+        host = QWidget(accessibleName="The text as tokens")
+        tiles = FlowLayout(host, gap=6)
+        self.view.setWidget(host)
+        return tiles
+
     def word_tiles(self) -> list[QFrame]:
         return [self.tiles.itemAt(i).widget() for i in range(self.tiles.count())]
 
     def show_explanation(self, e: Explanation) -> None:
-        while (item := self.tiles.takeAt(0)) is not None:
-            item.widget().deleteLater()
+        self.tiles = self._new_tiles()
         i = 0
         for group in word_groups(e.tokens):
             tile = QFrame(objectName="wordTile")
             tile.setProperty("word", "".join(visible(t.piece) for t in group))
-            cells = FlowLayout(tile, gap=1)  # a word longer than the line wraps between its tokens
+            cells = FlowLayout(tile, gap=1)  # a hairline between tokens; a word wider than the view wraps
             for t in group:
                 bg = "#dddddd" if t.special else CHIP_COLORS[i % len(CHIP_COLORS)]
                 label = f"<i>{esc(t.piece)}</i>" if t.special else esc(t.piece)

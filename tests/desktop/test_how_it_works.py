@@ -106,7 +106,8 @@ def test_compare_word_orders(qtbot, walked):
     assert positions.result.item(0, 1).text().startswith(top.replace(" ", "·"))
 
 
-SPLIT_TEXT = "The unbelievably tiny cat chased reverse_string(s) because it was"
+# A word split into pieces, one glued with punctuation, and one wider than a narrow dock.
+SPLIT_TEXT = "The unbelievably tiny cat chased reverse_string(s) as print(reverse_string_with_long_docstring(x)) was"
 
 
 def visible_x_range(widget: QWidget, top: QWidget) -> tuple[int, int]:
