@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from desktop.panels.how_it_works_steps import (
     AttentionStep,
     EmbeddingsStep,
-    FlowLayout,
+    FlowBox,
     LayersStep,
     NextTokenStep,
     PositionsStep,
@@ -117,7 +117,7 @@ class HowItWorksPanel(QWidget):
         self.pages.append(NextTokenStep())
         self.stack = QStackedWidget()
         self.step_buttons = QButtonGroup(self)
-        steps_row = FlowLayout(gap=2)
+        steps_row = FlowBox(gap=2)
         for i, page in enumerate(self.pages):
             scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
             scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # pages wrap instead
@@ -126,7 +126,7 @@ class HowItWorksPanel(QWidget):
             b = QPushButton(f"{i + 1} {page.title}", checkable=True, accessibleName=f"Step {i + 1}: {page.title}")
             b.setStyleSheet("QPushButton:checked { background: #d9622b; color: #ffffff; }")
             self.step_buttons.addButton(b, i)
-            steps_row.addWidget(b)
+            steps_row.add(b)
         self.caption = QLabel(wordWrap=True, accessibleName="What this step does", objectName="stepCaption")
         self.caption.setFrameShape(QFrame.Shape.StyledPanel)
         self.caption.setMargin(8)
@@ -143,7 +143,7 @@ class HowItWorksPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.status)
-        layout.addLayout(steps_row)
+        layout.addWidget(steps_row)
         layout.addWidget(self.caption)
         layout.addWidget(self.stack, 1)
         layout.addLayout(nav)

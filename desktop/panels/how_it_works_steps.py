@@ -1,7 +1,7 @@
 """The six pages of "How it works", one widget per step; each shows its part of an `Explanation`.
 
 Every page has a ``title``, a plain-language ``caption`` and ``show(explanation)``. Every page fits its
-dock at any width: rows of controls wrap (`FlowLayout`), side-by-side parts stack when narrow.
+dock at any width: rows of controls wrap (`FlowBox`), side-by-side parts stack when narrow.
 """
 
 from __future__ import annotations
@@ -12,24 +12,22 @@ import math
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PySide6.QtCore import QEvent, QPoint, QRect, QSize, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QApplication,
     QBoxLayout,
     QComboBox,
-    QFrame,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLayout,
-    QLayoutItem,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -47,74 +45,71 @@ NARROW = 560  # below this width a page stacks its side-by-side parts
 TOP_ATTENDED = 5  # the attention step lists this many tokens with bars, and sums up the rest
 
 
-class FlowLayout(QLayout):
-    """Items left to right, wrapping to the next line when the width runs out (Qt's flow layout example).
-    An item wider than the whole line gets the line's width."""
+class FlowBox(QWidget):
+    """Widgets left to right, wrapping to the next line when the width runs out; one wider than the whole
+    line gets the line's width (a tile of a long word wraps its own tokens the same way). It places its
+    children itself and answers `heightForWidth`, so the layout around it gives it the lines it needs."""
 
-    def __init__(self, parent: QWidget | None = None, gap: int = 4) -> None:
-        super().__init__(parent)
+    def __init__(self, gap: int = 4, objectName: str = "") -> None:  # noqa: N803 (Qt's keyword)
+        super().__init__(objectName=objectName)
         self.gap = gap
-        self.items: list[QLayoutItem] = []
-        self.setContentsMargins(0, 0, 0, 0)
+        self.widgets: list[QWidget] = []
+        policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)
+        self.setSizePolicy(policy)
 
-    def addItem(self, item: QLayoutItem) -> None:  # noqa: N802 (Qt override)
-        self.items.append(item)
-
-    def count(self) -> int:
-        return len(self.items)
-
-    def itemAt(self, index: int) -> QLayoutItem | None:  # noqa: N802 (Qt override)
-        return self.items[index] if 0 <= index < len(self.items) else None
-
-    def takeAt(self, index: int) -> QLayoutItem | None:  # noqa: N802 (Qt override)
-        return self.items.pop(index) if 0 <= index < len(self.items) else None
-
-    def expandingDirections(self) -> Qt.Orientation:  # noqa: N802 (Qt override)
-        return Qt.Orientation(0)
+    def add(self, widget: QWidget) -> None:
+        widget.setParent(self)
+        self.widgets.append(widget)
+        widget.show()
+        self.updateGeometry()
+        self._arrange(self.width(), move=True)
 
     def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
         return True
 
     def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
-        return self._arrange(QRect(0, 0, width, 0), move=False)
-
-    def setGeometry(self, rect: QRect) -> None:  # noqa: N802 (Qt override)
-        super().setGeometry(rect)
-        self._arrange(rect, move=True)
+        return self._arrange(width, move=False)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
         """Everything on one line."""
-        shown = [i.sizeHint() for i in self.items if not i.isEmpty()]
-        m = self.contentsMargins()
-        width = sum(h.width() for h in shown) + self.gap * max(0, len(shown) - 1)
-        return QSize(width + m.left() + m.right(), max((h.height() for h in shown), default=0) + m.top() + m.bottom())
+        hints = [w.sizeHint() for w in self.widgets if not w.isHidden()]
+        width = sum(h.width() for h in hints) + self.gap * max(0, len(hints) - 1)
+        return QSize(width, max((h.height() for h in hints), default=0))
 
-    def minimumSize(self) -> QSize:  # noqa: N802 (Qt override)
-        """The widest item's minimum: everything else can wrap."""
-        size = QSize()
-        for item in self.items:
-            if not item.isEmpty():
-                size = size.expandedTo(item.minimumSize())
-        m = self.contentsMargins()
-        return size + QSize(m.left() + m.right(), m.top() + m.bottom())
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """The widest child's minimum: everything else can wrap."""
+        size = QSize(0, 0)
+        for w in self.widgets:
+            if not w.isHidden():
+                size = size.expandedTo(w.minimumSizeHint())
+        return QSize(size.width(), self.heightForWidth(max(size.width(), self.width())))
 
-    def _arrange(self, rect: QRect, move: bool) -> int:
-        """Place the items in ``rect`` (only measure unless ``move``); the height they take."""
-        m = self.contentsMargins()
-        area = rect.adjusted(m.left(), m.top(), -m.right(), -m.bottom())
-        x, y, line = area.x(), area.y(), 0
-        for item in self.items:
-            if item.isEmpty():  # a hidden widget
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest:  # a child's size hint changed
+            self.updateGeometry()
+            self._arrange(self.width(), move=True)
+        return super().event(event)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        self._arrange(event.size().width(), move=True)
+
+    def _arrange(self, width: int, move: bool) -> int:
+        """Place the children in ``width`` (only measure unless ``move``); the height they take."""
+        x = y = line = 0
+        for w in self.widgets:
+            if w.isHidden():
                 continue
-            width = max(min(item.sizeHint().width(), area.width()), item.minimumSize().width())
-            height = item.heightForWidth(width) if item.hasHeightForWidth() else item.sizeHint().height()
-            if x > area.x() and x + width > area.x() + area.width():
-                x, y, line = area.x(), y + line + self.gap, 0
+            cell = max(min(w.sizeHint().width(), width), w.minimumSizeHint().width())
+            height = w.heightForWidth(cell) if w.hasHeightForWidth() else w.sizeHint().height()
+            if x > 0 and x + cell > width:
+                x, y, line = 0, y + line + self.gap, 0
             if move:
-                item.setGeometry(QRect(QPoint(x, y), QSize(width, height)))
-            x += width + self.gap
+                w.setGeometry(x, y, cell, height)
+            x += cell + self.gap
             line = max(line, height)
-        return y + line - rect.y() + m.bottom()
+        return y + line
 
 
 def word_groups(tokens: list[Token]) -> list[list[Token]]:
@@ -205,23 +200,22 @@ class TokensStep(Step):
         layout.addWidget(self.key)
         layout.addWidget(self.notes)
 
-    def _new_tiles(self) -> FlowLayout:
-        """An empty host for the tiles; the scroll area deletes the one before, tiles and all."""
-        host = QWidget(accessibleName="The text as tokens")
-        tiles = FlowLayout(host, gap=6)
-        self.view.setWidget(host)
+    def _new_tiles(self) -> FlowBox:
+        """An empty box for the tiles; the scroll area deletes the one before, tiles and all."""
+        tiles = FlowBox(gap=6)
+        tiles.setAccessibleName("The text as tokens")
+        self.view.setWidget(tiles)
         return tiles
 
-    def word_tiles(self) -> list[QFrame]:
-        return [self.tiles.itemAt(i).widget() for i in range(self.tiles.count())]
+    def word_tiles(self) -> list[FlowBox]:
+        return list(self.tiles.widgets)
 
     def show_explanation(self, e: Explanation) -> None:
         self.tiles = self._new_tiles()
         i = 0
         for group in word_groups(e.tokens):
-            tile = QFrame(objectName="wordTile")
+            tile = FlowBox(gap=1, objectName="wordTile")  # a hairline between tokens; a long word wraps
             tile.setProperty("word", "".join(visible(t.piece) for t in group))
-            cells = FlowLayout(tile, gap=1)  # a hairline between tokens; a word wider than the view wraps
             for t in group:
                 bg = "#dddddd" if t.special else CHIP_COLORS[i % len(CHIP_COLORS)]
                 label = f"<i>{esc(t.piece)}</i>" if t.special else esc(t.piece)
@@ -233,9 +227,9 @@ class TokensStep(Step):
                 cell.setProperty("piece", visible(t.piece))
                 cell.setStyleSheet(f"background-color:{bg};color:#111111;padding:3px")
                 cell.setToolTip(f"token {i}: “{html.escape(visible(t.piece))}”, id {t.id}")
-                cells.addWidget(cell)
+                tile.add(cell)
                 i += 1
-            self.tiles.addWidget(tile)
+            self.tiles.add(tile)
         words, current = [], []
         for t in e.tokens:
             if t.continues_word and current:
@@ -460,14 +454,14 @@ class AttentionStep(Step):
         self.view.setMinimumHeight(280)  # the text and the top tokens, stacked over the heads when narrow
         self.token.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.token.setMinimumContentsLength(10)
-        row = FlowLayout(gap=12)
+        row = FlowBox(gap=12)
         for label, w in (("Token", self.token), ("Layer", self.layer), ("Head", self.head)):
             pair = QWidget()
             pl = QHBoxLayout(pair)
             pl.setContentsMargins(0, 0, 0, 0)
             pl.addWidget(QLabel(label))
             pl.addWidget(w)
-            row.addWidget(pair)
+            row.add(pair)
         side = QWidget()
         sl = QVBoxLayout(side)
         sl.setContentsMargins(0, 0, 0, 0)
@@ -481,7 +475,7 @@ class AttentionStep(Step):
         split = SideBySide(self.view, side, (2, 1))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
+        layout.addWidget(row)
         layout.addLayout(split, 1)
         self.e: Explanation | None = None
         self.token.currentIndexChanged.connect(self._on_token)
