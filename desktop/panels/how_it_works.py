@@ -58,20 +58,21 @@ class WalkText(QPlainTextEdit):
         super().__init__(text, accessibleName="Text to walk through", tabChangesFocus=True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # it wraps
         self.textChanged.connect(self._fit_height)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit_height)  # rewrapped
         self._fit_height()
 
     @Slot()
-    def _fit_height(self) -> None:
+    def _fit_height(self, *_args) -> None:
+        """As many lines as the text takes (`MAX_LINES` at most): the larger of the document's own count
+        and an estimate from the font that leaves room for a scroll bar (before the first layout)."""
         margin = round(self.document().documentMargin())
-        width = max(1, self.viewport().width() - 2 * margin)
-        wrap = Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere
-        lines = round(
-            self.fontMetrics().boundingRect(0, 0, width, 10**6, wrap, self.text()).height()
-            / self.fontMetrics().lineSpacing()
-        )
+        width = max(1, self.viewport().width() - 2 * margin - self.verticalScrollBar().sizeHint().width())
+        metrics = self.fontMetrics()
+        estimate = metrics.boundingRect(0, 0, width, 10**6, Qt.TextFlag.TextWordWrap, self.text()).height()
+        lines = max(round(estimate / metrics.lineSpacing()), round(self.document().size().height()))
         lines = max(2, min(self.MAX_LINES, lines))
-        margins = 2 * (self.frameWidth() + margin) + 4  # + slack: no scroll bar
-        self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + margins)
+        margins = 2 * (self.frameWidth() + margin) + metrics.lineSpacing()  # a spare line: no scroll bar
+        self.setFixedHeight(lines * metrics.lineSpacing() + margins)
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
         super().resizeEvent(event)
@@ -119,10 +120,7 @@ class HowItWorksPanel(QWidget):
         self.step_buttons = QButtonGroup(self)
         steps_row = FlowBox(gap=2)
         for i, page in enumerate(self.pages):
-            scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
-            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # pages wrap instead
-            scroll.setWidget(page)  # a page taller than the dock scrolls
-            self.stack.addWidget(scroll)
+            self.stack.addWidget(page)
             b = QPushButton(f"{i + 1} {page.title}", checkable=True, accessibleName=f"Step {i + 1}: {page.title}")
             b.setStyleSheet("QPushButton:checked { background: #d9622b; color: #ffffff; }")
             self.step_buttons.addButton(b, i)
@@ -144,8 +142,15 @@ class HowItWorksPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.status)
         layout.addWidget(steps_row)
-        layout.addWidget(self.caption)
-        layout.addWidget(self.stack, 1)
+        body = QWidget()
+        bl = QVBoxLayout(body)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.addWidget(self.caption)
+        bl.addWidget(self.stack, 1)
+        scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the steps wrap instead
+        scroll.setWidget(body)  # a caption and step taller than the dock scroll
+        layout.addWidget(scroll, 1)
         layout.addLayout(nav)
 
         self.explain_button.clicked.connect(self._on_explain)
