@@ -6,10 +6,12 @@ import numpy as np
 import pyqtgraph as pg
 import torch
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage, QMouseEvent, QPixmap
+from PySide6.QtGui import QFont, QFontMetrics, QImage, QMouseEvent, QPixmap
 from PySide6.QtWidgets import QLabel
 
 THUMB = 44  # pixels per small map in the grid
+CELL = 18  # pixels per token at least in the heatmap: room for a label on every row and column
+LABEL_CHARS = 10
 GAP = 3
 COLORMAP = pg.colormap.get("inferno")
 
@@ -71,7 +73,9 @@ class AttentionGrid(QLabel):
 
 
 class AttentionHeatmap(pg.PlotWidget):
-    """One (T, T) map: rows are the tokens attending (queries), columns the tokens attended to.
+    """One (T, T) map: rows are the tokens attending (queries), columns the tokens attended to. Every row
+    is labelled with its token and every column with its number, in cells of `CELL` pixels at least:
+    a long text makes the map bigger than its dock, and the scroll area around it scrolls.
 
     Signals:
         rowPicked(int position) -- a click on a row selects that token
@@ -87,8 +91,17 @@ class AttentionHeatmap(pg.PlotWidget):
         self.addItem(self.image)
         self.invertY(True)
         self.setAspectLocked(True)
-        self.setLabel("bottom", "attended token (key)")
+        self.setMouseEnabled(False, False)  # the scroll area around it moves it; a zoom would lose labels
+        self.setMenuEnabled(False)
+        self.hideButtons()
+        self.hideAxis("bottom")
+        self.showAxis("top")  # the first rows are at the top: their column numbers next to them
+        self.setLabel("top", "attended token (key), by number")
         self.setLabel("left", "attending token (query)")
+        font = QFont(self.font())
+        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+        for side in ("left", "top"):
+            self.getAxis(side).setTickFont(font)
         self.marker = pg.InfiniteLine(angle=0, pen=pg.mkPen("#3fa7ff", width=1))
         self.addItem(self.marker)
         self.marker.setVisible(False)
@@ -98,12 +111,15 @@ class AttentionHeatmap(pg.PlotWidget):
         """Shown on a square-root scale, so weak links stay visible beside the strong ones."""
         data = weights.float().sqrt().numpy()
         self.image.setImage(data, levels=(0.0, max(float(data.max()), 1e-6)))
-        self.getAxis("bottom").setTicks(
-            [[(i + 0.5, labels[i][:6]) for i in range(0, len(labels), max(1, len(labels) // 6))]]
-        )
-        self.getAxis("left").setTicks(
-            [[(i + 0.5, labels[i][:10]) for i in range(0, len(labels), max(1, len(labels) // 16))]]
-        )
+        n = len(labels)
+        self.getAxis("top").setTicks([[(i + 0.5, str(i)) for i in range(n)]])
+        rows = [(i + 0.5, f"{i} {labels[i][:LABEL_CHARS]}") for i in range(n)]
+        left = self.getAxis("left")
+        left.setTicks([rows])
+        metrics = QFontMetrics(left.style["tickFont"])
+        left.setWidth(max((metrics.horizontalAdvance(text) for _, text in rows), default=0) + 14)
+        self.getViewBox().setRange(xRange=(0, n), yRange=(0, n), padding=0)
+        self.setMinimumSize(left.width() + n * CELL + 8, self.getAxis("top").height() + n * CELL + 8)
 
     def mark_row(self, row: int | None) -> None:
         self.marker.setVisible(row is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Slot
@@ -13,6 +14,30 @@ from desktop.messages import PassRequest, frozen_map
 from desktop.panels.how_it_works import EXAMPLE, HowItWorksPanel
 from desktop.panels.sampling import SamplingPanel
 from engine.inspection.explain import Explanation, WordOrder
+from engine.text.tokenizer import Tokenizer
+
+WALK_TOKENS = 48  # a message from the chat is walked through its last sentences up to this many tokens
+SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n+")
+
+
+def tail_to_walk(tokenizer: Tokenizer, text: str, limit: int = WALK_TOKENS) -> str:
+    """The end of ``text`` that the walk can show whole: as many of its last sentences as fit in
+    ``limit`` tokens, else the last words of its last sentence. The walk reads best on a sentence; a
+    reply of a hundred tokens would fill every step."""
+    text = text.strip()
+    if len(tokenizer.encode(text)) <= limit:
+        return text
+    starts = [0] + [m.end() for m in SENTENCE_END.finditer(text)]
+    for start in starts:  # the longest tail of whole sentences that fits
+        tail = text[start:].strip()
+        if tail and len(tokenizer.encode(tail)) <= limit:
+            return tail
+    words = text[starts[-1] :].split(" ")
+    for cut in range(len(words)):  # the last sentence alone is too long: its last words
+        tail = " ".join(words[cut:]).strip()
+        if tail and len(tokenizer.encode(tail)) <= limit:
+            return tail
+    return text[-limit:]  # one word longer than the limit: its last characters
 
 
 class HowItWorksController(QObject):
@@ -36,6 +61,7 @@ class HowItWorksController(QObject):
         self.sampling, self.reveal = sampling, reveal
         self.ids: list[int] = []
         self.busy = False
+        self.note = ""  # said with the next walk (that a message was cut to its end)
         panel.explainRequested.connect(self.explain_text)
         panel.generateRequested.connect(self.generate_one)
         panel.compareRequested.connect(self._on_compare)
@@ -52,11 +78,17 @@ class HowItWorksController(QObject):
             self.explain_text(text)
 
     def open_from_chat(self) -> None:
-        """The message being typed, else the last message of the conversation, else the example."""
+        """The message being typed, else the last message of the conversation, else the example; of a long
+        message only the end (`tail_to_walk`), which the text box then holds: the walk shows what it walks."""
         text = self.chat.input.toPlainText().strip()
         if not text:
             messages = self.session.messages()
             text = messages[-1].content.strip() if messages else ""
+        lm = self.worker.model
+        if text and lm is not None:
+            tail = tail_to_walk(lm.tokenizer, text)
+            self.note = "" if tail == text else "The message is long: this walks through its end only."
+            text = tail
         self.open(text or self.panel.text.text() or EXAMPLE)
 
     @Slot(str)
@@ -96,7 +128,8 @@ class HowItWorksController(QObject):
     @Slot(object)
     def _on_explained(self, e: Explanation) -> None:
         self.busy = False
-        self.panel.show_explanation(e)
+        self.panel.show_explanation(e, self.note)
+        self.note = ""
 
     @Slot(object)
     def _on_word_order(self, w: WordOrder) -> None:
@@ -104,5 +137,5 @@ class HowItWorksController(QObject):
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:
-        self.busy = False
+        self.busy, self.note = False, ""
         self.panel.show_error(message)

@@ -1,6 +1,7 @@
 """The six pages of "How it works", one widget per step; each shows its part of an `Explanation`.
 
-Every page has a ``title``, a plain-language ``caption`` and ``show(explanation)``.
+Every page has a ``title``, a plain-language ``caption`` and ``show(explanation)``. Every page fits its
+dock at any width: rows of controls wrap (`FlowBox`), side-by-side parts stack when narrow.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt, Signal, Slot
-from PySide6.QtGui import QColor, QPalette
+import torch
+from PySide6.QtCore import QEvent, QSize, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QApplication,
+    QBoxLayout,
     QComboBox,
     QGridLayout,
     QHBoxLayout,
@@ -23,8 +26,9 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSpinBox,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTextBrowser,
@@ -34,9 +38,106 @@ from PySide6.QtWidgets import (
 
 from desktop.panels.charts import GREY, ORANGE, styled
 from desktop.panels.token_display import attention_shades, percent, probability_color, visible
-from engine.inspection.explain import Explanation, WordOrder, suggest_heads
+from engine.inspection.explain import Explanation, Token, WordOrder, suggest_heads
 
 CHIP_COLORS = ("#ffd8a8", "#c3e6ff", "#d3f9d8", "#f3d9fa", "#fff3bf", "#ffe3e3")
+NARROW = 560  # below this width a page stacks its side-by-side parts
+TOP_ATTENDED = 5  # the attention step lists this many tokens with bars, and sums up the rest
+
+
+class FlowBox(QWidget):
+    """Widgets left to right, wrapping to the next line when the width runs out; one wider than the whole
+    line gets the line's width (a tile of a long word wraps its own tokens the same way). It places its
+    children itself and answers `heightForWidth`, so the layout around it gives it the lines it needs."""
+
+    def __init__(self, gap: int = 4, objectName: str = "") -> None:  # noqa: N803 (Qt's keyword)
+        super().__init__(objectName=objectName)
+        self.gap = gap
+        self.widgets: list[QWidget] = []
+        policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)
+        self.setSizePolicy(policy)
+
+    def add(self, widget: QWidget) -> None:
+        widget.setParent(self)
+        self.widgets.append(widget)
+        widget.show()
+        self.updateGeometry()
+        self._arrange(self.width(), move=True)
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+        return True
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+        return self._arrange(width, move=False)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """Everything on one line."""
+        hints = [w.sizeHint() for w in self.widgets if not w.isHidden()]
+        width = sum(h.width() for h in hints) + self.gap * max(0, len(hints) - 1)
+        return QSize(width, max((h.height() for h in hints), default=0))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """The widest child's minimum: everything else can wrap."""
+        size = QSize(0, 0)
+        for w in self.widgets:
+            if not w.isHidden():
+                size = size.expandedTo(w.minimumSizeHint())
+        return QSize(size.width(), self.heightForWidth(max(size.width(), self.width())))
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest:  # a child's size hint changed
+            self.updateGeometry()
+            self._arrange(self.width(), move=True)
+        return super().event(event)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        self._arrange(event.size().width(), move=True)
+
+    def _arrange(self, width: int, move: bool) -> int:
+        """Place the children in ``width`` (only measure unless ``move``); the height they take."""
+        x = y = line = 0
+        for w in self.widgets:
+            if w.isHidden():
+                continue
+            cell = max(min(w.sizeHint().width(), width), w.minimumSizeHint().width())
+            height = w.heightForWidth(cell) if w.hasHeightForWidth() else w.sizeHint().height()
+            if x > 0 and x + cell > width:
+                x, y, line = 0, y + line + self.gap, 0
+            if move:
+                w.setGeometry(x, y, cell, height)
+            x += cell + self.gap
+            line = max(line, height)
+        return y + line
+
+
+def word_groups(tokens: list[Token]) -> list[list[Token]]:
+    """The tokens cut into words as the text shows them: a word starts after whitespace (a token that
+    starts with a space or newline, or follows one that ends with it) and at a special token, so the
+    pieces of a word (·Pyth + on, reverse + _ + string) stay together."""
+    groups: list[list[Token]] = []
+    for t in tokens:
+        prev = groups[-1][-1] if groups else None
+        starts = prev is None or t.special or prev.special or t.piece[:1].isspace() or prev.piece[-1:].isspace()
+        if starts:
+            groups.append([t])
+        else:
+            groups[-1].append(t)
+    return groups
+
+
+class SideBySide(QBoxLayout):
+    """Two parts side by side from `NARROW` pixels up, one above the other below (`Step` switches it)."""
+
+    def __init__(self, first: QWidget, second: QWidget, stretch: tuple[int, int]) -> None:
+        super().__init__(QBoxLayout.Direction.LeftToRight)
+        self.addWidget(first, stretch[0])
+        self.addWidget(second, stretch[1])
+
+    def fit(self, width: int) -> None:
+        narrow = width < NARROW
+        self.setDirection(QBoxLayout.Direction.TopToBottom if narrow else QBoxLayout.Direction.LeftToRight)
 
 
 def esc(piece: str) -> str:
@@ -67,6 +168,11 @@ class Step(QWidget):
         for plot in self.findChildren(pg.PlotWidget):
             styled(plot)
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        for split in self.findChildren(SideBySide):
+            split.fit(event.size().width())
+
 
 class TokensStep(Step):
     title = "Tokens"
@@ -79,28 +185,51 @@ class TokensStep(Step):
 
     def __init__(self) -> None:
         super().__init__()
-        self.view = QTextBrowser(accessibleName="The text as tokens")
+        self.view = QScrollArea(widgetResizable=True)
+        self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # tiles wrap instead
+        self.tiles = self._new_tiles()
+        self.key = QLabel(
+            "Each tile is a word of your text; each coloured cell in it is one token. Top: the token's text. "
+            "Bottom: its id, the number the model gets.",
+            wordWrap=True,
+        )
         self.notes = QLabel(wordWrap=True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.key)
         layout.addWidget(self.notes)
 
+    def _new_tiles(self) -> FlowBox:
+        """An empty box for the tiles; the scroll area deletes the one before, tiles and all."""
+        tiles = FlowBox(gap=6)
+        tiles.setAccessibleName("The text as tokens")
+        self.view.setWidget(tiles)
+        return tiles
+
+    def word_tiles(self) -> list[FlowBox]:
+        return list(self.tiles.widgets)
+
     def show_explanation(self, e: Explanation) -> None:
-        cells = []
-        for i, t in enumerate(e.tokens):
-            bg = "#dddddd" if t.special else CHIP_COLORS[i % len(CHIP_COLORS)]
-            label = f"<i>{esc(t.piece)}</i>" if t.special else esc(t.piece)
-            cells.append(
-                f"<td align='center' style='background-color:{bg};color:#111111;padding:4px'>"
-                f"<span style='font-size:large'>{label}</span><br>"
-                f"<span style='color:#555555;font-size:small'>{t.id}</span></td>"
-            )
-        rows = ["".join(cells[i : i + 10]) for i in range(0, len(cells), 10)]
-        self.view.setHtml(
-            "<table cellspacing='4'>" + "".join(f"<tr>{r}</tr>" for r in rows) + "</table>"
-            "<p style='color:#777777'>Top: the token's text. Bottom: its id, the number the model gets.</p>"
-        )
+        self.tiles = self._new_tiles()
+        i = 0
+        for group in word_groups(e.tokens):
+            tile = FlowBox(gap=1, objectName="wordTile")  # a hairline between tokens; a long word wraps
+            tile.setProperty("word", "".join(visible(t.piece) for t in group))
+            for t in group:
+                bg = "#dddddd" if t.special else CHIP_COLORS[i % len(CHIP_COLORS)]
+                label = f"<i>{esc(t.piece)}</i>" if t.special else esc(t.piece)
+                cell = QLabel(
+                    f"<span style='font-size:large'>{label}</span><br>"
+                    f"<span style='color:#555555;font-size:small'>{t.id}</span>",
+                    alignment=Qt.AlignmentFlag.AlignCenter,
+                )
+                cell.setProperty("piece", visible(t.piece))
+                cell.setStyleSheet(f"background-color:{bg};color:#111111;padding:3px")
+                cell.setToolTip(f"token {i}: “{html.escape(visible(t.piece))}”, id {t.id}")
+                tile.add(cell)
+                i += 1
+            self.tiles.add(tile)
         words, current = [], []
         for t in e.tokens:
             if t.continues_word and current:
@@ -149,13 +278,10 @@ class EmbeddingsStep(Step):
         ll.addWidget(QLabel("Token:"))
         ll.addWidget(self.token)
         ll.addWidget(self.table, 1)
-        split = QSplitter()
-        split.addWidget(left)
-        split.addWidget(self.plot)
-        split.setSizes([220, 420])
+        split = SideBySide(left, self.plot, (1, 2))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(split, 1)
+        layout.addLayout(split, 1)
         self.token.currentIndexChanged.connect(self._show_neighbours)
         self.e: Explanation | None = None
 
@@ -231,7 +357,8 @@ class PositionsStep(Step):
         self.swapped = QLineEdit(accessibleName="Other order")
         self.compare = QPushButton("Compare", accessibleName="Compare word orders")
         self.result = QTableWidget(accessibleName="Predictions for both orders", columnCount=2)
-        self.result.setHorizontalHeaderLabels(["After the original order", "After the other order"])
+        self.result.setHorizontalHeaderLabels(["Original order", "Other order"])
+        self.result.setToolTip("The likeliest next tokens after the original order (left) and the other (right)")
         self.result.verticalHeader().setVisible(False)
         self.result.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.result.verticalHeader().setDefaultSectionSize(24)
@@ -248,7 +375,10 @@ class PositionsStep(Step):
         layout.addWidget(self.how)
         layout.addWidget(self.plot, 2)
         layout.addWidget(
-            QLabel("<b>Try it:</b> the same words in another order (edit the second line and press Compare)")
+            QLabel(
+                "<b>Try it:</b> the same words in another order (edit the second line and press Compare)",
+                wordWrap=True,
+            )
         )
         layout.addLayout(form)
         layout.addWidget(self.result, 3)
@@ -321,11 +451,17 @@ class AttentionStep(Step):
         self.head = QSpinBox(accessibleName="Head")
         self.suggestions = QListWidget(accessibleName="Suggested heads")
         self.view = QTextBrowser(accessibleName="Where the token looks")
-        row = QHBoxLayout()
+        self.view.setMinimumHeight(280)  # the text and the top tokens, stacked over the heads when narrow
+        self.token.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.token.setMinimumContentsLength(10)
+        row = FlowBox(gap=12)
         for label, w in (("Token", self.token), ("Layer", self.layer), ("Head", self.head)):
-            row.addWidget(QLabel(label))
-            row.addWidget(w)
-        row.addStretch(1)
+            pair = QWidget()
+            pl = QHBoxLayout(pair)
+            pl.setContentsMargins(0, 0, 0, 0)
+            pl.addWidget(QLabel(label))
+            pl.addWidget(w)
+            row.add(pair)
         side = QWidget()
         sl = QVBoxLayout(side)
         sl.setContentsMargins(0, 0, 0, 0)
@@ -336,14 +472,11 @@ class AttentionStep(Step):
             )
         )
         sl.addWidget(self.suggestions, 1)
-        split = QSplitter()
-        split.addWidget(self.view)
-        split.addWidget(side)
-        split.setSizes([440, 200])
+        split = SideBySide(self.view, side, (2, 1))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
-        layout.addWidget(split, 1)
+        layout.addWidget(row)
+        layout.addLayout(split, 1)
         self.e: Explanation | None = None
         self.token.currentIndexChanged.connect(self._on_token)
         self.layer.valueChanged.connect(self._render)
@@ -401,18 +534,46 @@ class AttentionStep(Step):
         shades = attention_shades(row, position)
         parts = []
         for p, (t, alpha) in enumerate(zip(e.tokens, shades, strict=True)):
-            label = esc(t.piece)
+            label = html.escape(t.piece)  # the text as written (pre-wrap): the tokens glue into words
             if p == position:
                 label = f"<b><u>{label}</u></b>"
-            share = f"<sub style='color:#777777'>{row[p] * 100:.0f}%</sub>" if p <= position else ""
-            parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>{share}")
+            parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
         self.view.setHtml(
             f"<p>Where <b>{esc(e.tokens[position].piece)}</b> looks in layer {self.layer.value()}, head "
-            f"{self.head.value()} (the % is its share of attention; later tokens are hidden from it):</p>"
-            f"<p style='font-size:large;line-height:160%'>{' '.join(parts)}</p>"
+            f"{self.head.value()}, most:</p>"
+            + top_attended_html(e.tokens, row, position)
+            + "<p>In the text (stronger orange: more attention; later tokens are hidden from it):</p>"
+            f"<p style='font-size:large;line-height:160%;white-space:pre-wrap'>{''.join(parts)}</p>"
             "<p style='color:#777777'>Many heads park spare attention on the first token; the colour "
             "scale leaves it out.</p>"
         )
+
+
+def share(p: float) -> str:
+    """A share of attention: one decimal, so small shares do not all read 0%."""
+    return f"{p * 100:.1f}%" if p >= 0.0005 else "<0.1%"
+
+
+def top_attended_html(tokens: list[Token], row: torch.Tensor, position: int) -> str:
+    """The `TOP_ATTENDED` tokens ``position`` looks at most, each with a bar and its share, and one line
+    for all the others together."""
+    seen = row[: position + 1]
+    order = sorted(range(position + 1), key=lambda p: -float(seen[p]))
+    top, rest = order[:TOP_ATTENDED], order[TOP_ATTENDED:]
+    peak = max(float(seen[top[0]]), 1e-6)
+    lines = "".join(
+        f"<tr><td>#{p}&nbsp;<b>{esc(tokens[p].piece)}</b></td>"
+        f"<td><span style='color:{ORANGE}'>{'█' * max(1, round(float(seen[p]) / peak * 8))}</span></td>"
+        f"<td align='right'>{share(float(seen[p]))}</td></tr>"
+        for p in top
+    )
+    others = (
+        f"<tr><td colspan='3' style='color:#777777'>{len(rest)} other tokens: "
+        f"{share(float(seen[rest].sum()))} together</td></tr>"
+        if rest
+        else ""
+    )
+    return f"<table cellspacing='2'>{lines}{others}</table>"
 
 
 class LayersStep(Step):
@@ -428,20 +589,18 @@ class LayersStep(Step):
         super().__init__()
         self.table = QTableWidget(accessibleName="What each layer predicts", columnCount=3)
         self.table.setHorizontalHeaderLabels(["1st guess", "2nd", "3rd"])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)  # narrow: it scrolls sideways, nothing elided
         self.plot = pg.PlotWidget()
         self.plot.setAccessibleName("How sure each layer is")
         self.plot.setLabel("bottom", "layer")
         self.plot.setLabel("left", "how sure of the final answer (%)")
-        split = QSplitter()
-        split.addWidget(self.table)
-        split.addWidget(self.plot)
-        split.setSizes([440, 220])
+        split = SideBySide(self.table, self.plot, (2, 1))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.heading = QLabel(wordWrap=True)
         layout.addWidget(self.heading)
-        layout.addWidget(split, 1)
+        layout.addLayout(split, 1)
 
     def show_explanation(self, e: Explanation) -> None:
         last = e.lens[-1][0] if e.lens and e.lens[-1] else None
@@ -504,16 +663,13 @@ class NextTokenStep(Step):
         self.note = QLabel(wordWrap=True)
         self.generate = QPushButton("Generate one token", accessibleName="Generate one token")
         self.picked = QLabel(wordWrap=True)
-        split = QSplitter()
-        split.addWidget(self.steps)
-        split.addWidget(self.plot)
-        split.setSizes([200, 460])
+        split = SideBySide(self.steps, self.plot, (1, 2))
         bottom = QHBoxLayout()
         bottom.addWidget(self.generate)
         bottom.addWidget(self.picked, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(split, 1)
+        layout.addLayout(split, 1)
         layout.addWidget(self.note)
         layout.addLayout(bottom)
         self.e: Explanation | None = None
@@ -528,6 +684,9 @@ class NextTokenStep(Step):
         for i, s in enumerate(e.steps):
             self.steps.addItem(f"{i + 2}. {s.name} {s.setting}")
         self.steps.blockSignals(False)
+        self.steps.setMaximumHeight(
+            self.steps.sizeHintForRow(0) * (self.steps.count() + 1) + 2 * self.steps.frameWidth()
+        )
         self.steps.setCurrentRow(0)
         self._render(0)
         self.picked.setText(

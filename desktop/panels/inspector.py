@@ -16,9 +16,10 @@ import html
 import math
 
 import torch
-from PySide6.QtCore import Qt, QUrl, Signal, Slot
-from PySide6.QtGui import QColor, QCursor
+from PySide6.QtCore import QEvent, Qt, QUrl, Signal, Slot
+from PySide6.QtGui import QColor, QCursor, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QHBoxLayout,
@@ -42,10 +43,11 @@ from PySide6.QtWidgets import (
 
 from desktop.attention_maps import AttentionGrid, AttentionHeatmap
 from desktop.messages import Lens
-from desktop.panels.token_display import attention_shades, percent, probability_color, visible
+from desktop.panels.token_display import attention_shades, percent, probability_bar, probability_color, visible
 from engine.inspection.inspect import Candidate, Inspection
 
-ROLE = 0x0100  # Qt.ItemDataRole.UserRole
+ROLE = 0x0100  # Qt.ItemDataRole.UserRole: an alternative's token id
+LOGPROB = ROLE + 1
 
 
 def alternatives_html(raw: list[Candidate], sampled: list[Candidate] | None) -> str:
@@ -107,15 +109,11 @@ class InspectorPanel(QWidget):
         self.show_ids = QCheckBox("Show token ids", accessibleName="Show token ids")
         self.tokens = QTextBrowser(accessibleName="Tokens coloured by probability", openLinks=False)
         self.tokens.setMouseTracking(True)
-        self.legend = QLabel(
-            "Colour: how likely the model found each token given the ones before it — "
-            "<span style='background:#7be07b;color:#111111'>&nbsp;likely&nbsp;</span> "
-            "<span style='background:#ebe27b;color:#111111'>&nbsp;unsure&nbsp;</span> "
-            "<span style='background:#eb7b7b;color:#111111'>&nbsp;surprising&nbsp;</span>. "
-            "Hover a token for the alternatives; click it to select.",
-            wordWrap=True,
-        )
-        self.alternatives = QListWidget(accessibleName="Alternatives for the selected token", wordWrap=True)
+        self.tokens.document().setDefaultStyleSheet("a { text-decoration: none; }")  # chips, not links
+        self.legend = QLabel(wordWrap=True)
+        self.alternatives = QListWidget(accessibleName="Alternatives for the selected token", uniformItemSizes=True)
+        self.alternatives.setTextElideMode(Qt.TextElideMode.ElideRight)  # one line each; the tooltip has it all
+        self.alternatives.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.alternatives.setToolTip("Double-click an alternative on the reply to fork the conversation with it")
         self.fork_button = QPushButton("Fork with this token", accessibleName="Fork with this token", enabled=False)
         self.selected_label = QLabel(wordWrap=True, accessibleName="Selected token")
@@ -139,6 +137,8 @@ class InspectorPanel(QWidget):
         self.layer = QSpinBox(accessibleName="Layer")
         self.head = QComboBox(accessibleName="Head")
         self.heatmap = AttentionHeatmap()
+        heatmap_scroll = QScrollArea(widgetResizable=True)
+        heatmap_scroll.setWidget(self.heatmap)
         self.grid = AttentionGrid()
         grid_scroll = QScrollArea(widgetResizable=True)
         grid_scroll.setWidget(self.grid)
@@ -151,7 +151,7 @@ class InspectorPanel(QWidget):
         controls.addWidget(self.head)
         controls.addStretch(1)
         attention_tabs = QTabWidget()
-        attention_tabs.addTab(self.heatmap, "Heatmap")
+        attention_tabs.addTab(heatmap_scroll, "Heatmap")
         grid_page = QWidget()
         gl = QVBoxLayout(grid_page)
         gl.setContentsMargins(0, 0, 0, 0)
@@ -210,6 +210,26 @@ class InspectorPanel(QWidget):
         self.head.currentIndexChanged.connect(self._show_heatmap)
         self.grid.picked.connect(self._on_grid_picked)
         self.heatmap.rowPicked.connect(self.select)
+        self._show_legend()
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):  # another theme
+            self._show_legend()
+            self._render_tokens()
+            for row in range(self.alternatives.count()):
+                item = self.alternatives.item(row)
+                item.setBackground(probability_bar(item.data(LOGPROB)))
+
+    def _show_legend(self) -> None:
+        chips = " ".join(
+            f"<span style='background:{probability_color(math.log(p))}'>&nbsp;{word}&nbsp;</span>"
+            for p, word in ((0.95, "likely"), (0.5, "unsure"), (0.02, "surprising"))
+        )
+        self.legend.setText(
+            f"Colour: how likely the model found each token given the ones before it — {chips}. "
+            "Hover a token for the alternatives; click it to select."
+        )
 
     # Input from the main window
 
@@ -311,7 +331,6 @@ class InspectorPanel(QWidget):
             for c, cand in enumerate(row):
                 item = QTableWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}")
                 item.setBackground(QColor(probability_color(cand.logprob)))
-                item.setForeground(QColor("#111111"))
                 self.lens.setItem(r, c, item)
         self.lens.resizeColumnsToContents()
         self.lens.scrollToBottom()
@@ -319,6 +338,9 @@ class InspectorPanel(QWidget):
     # Tokens
 
     def _chips(self, chips: list[tuple[str, int, float | None, bool]]) -> None:
+        palette = QApplication.palette()
+        ink, selected = palette.color(QPalette.ColorRole.Text).name(), palette.color(QPalette.ColorRole.Link).name()
+        faint = palette.color(QPalette.ColorRole.PlaceholderText).name()
         parts = []
         for pos, (text, token_id, logprob, special) in enumerate(chips):
             bg = probability_color(logprob)
@@ -326,12 +348,10 @@ class InspectorPanel(QWidget):
             if special:
                 label = f"<i>{label}</i>"
             if pos == self.position:  # the selected token: bold, underlined, blue text
-                label = f"<b><u><span style='color:#0b57d0'>{label}</span></u></b>"
-            ids = f"<sub style='color:#555'>{token_id}</sub>" if self.show_ids.isChecked() and token_id >= 0 else ""
-            parts.append(
-                f"<a href='tok:{pos}' style='text-decoration:none;color:#111111'>"
-                f"<span style='background-color:{bg}'>&nbsp;{label}{ids}&nbsp;</span></a>"
-            )
+                label = f"<b><u><span style='color:{selected}'>{label}</span></u></b>"
+            ids = f"<sub style='color:{faint}'>{token_id}</sub>" if self.show_ids.isChecked() and token_id >= 0 else ""
+            chip = f"<span style='background-color:{bg};color:{ink}'>&nbsp;{label}{ids}&nbsp;</span>"
+            parts.append(f"<a href='tok:{pos}'>{chip}</a>")
         self.tokens.setHtml(" ".join(parts))
 
     def _render_tokens(self) -> None:
@@ -378,21 +398,18 @@ class InspectorPanel(QWidget):
             token_id = f" (id {r.ids[position]})" if r.ids[position] >= 0 else ""
             self.selected_label.setText(
                 f"<b>{html.escape(visible(chosen))}</b>{token_id} had probability "
-                f"{percent(r.token_logprobs[position])}. The model's alternatives here:"
+                f"{percent(r.token_logprobs[position])}. The model's alternatives here"
+                + ("" if self.remote else " (→ after sampling; ✕ sampling drops it)")
+                + ":"
             )
             sampled = {c.id: c.logprob for c in r.top_sampled[position - 1]}
             for cand in r.top_raw[position - 1]:
-                after = (
-                    ""
-                    if self.remote
-                    else f" → {percent(sampled[cand.id])} after sampling"
-                    if cand.id in sampled
-                    else " (sampling drops it)"
-                )
+                after = "" if self.remote else f" → {percent(sampled[cand.id])}" if cand.id in sampled else " ✕"
                 item = QListWidgetItem(f"{visible(cand.text)}  {percent(cand.logprob)}{after}")
                 item.setData(ROLE, cand.id)
-                item.setBackground(QColor(probability_color(cand.logprob)))
-                item.setForeground(QColor("#111111"))
+                item.setData(LOGPROB, cand.logprob)
+                item.setToolTip(item.text())
+                item.setBackground(probability_bar(cand.logprob))  # a tint as long as the probability
                 self.alternatives.addItem(item)
         self._update_fork_button(self.alternatives.currentItem())
         if self.remote:  # no attention or lens to show: the worker's last inspection is another conversation's
@@ -457,8 +474,8 @@ class InspectorPanel(QWidget):
         for pos, (piece, alpha) in enumerate(
             zip(r.pieces, attention_shades(w[self.position], self.position), strict=True)
         ):
-            label = html.escape(visible(piece))
+            label = html.escape(piece)  # the text as written: the tokens glue back into words
             if pos == self.position:
                 label = f"<b><u>{label}</u></b>"
             parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
-        self.attention_text.setHtml(" ".join(parts))
+        self.attention_text.setHtml(f"<p style='white-space:pre-wrap'>{''.join(parts)}</p>")

@@ -1,4 +1,5 @@
-"""Prompts: the system prompt, saved prompt presets, and a preview of the exact rendered prompt.
+"""Prompts: the system prompt (or the model's default, when the box is empty), saved prompt presets, and
+under "Advanced" a preview of the exact rendered prompt.
 
 Signals:
     systemPromptChanged(str)
@@ -6,7 +7,10 @@ Signals:
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal, Slot
+import html
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
@@ -16,12 +20,34 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from desktop.disk_full import not_saved_message
 from desktop.presets import Presets
+from engine.errors import EmberError
+
+PROBE = "\x1fEmber probe\x1f"  # a system prompt no template writes by itself
+
+
+def default_system_prompt(render: Callable[[list[dict[str, str]]], str]) -> str:
+    """The system prompt a chat template writes when the conversation has none ("You are a helpful
+    assistant…"), or "" when it writes none. ``render`` is the model's ``render_chat``.
+
+    Rendered once with a probe system prompt and once without: what the second has where the first has
+    the probe is the default."""
+    user = {"role": "user", "content": "Hello"}
+    try:
+        with_probe = render([{"role": "system", "content": PROBE}, user])
+        without = render([user])
+    except EmberError:  # a template that refuses a system message has no default either
+        return ""
+    head, found, tail = with_probe.partition(PROBE)
+    if not found or len(without) < len(head) + len(tail) or not (without.startswith(head) and without.endswith(tail)):
+        return ""
+    return without[len(head) : len(without) - len(tail)].strip()
 
 
 class PromptsPanel(QWidget):
@@ -31,9 +57,11 @@ class PromptsPanel(QWidget):
         super().__init__(parent)
         self.presets = presets
         self._updating = False
+        self.model_default: str | None = None  # None: no local model to ask
         self.system = QPlainTextEdit(accessibleName="System prompt")
-        self.system.setPlaceholderText("System prompt: how the assistant should behave (optional)")
         self.system.setMaximumHeight(120)
+        self.in_use = QLabel(wordWrap=True, accessibleName="System prompt in use", objectName="contextNote")
+        self.in_use.setTextFormat(Qt.TextFormat.RichText)
         self.preset_box = QComboBox(accessibleName="Prompt preset")
         self.preset_box.setToolTip("Pick a saved system prompt")
         self.preset_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -52,16 +80,33 @@ class PromptsPanel(QWidget):
         self.preview.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.preview.setToolTip("The exact text the model receives: its chat template applied to the conversation")
         self.token_count = QLabel(accessibleName="Prompt token count")
+        self.advanced = QToolButton(
+            text="Advanced: the exact prompt the model receives",
+            checkable=True,
+            accessibleName="Show the exact prompt",
+            toolButtonStyle=Qt.ToolButtonStyle.ToolButtonTextBesideIcon,
+            arrowType=Qt.ArrowType.RightArrow,
+            autoRaise=True,
+        )
+        self.advanced_box = QWidget(visible=False)
+        fold = QVBoxLayout(self.advanced_box)
+        fold.setContentsMargins(0, 0, 0, 0)
+        fold.addWidget(QLabel("The model's chat template applied to the conversation:", wordWrap=True))
+        fold.addWidget(self.preview, 1)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("System prompt"))
         layout.addWidget(self.system)
+        layout.addWidget(self.in_use)
         layout.addLayout(row)
         layout.addLayout(manage)
-        layout.addWidget(QLabel("Prompt preview (the model's chat template applied)", wordWrap=True))
-        layout.addWidget(self.preview, 1)
         layout.addWidget(self.token_count)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self.advanced_box, 1)
+        layout.addStretch(1)  # holds the rest of the panel while the preview is folded
         self._fill()
+        self._show_in_use()
         self.system.textChanged.connect(self._on_text)
+        self.advanced.toggled.connect(self._on_advanced)
         use.clicked.connect(self._on_use)
         save.clicked.connect(self._on_save)
         self.delete_button.clicked.connect(self._on_delete)
@@ -85,6 +130,37 @@ class PromptsPanel(QWidget):
         self._updating = True
         self.system.setPlainText(text)
         self._updating = False
+        self._show_in_use()
+
+    def show_model_default(self, text: str | None) -> None:
+        """The loaded model's default system prompt (`default_system_prompt`), "" when its template has
+        none, None when no local model answers (the note is hidden)."""
+        self.model_default = text
+        self._show_in_use()
+
+    def _show_in_use(self) -> None:
+        """Say which system prompt the model gets: the box's, the model's default, or none."""
+        if self.model_default:
+            self.system.setPlaceholderText(
+                f"Empty: the model's default is used. Write here to replace it:\n{self.model_default}"
+            )
+        else:
+            self.system.setPlaceholderText("System prompt: how the assistant should behave (optional)")
+        if self.system_prompt().strip() or self.model_default is None:
+            self.in_use.hide()
+            return
+        if self.model_default:
+            self.in_use.setText(f"Using the model's default: <i>{html.escape(self.model_default)}</i>")
+        else:
+            self.in_use.setText("No system prompt: the model gets only the conversation.")
+        self.in_use.show()
+
+    @Slot(bool)
+    def _on_advanced(self, shown: bool) -> None:
+        self.advanced.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self.advanced_box.setVisible(shown)
+        layout = self.layout()
+        layout.setStretch(layout.count() - 1, 0 if shown else 1)
 
     @Slot(str, int, int)
     def show_preview(self, text: str, n_tokens: int, context: int) -> None:
@@ -98,6 +174,7 @@ class PromptsPanel(QWidget):
 
     @Slot()
     def _on_text(self) -> None:
+        self._show_in_use()
         if not self._updating:
             self.systemPromptChanged.emit(self.system_prompt())
 

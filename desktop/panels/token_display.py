@@ -1,12 +1,15 @@
 """How a token and its probability are shown in the panels: whitespace made visible, a percentage, a
-colour from likely (green) to surprising (red), and attention as opacities."""
+tint from likely (green) to surprising (red) that the theme's text stays readable on, a probability bar,
+and attention as opacities."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from PySide6.QtGui import QColor
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush, QColor, QLinearGradient, QPalette
+from PySide6.QtWidgets import QApplication
 
 
 def visible(piece: str) -> str:
@@ -14,13 +17,36 @@ def visible(piece: str) -> str:
     return piece.replace(" ", "·").replace("\n", "↵").replace("\t", "→") or "∅"
 
 
-def probability_color(logprob: float | None) -> str:
-    """Green for likely tokens through yellow to red for surprising ones; grey when unknown."""
+def dark_theme() -> bool:
+    """Whether the application's palette is dark (`desktop.theme` sets it for the light or dark theme)."""
+    return QApplication.palette().color(QPalette.ColorRole.Base).lightness() < 128
+
+
+def probability_color(logprob: float | None, dark: bool | None = None) -> str:
+    """A tint from green (likely) through yellow to red (surprising), grey when unknown: pale in the light
+    theme and deep in the dark one, so the theme's own text colour reads on it. ``dark`` None: the
+    application's palette says."""
+    dark = dark_theme() if dark is None else dark
     if logprob is None:
-        return "#9e9e9e"
+        return "#4a4b4f" if dark else "#e6e6e6"
+    hue = int(120 * math.exp(logprob))  # 0 red .. 120 green
+    return QColor.fromHsv(hue, 130, 85).name() if dark else QColor.fromHsv(hue, 55, 252).name()
+
+
+def probability_bar(logprob: float, dark: bool | None = None) -> QBrush:
+    """A list row's background: its tint filled from the left as far as the probability goes, the base
+    colour after it (a bar the length of the probability under the row's text)."""
     p = math.exp(logprob)
-    hue = int(120 * p)  # 0 red .. 120 green
-    return QColor.fromHsv(hue, 150, 235).name()
+    tint = QColor(probability_color(logprob, dark))
+    if p >= 0.999:
+        return QBrush(tint)
+    base = QApplication.palette().color(QPalette.ColorRole.Base)
+    bar = QLinearGradient(0, 0, 1, 0)
+    bar.setCoordinateMode(QLinearGradient.CoordinateMode.ObjectBoundingMode)  # 0..1 across the row
+    bar.setStops([(0.0, tint), (p, tint), (p + 0.001, base), (1.0, base)])
+    brush = QBrush(bar)
+    brush.setStyle(Qt.BrushStyle.LinearGradientPattern)
+    return brush
 
 
 def percent(logprob: float) -> str:

@@ -7,9 +7,11 @@ import math
 import re
 
 import pytest
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QColor, QFontMetrics, QPalette
 
-from desktop.panels.token_display import attention_shades
+from desktop.attention_maps import CELL
+from desktop.panels.token_display import attention_shades, visible
 from tests.desktop.helpers import button, click, greedy, send_and_wait, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -84,6 +86,65 @@ def test_fork_is_refused_on_the_prompt(inspected):
     panel.select(3)  # a token of the system prompt, not the reply
     panel.alternatives.setCurrentRow(1)
     assert not panel.fork_button.isEnabled()
+
+
+def row_colours(panel) -> list[list[QColor]]:
+    """The colours each alternative's row is painted with (its probability bar: the tint, then the base)."""
+    brushes = [panel.alternatives.item(r).background() for r in range(panel.alternatives.count())]
+    return [[c for _, c in b.gradient().stops()] if b.gradient() else [b.color()] for b in brushes]
+
+
+def test_alternatives_are_one_line_each_on_light_tints(qtbot, inspected):
+    panel = inspected.inspector_panel
+    panel.select(inspected.inspector.reply_start + 1)
+    alts = panel.alternatives
+    assert alts.count() >= 2
+    line = alts.fontMetrics().height()
+    for r in range(alts.count()):
+        item = alts.item(r)
+        assert "\n" not in item.text() and alts.visualItemRect(item).height() < 2 * line  # one line
+        assert item.foreground().style() == Qt.BrushStyle.NoBrush  # the theme's own text colour
+    text = alts.palette().color(QPalette.ColorRole.Text)
+    for colours in row_colours(panel):
+        assert all(c.lightness() >= 225 for c in colours)  # pale tints under dark text
+        assert max(c.hsvSaturation() for c in colours) <= 60
+        assert text.lightness() < 80
+    first, last = (panel.result.top_raw[panel.position - 1][i] for i in (0, -1))
+    assert first.logprob > last.logprob  # the likelier one has the longer bar
+    bar_end = [
+        b.gradient().stops()[1][0] if b.gradient() else 1.0
+        for b in (alts.item(0).background(), alts.item(alts.count() - 1).background())
+    ]
+    assert bar_end[0] == pytest.approx(min(1.0, math.exp(first.logprob)), abs=1e-3) and bar_end[0] > bar_end[1]
+
+    original = inspected.settings.get("ui/theme")
+    inspected.set_theme("dark")
+    try:
+        text = alts.palette().color(QPalette.ColorRole.Text)
+        assert text.lightness() > 180
+        for colours in row_colours(panel):
+            assert all(c.lightness() <= 90 for c in colours)  # deep tints under light text
+        html = panel.tokens.toHtml()  # every chip on its tint, in the theme's text colour
+        chips = re.findall(r'<a href="tok:\d+"><span style="([^"]*)"', html)
+        assert chip_positions(html) == set(range(len(panel.result.ids))) and len(chips) >= len(panel.result.ids)
+        link = alts.palette().color(QPalette.ColorRole.Link).name()  # the selected token's
+        assert all("background-color:#" in style for style in chips)
+        assert all(f"color:{text.name()};" in style or f"color:{link};" in style for style in chips)
+    finally:
+        inspected.set_theme(original)
+
+
+def test_heatmap_labels_every_token_and_scrolls_inside_the_dock(qtbot, inspected):
+    panel = inspected.inspector_panel
+    n = len(panel.result.ids)
+    left, top = panel.heatmap.getAxis("left"), panel.heatmap.getAxis("top")
+    assert [label for _, label in left._tickLevels[0]] == [
+        f"{i} {visible(p)[:10]}" for i, p in enumerate(panel.result.pieces)
+    ]
+    assert [label for _, label in top._tickLevels[0]] == [str(i) for i in range(n)]
+    assert QFontMetrics(left.style["tickFont"]).height() <= CELL  # one row per label, no overlap
+    assert panel.heatmap.minimumWidth() >= n * CELL
+    assert panel.minimumSizeHint().width() < 420  # the map scrolls; it does not widen the dock
 
 
 def test_attention_map_grid_and_row(qtbot, inspected):
