@@ -22,8 +22,10 @@ class MessageBody(QWidget):
         self.layout_.setContentsMargins(0, 0, 0, 0)
         self.layout_.setSpacing(6)
 
-    def set_markdown(self, text: str) -> None:
+    def set_markdown(self, text: str) -> bool:
+        """Shows ``text``; True when the parts changed (a widget came or went), not only their text."""
         rendered = render(text, self.code_background) if text else ["<i>…</i>"]
+        kinds = [type(p) for p in self.parts]
         for i, part in enumerate(rendered):
             kind = CodeBlock if isinstance(part, Code) else ChatText
             if i < len(self.parts) and not isinstance(self.parts[i], kind):
@@ -41,6 +43,7 @@ class MessageBody(QWidget):
             else:
                 self.parts[i].set_html(part)
         self._drop_from(len(rendered))
+        return kinds != [type(p) for p in self.parts]
 
     def _drop_from(self, index: int) -> None:
         for stale in self.parts[index:]:

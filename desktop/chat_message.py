@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, Qt, Slot
-from PySide6.QtGui import QGuiApplication, QPalette
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QInputDialog, QLabel, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, Slot
+from PySide6.QtGui import QEnterEvent, QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QInputDialog, QLabel, QToolButton, QVBoxLayout, QWidget
 
 from desktop.chat_body import MessageBody
 from desktop.chat_icons import icon
@@ -30,7 +30,6 @@ class MessageWidget(QWidget):
         self.message = message
         self.hovered = False
         self.focused = False
-        self.busy = False
         user = message.role == "user"
         self.bubble = QFrame(objectName="userMessage" if user else "assistantMessage")
         self.tag = QLabel(accessibleName="Message status")
@@ -64,7 +63,7 @@ class MessageWidget(QWidget):
             inside.setContentsMargins(12, 8, 12, 8)
             inside.addWidget(self.body)
             row = QHBoxLayout(self)
-            row.setContentsMargins(48, 0, 0, 0)  # a bubble on the right, never the whole column
+            row.setContentsMargins(0, 0, 0, 0)  # the actions on its left keep the bubble off the left edge
             row.addStretch(1)
             row.addWidget(self.actions, 0, Qt.AlignmentFlag.AlignBottom)
             row.addWidget(self.bubble)
@@ -108,39 +107,45 @@ class MessageWidget(QWidget):
     def set_content(self, text: str, status: str = "complete") -> None:
         self.message.content = text
         self.message.status = status
-        self.body.set_markdown(text)
-        self.tag.setText(STATUS_TAGS.get(status, ""))
-        self.order_focus()
+        tag = STATUS_TAGS.get(status, "")
+        if tag != self.tag.text():  # a streaming reply comes here ~30 times a second
+            self.tag.setText(tag)
+        if self.body.set_markdown(text):
+            self.watch_focus()
 
-    def order_focus(self) -> None:
-        """Tab goes through the text, then the actions (shown once the focus is in the message). Again after
-        the message joins the chat: taking a new parent reorders its widgets' place in the chain."""
+    def watch_focus(self) -> None:
+        """Tab goes through the text, then the actions, which show while the focus is in the message. Again
+        after the message joins the chat: taking a new parent reorders its widgets' place in the chain."""
         stops: list[QWidget] = []
         for part in self.body.parts:
             stops += [part.copy, part.view] if isinstance(part, CodeBlock) else [part]
         stops += self.actions.findChildren(QToolButton)
         for a, b in zip(stops, stops[1:], strict=False):
             QWidget.setTabOrder(a, b)
+        for stop in stops:
+            stop.installEventFilter(self)  # once: Qt drops an earlier install of the same filter
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() in (QEvent.Type.FocusIn, QEvent.Type.FocusOut):
+            now = QApplication.focusWidget()  # already the widget that takes the focus
+            self.focused = now is not None and self.isAncestorOf(now)
+            self._update_actions()
+        return False
 
     def set_busy(self, busy: bool) -> None:
         """While a reply is written, the actions that would change the conversation are hidden."""
-        self.busy = busy
         for b in self.changing:
             b.setVisible(not busy)
-
-    def set_focused(self, focused: bool) -> None:
-        self.focused = focused
-        self._update_actions()
 
     def _update_actions(self) -> None:
         self.actions.setVisible(self.hovered or self.focused)
 
-    def enterEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def enterEvent(self, event: QEnterEvent) -> None:  # noqa: N802 (Qt override)
         self.hovered = True
         self._update_actions()
         super().enterEvent(event)
 
-    def leaveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def leaveEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
         self.hovered = False
         self._update_actions()
         super().leaveEvent(event)

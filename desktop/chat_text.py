@@ -5,8 +5,17 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import QSize, QSizeF, Qt, Slot
-from PySide6.QtGui import QTextOption
+from PySide6.QtGui import QPalette, QTextOption
 from PySide6.QtWidgets import QFrame, QSizePolicy, QTextBrowser
+
+
+def transparent(text: QTextBrowser) -> None:
+    """Shows what is behind it (a message's bubble, a code block's background). Through the palette: a
+    style sheet on it would draw its scroll bars in the style sheet's plain look instead of the app's."""
+    palette = text.palette()
+    palette.setColor(QPalette.ColorRole.Base, Qt.GlobalColor.transparent)
+    text.setPalette(palette)
+    text.viewport().setAutoFillBackground(False)
 
 
 class ChatText(QTextBrowser):
@@ -21,7 +30,7 @@ class ChatText(QTextBrowser):
         self._html = ""
         self._natural = 0
         self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setStyleSheet("QTextBrowser { background: transparent; }")
+        transparent(self)
         self.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -50,4 +59,6 @@ class ChatText(QTextBrowser):
 
     @Slot(QSizeF)
     def _fit_height(self, size: QSizeF) -> None:
-        self.setFixedHeight(math.ceil(size.height()))
+        height = math.ceil(size.height())
+        if height != self.minimumHeight() or height != self.maximumHeight():
+            self.setFixedHeight(height)

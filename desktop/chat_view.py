@@ -18,7 +18,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QResizeEvent
 from PySide6.QtWidgets import (
-    QApplication,
     QComboBox,
     QFrame,
     QHBoxLayout,
@@ -49,7 +48,8 @@ class Column(QWidget):
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
         side = max(8, (event.size().width() - COLUMN_WIDTH) // 2)
-        self.layout().setContentsMargins(side, 12, side, 12)
+        if side != self.layout().contentsMargins().left():  # not when only the height changed
+            self.layout().setContentsMargins(side, 12, side, 12)
         super().resizeEvent(event)
 
 
@@ -85,6 +85,7 @@ class ChatView(QWidget):
         self.busy = False
         self.list_host = Column()
         self.list_layout = QVBoxLayout(self.list_host)
+        self.list_layout.setContentsMargins(8, 12, 8, 12)  # the sides grow in a wide chat (Column)
         self.list_layout.setSpacing(14)
         self.list_layout.addStretch(1)
         self.scroll = QScrollArea(widgetResizable=True, accessibleName="Conversation")
@@ -150,7 +151,6 @@ class ChatView(QWidget):
         self.input.textChanged.connect(self._input_timer.start)
         self._input_timer.timeout.connect(lambda: self.inputChanged.emit(self.input.toPlainText()))
         self._follow = True
-        QApplication.instance().focusChanged.connect(self._on_focus)
 
     def policy_key(self) -> str:
         return self.policy.currentData()
@@ -186,7 +186,7 @@ class ChatView(QWidget):
         w = MessageWidget(self, message)
         w.set_busy(self.busy)
         self.list_layout.insertWidget(self.list_layout.count() - 1, w)
-        w.order_focus()
+        w.watch_focus()
         self.widgets.append(w)
         self.welcome.setVisible(False)
         return w
@@ -215,11 +215,6 @@ class ChatView(QWidget):
     def _on_range(self, _low: int, high: int) -> None:
         if self._follow:
             self.scroll.verticalScrollBar().setValue(high)
-
-    @Slot(QWidget, QWidget)
-    def _on_focus(self, _old: QWidget | None, new: QWidget | None) -> None:
-        for w in self.widgets:
-            w.set_focused(new is not None and w.isAncestorOf(new))
 
     @Slot(str)
     def _on_starter(self, text: str) -> None:

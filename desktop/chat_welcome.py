@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontMetrics, QResizeEvent
 from PySide6.QtWidgets import QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 STARTERS = (
@@ -11,34 +12,52 @@ STARTERS = (
     "Give me three ideas for a weekend project.",
     "Summarize the story of Romeo and Juliet.",
 )
+BUTTON_PADDING = 24  # the style's room around a push button's text, with some to spare
+
+
+def wrap(text: str, metrics: QFontMetrics, width: int) -> str:
+    """``text`` broken into lines at spaces, each line no wider than ``width`` where a word allows."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and metrics.horizontalAdvance(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 class Welcome(QWidget):
-    """Signals: starterChosen(str) -- a starter prompt was clicked."""
+    """Signals: starterChosen(str) -- a starter prompt was clicked.
+
+    The starters' text wraps onto more lines in a narrow chat (a push button's text does not wrap by itself)."""
 
     starterChosen = Signal(str)
 
     def __init__(self) -> None:
         super().__init__(accessibleName="Start a conversation")
-        greeting = QLabel("<h2>What shall we talk about?</h2>", alignment=Qt.AlignmentFlag.AlignCenter)
-        hint = QLabel(
-            "Ask anything below, or start with one of these. Enter sends, Shift+Enter adds a line, Esc stops.",
-            alignment=Qt.AlignmentFlag.AlignCenter,
-            wordWrap=True,
-        )
-        hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout = QVBoxLayout(self)
         layout.addStretch(1)
-        layout.addWidget(greeting)
-        layout.addWidget(hint)
+        for text in (
+            "<h2>What shall we talk about?</h2>",
+            "Ask anything below, or start with one of these. Enter sends, Shift+Enter adds a line, Esc stops.",
+        ):
+            label = QLabel(text, alignment=Qt.AlignmentFlag.AlignCenter, wordWrap=True)
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            layout.addWidget(label)
         layout.addSpacing(12)
         self.starters: list[QPushButton] = []
         for text in STARTERS:
             b = QPushButton(text, accessibleName=f"Ask: {text}", toolTip="Send this to the model")
-            b.setObjectName("starterPrompt")
-            b.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
+            b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
             b.clicked.connect(lambda _checked=False, t=text: self.starterChosen.emit(t))
             layout.addWidget(b, 0, Qt.AlignmentFlag.AlignHCenter)
             self.starters.append(b)
         layout.addStretch(2)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        margins = self.layout().contentsMargins()
+        room = event.size().width() - margins.left() - margins.right() - BUTTON_PADDING
+        for b, text in zip(self.starters, STARTERS, strict=True):
+            b.setText(wrap(text, b.fontMetrics(), room))
+        super().resizeEvent(event)

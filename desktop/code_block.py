@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QTextBrowser, QToolButton, QVBoxLayout
 
+from desktop.chat_text import transparent
 from desktop.code_highlight import highlight
 
 
@@ -26,7 +27,7 @@ class CodeBlock(QFrame):
         self.copy.clicked.connect(self._on_copy)
         self.view = QTextBrowser(accessibleName="Code", openLinks=False)
         self.view.setFrameShape(QFrame.Shape.NoFrame)
-        self.view.setStyleSheet("QTextBrowser { background: transparent; }")
+        transparent(self.view)
         self.view.setLineWrapMode(QTextBrowser.LineWrapMode.NoWrap)
         self.view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
@@ -49,7 +50,8 @@ class CodeBlock(QFrame):
         if code == self.code:
             return
         self.code = code
-        self.language.setText(language or "code")
+        if (language or "code") != self.language.text():
+            self.language.setText(language or "code")
         family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
         spans = highlight(code.rstrip("\n"), language, self.background)
         self.view.setHtml(f"<pre style=\"font-family: '{family}'; margin: 0\">{spans}</pre>")
@@ -58,7 +60,9 @@ class CodeBlock(QFrame):
     def _fit_height(self) -> None:
         bar = self.view.horizontalScrollBar()
         extra = bar.sizeHint().height() if bar.maximum() > 0 else 0
-        self.view.setFixedHeight(math.ceil(self.view.document().size().height()) + extra)
+        height = math.ceil(self.view.document().size().height()) + extra
+        if height != self.view.minimumHeight() or height != self.view.maximumHeight():
+            self.view.setFixedHeight(height)
 
     @Slot()
     def _on_copy(self) -> None:

@@ -10,6 +10,7 @@ from PySide6.QtGui import QColor, QGuiApplication
 from PySide6.QtWidgets import QLabel, QTextEdit, QWidget
 
 from desktop.chat_view import COLUMN_WIDTH, ChatView
+from desktop.chat_welcome import STARTERS
 from desktop.code_block import CodeBlock
 from desktop.store import Message
 from tests.desktop.helpers import button, click
@@ -163,36 +164,51 @@ def test_actions_that_change_the_conversation_wait_for_the_reply(qtbot, chat):
     chat.begin_stream(message(2, "assistant", ""))
     chat.set_busy(True)
     chat.stream_text("Still writ")
-    qtbot.wait(10)  # a widget added to a shown layout is shown from the event loop
-    for w in chat.widgets:
-        w.set_focused(True)
     changing = [b for w in chat.widgets for b in w.changing]
-    assert len(changing) == 2 + 3 + 3 and not any(b.isVisible() for b in changing)
-    assert all(button(w, "Copy this message").isVisible() for w in chat.widgets)
+    assert len(changing) == 2 + 3 + 3 and all(b.isHidden() for b in changing)  # even on hover or focus
+    assert not any(button(w, "Copy this message").isHidden() for w in chat.widgets)
     assert chat.widgets[2].tag.text() == "<i>writing…</i>"
 
     chat.set_busy(False)  # the reply ended
     for name in ("Write another version of this reply", "Continue this reply", "Delete this message"):
-        assert button(chat.widgets[1], name).isVisible()
-    assert button(chat.widgets[0], "Edit and resend from here").isVisible()
+        assert not button(chat.widgets[1], name).isHidden()
+    assert not button(chat.widgets[0], "Edit and resend from here").isHidden()
     signals = []
     chat.regenerateRequested.connect(signals.append)
     click(qtbot, button(chat.widgets[1], "Write another version of this reply"))
     assert signals == [1]
 
 
-def test_empty_chat_greets_with_starter_prompts(qtbot, chat):
+@pytest.mark.parametrize("large", [False, True])
+def test_empty_chat_greets_with_starter_prompts(qtbot, chat, large):
+    if large:  # text too wide for one line in a 560 px chat
+        font = chat.welcome.font()
+        font.setPointSize(26)
+        chat.welcome.setFont(font)
     settle(qtbot, chat, 560)
-    assert chat.welcome.isVisible() and len(chat.welcome.starters) >= 3
+    assert chat.welcome.isVisible() and len(chat.welcome.starters) == len(STARTERS)
+    viewport = chat.scroll.viewport()
+    assert all(right_edge(b, viewport) <= viewport.width() for b in chat.welcome.starters)
+    assert ("\n" in chat.welcome.starters[0].text()) == large  # the text wraps when it must
     starter = chat.welcome.starters[1]
-    assert starter.accessibleName()
+    assert starter.accessibleName() == f"Ask: {STARTERS[1]}"
     with qtbot.waitSignal(chat.sendRequested) as sent:
         click(qtbot, starter)
-    assert sent.args == [starter.text()]
+    assert sent.args == [STARTERS[1]]
     assert chat.input.toPlainText() == ""
     chat.set_messages([message(0, "user", starter.text())])
     assert not chat.welcome.isVisible()
     chat.set_messages([])
     assert chat.welcome.isVisible()
-    viewport = chat.scroll.viewport()
-    assert all(right_edge(b, viewport) <= viewport.width() for b in chat.welcome.starters)
+
+
+def test_a_streaming_reply_updates_its_parts_in_place(qtbot, chat):
+    chat.begin_stream(message(0, "assistant", ""))
+    chat.stream_text("Here is")
+    [first] = chat.widgets[0].body.parts
+    chat.stream_text("Here is code:\n\n```python\nx = 1")
+    text, code = chat.widgets[0].body.parts
+    assert text is first and isinstance(code, CodeBlock) and code.code == "x = 1"  # the fence still open
+    chat.stream_text("Here is code:\n\n```python\nx = 1\ny = 2\n```\n\nDone.")
+    assert chat.widgets[0].body.parts[:2] == [text, code] and code.code == "x = 1\ny = 2\n"
+    assert chat.widgets[0].body.parts[2].toPlainText() == "Done."
