@@ -54,13 +54,14 @@ ICONS: dict[str, Callable[[QPainter], None]] = {
 }
 
 
-def icon(name: str, color: QColor) -> QIcon:
+def icon(name: str, color: str) -> QIcon:
+    """The icon ``name`` drawn in ``color`` (a colour name, such as "#1f1f1f")."""
     pixmap = QPixmap(SIZE * 2, SIZE * 2)
     pixmap.setDevicePixelRatio(2)
     pixmap.fill(Qt.GlobalColor.transparent)
     painter = QPainter(pixmap)
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    painter.setPen(QPen(color, 1.3, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap, Qt.PenJoinStyle.RoundJoin))
+    painter.setPen(QPen(QColor(color), 1.3, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap, Qt.PenJoinStyle.RoundJoin))
     ICONS[name](painter)
     painter.end()
     return QIcon(pixmap)

@@ -10,7 +10,6 @@ from PySide6.QtGui import QEnterEvent, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QInputDialog, QLabel, QToolButton, QVBoxLayout, QWidget
 
 from desktop.chat_body import MessageBody
-from desktop.chat_icons import icon
 from desktop.code_block import CodeBlock
 from desktop.store import Message
 
@@ -97,7 +96,7 @@ class MessageWidget(QWidget):
     def _button(self, icon_name: str, tip: str, slot, *, changes: bool = False, text: str = "") -> QToolButton:
         b = QToolButton(toolTip=tip, accessibleName=tip, autoRaise=True, text=text)
         if icon_name:
-            b.setIcon(icon(icon_name, self.palette().color(QPalette.ColorRole.ButtonText)))
+            b.setIcon(self.view.icons(icon_name, self.palette().color(QPalette.ColorRole.ButtonText).name()))
             b.setIconSize(QSize(16, 16))
         b.clicked.connect(slot)
         if changes:

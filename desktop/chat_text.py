@@ -47,7 +47,7 @@ class ChatText(QTextBrowser):
         if self.hug:
             unwrapped = self.document().clone(self)
             unwrapped.setTextWidth(-1)
-            self._natural = math.ceil(unwrapped.idealWidth()) + 2
+            self._natural = math.ceil(unwrapped.idealWidth()) + 2  # a pixel each side: no wrap from rounding
             unwrapped.deleteLater()
             self.updateGeometry()
 

@@ -15,6 +15,8 @@ Signals (ChatView):
 
 from __future__ import annotations
 
+import functools
+
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QResizeEvent
 from PySide6.QtWidgets import (
@@ -30,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.chat_icons import icon
 from desktop.chat_message import MessageWidget
 from desktop.chat_welcome import Welcome
 from desktop.store import Message
@@ -80,6 +83,7 @@ class ChatView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.widgets: list[MessageWidget] = []
+        self.icons = functools.cache(icon)  # each action's icon drawn once per colour, and freed with the view
         self.code_background = "#efeee9"
         self.streaming: MessageWidget | None = None
         self.busy = False
@@ -168,10 +172,17 @@ class ChatView(QWidget):
             w.set_busy(busy)
 
     def set_messages(self, messages: list[Message]) -> None:
-        while self.widgets:
+        """Shows ``messages``, keeping the widgets of the leading ones that are shown as they are already (the
+        whole conversation is set again after every reply); a new code background (the theme) redraws all."""
+        kept = 0
+        for w, m in zip(self.widgets, messages, strict=False):
+            if w.message != m or w.body.code_background != self.code_background:
+                break
+            kept += 1
+        while len(self.widgets) > kept:
             self.drop_last()
         self.streaming = None
-        for m in messages:
+        for m in messages[kept:]:
             self._add(m)
         self.welcome.setVisible(not messages)
         self._follow = True

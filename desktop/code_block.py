@@ -18,11 +18,10 @@ class CodeBlock(QFrame):
 
     def __init__(self, code: str, language: str, background: str) -> None:
         super().__init__(objectName="codeBlock")
-        self.code = ""
+        self.code = code
         self.setStyleSheet(f"QFrame#codeBlock {{ background: {background}; border-radius: 6px; }}")
         self.background = background
         self.language = QLabel(accessibleName="Code language", textFormat=Qt.TextFormat.PlainText)
-        self.language.setObjectName("codeLanguage")
         self.copy = QToolButton(text="Copy", toolTip="Copy this code", accessibleName="Copy this code", autoRaise=True)
         self.copy.clicked.connect(self._on_copy)
         self.view = QTextBrowser(accessibleName="Code", openLinks=False)
@@ -44,16 +43,18 @@ class CodeBlock(QFrame):
         layout.setSpacing(2)
         layout.addLayout(header)
         layout.addWidget(self.view)
-        self.set_code(code, language)
+        self._show(language)
 
     def set_code(self, code: str, language: str) -> None:
-        if code == self.code:
-            return
-        self.code = code
-        if (language or "code") != self.language.text():
-            self.language.setText(language or "code")
+        """Shows new code; a streaming reply comes here with the same code as often as with more."""
+        if code != self.code or (language or "code") != self.language.text():
+            self.code = code
+            self._show(language)
+
+    def _show(self, language: str) -> None:
+        self.language.setText(language or "code")
         family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
-        spans = highlight(code.rstrip("\n"), language, self.background)
+        spans = highlight(self.code.rstrip("\n"), language, self.background)
         self.view.setHtml(f"<pre style=\"font-family: '{family}'; margin: 0\">{spans}</pre>")
 
     @Slot()

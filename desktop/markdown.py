@@ -8,6 +8,7 @@ writes is ever fetched or interpreted.
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ def _language(info: str) -> str:
     return info.strip().split(" ")[0] if info else ""
 
 
+@functools.lru_cache(maxsize=4)
 def _parser(code_background: str) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table").enable("strikethrough")
 

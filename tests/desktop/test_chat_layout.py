@@ -181,10 +181,8 @@ def test_actions_that_change_the_conversation_wait_for_the_reply(qtbot, chat):
 
 @pytest.mark.parametrize("large", [False, True])
 def test_empty_chat_greets_with_starter_prompts(qtbot, chat, large):
-    if large:  # text too wide for one line in a 560 px chat
-        font = chat.welcome.font()
-        font.setPointSize(26)
-        chat.welcome.setFont(font)
+    if large:  # text too wide for one line in a 560 px chat (a style sheet: the app's sets every font size)
+        chat.welcome.setStyleSheet("QPushButton { font-size: 26pt; }")
     settle(qtbot, chat, 560)
     assert chat.welcome.isVisible() and len(chat.welcome.starters) == len(STARTERS)
     viewport = chat.scroll.viewport()
@@ -206,9 +204,30 @@ def test_a_streaming_reply_updates_its_parts_in_place(qtbot, chat):
     chat.begin_stream(message(0, "assistant", ""))
     chat.stream_text("Here is")
     [first] = chat.widgets[0].body.parts
-    chat.stream_text("Here is code:\n\n```python\nx = 1")
+    chat.stream_text("Here is code:\n\n```py")
     text, code = chat.widgets[0].body.parts
+    assert code.language.text() == "py"
+    chat.stream_text("Here is code:\n\n```python\nx = 1")
+    assert chat.widgets[0].body.parts == [text, code] and code.language.text() == "python"
     assert text is first and isinstance(code, CodeBlock) and code.code == "x = 1"  # the fence still open
     chat.stream_text("Here is code:\n\n```python\nx = 1\ny = 2\n```\n\nDone.")
     assert chat.widgets[0].body.parts[:2] == [text, code] and code.code == "x = 1\ny = 2\n"
     assert chat.widgets[0].body.parts[2].toPlainText() == "Done."
+
+
+def test_setting_the_same_messages_again_keeps_their_widgets(qtbot, chat):
+    """The session sets the whole conversation again after each reply: only what changed is drawn again."""
+    history = [message(0, "user", "Hi"), message(1, "assistant", "Hello.")]
+    chat.set_messages(history)
+    first = list(chat.widgets)
+    chat.begin_stream(message(2, "assistant", ""))
+    chat.stream_text("Done")
+    streamed = chat.widgets[2]
+    chat.set_messages([*history, message(2, "assistant", "Done")])
+    assert chat.widgets[:2] == first and chat.widgets[2] is not streamed
+    assert chat.widgets[2].tag.text() == "" and chat.widgets[2].body.parts[0].toPlainText() == "Done"
+    chat.set_messages([history[0], message(1, "assistant", "Hello again.")])
+    assert chat.widgets[0] is first[0] and chat.widgets[1] is not first[1] and len(chat.widgets) == 2
+    chat.code_background = "#111214"  # another theme: everything is drawn again in its colours
+    chat.set_messages([history[0], message(1, "assistant", "Hello again.")])
+    assert chat.widgets[0] is not first[0]
