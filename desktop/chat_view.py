@@ -1,4 +1,5 @@
 """The chat: messages rendered as Markdown with per-message actions, the input box and the live readout.
+An empty conversation shows a greeting and starter prompts instead (`desktop.chat_welcome`).
 
 Signals (ChatView):
     sendRequested(str)             -- Enter in the input box or the Send button
@@ -14,26 +15,29 @@ Signals (ChatView):
 
 from __future__ import annotations
 
+import functools
+
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QGuiApplication, QKeyEvent
+from PySide6.QtGui import QKeyEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
     QHBoxLayout,
-    QInputDialog,
     QLabel,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from desktop.markdown import COPY_SCHEME, render
+from desktop.chat_icons import icon
+from desktop.chat_message import MessageWidget
+from desktop.chat_welcome import Welcome
 from desktop.store import Message
+
+COLUMN_WIDTH = 760  # the longest comfortable line, as most chat apps and style guides keep it
 
 # key: (label, tooltip)
 CONTEXT_POLICIES = {
@@ -42,100 +46,14 @@ CONTEXT_POLICIES = {
 }
 
 
-class MessageWidget(QFrame):
-    """One message: role, status, variant navigation, actions and the Markdown body."""
+class Column(QWidget):
+    """The messages in a column at most COLUMN_WIDTH wide, centred in a wider chat."""
 
-    def __init__(self, view: ChatView, message: Message) -> None:
-        super().__init__()
-        self.view = view
-        self.message = message
-        self.blocks: list[str] = []
-        self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.role = QLabel(f"<b>{'You' if message.role == 'user' else 'Assistant'}</b>")
-        self.tag = QLabel(accessibleName="Message status")
-        header = QHBoxLayout()
-        header.addWidget(self.role)
-        header.addWidget(self.tag)
-        header.addStretch(1)
-        if message.role == "assistant" and message.variants > 1:
-            prev = self._button("←", "Previous version", lambda: self._variant(-1))
-            nxt = self._button("→", "Next version", lambda: self._variant(+1))
-            prev.setEnabled(message.variant > 0)
-            nxt.setEnabled(message.variant < message.variants - 1)
-            self.variant_label = QLabel(f"{message.variant + 1}/{message.variants}", accessibleName="Version")
-            for w in (prev, self.variant_label, nxt):
-                header.addWidget(w)
-        # Actions sit under the message, so a narrow chat (the inspector open beside it) never clips them.
-        actions = QHBoxLayout()
-        actions.addWidget(
-            self._button("Copy", "Copy this message", lambda: QGuiApplication.clipboard().setText(self.message.content))
-        )
-        if message.role == "user":
-            actions.addWidget(self._button("Edit", "Edit and resend from here", self._edit))
-        else:
-            actions.addWidget(
-                self._button(
-                    "Regenerate",
-                    "Write another version of this reply",
-                    lambda: view.regenerateRequested.emit(message.turn),
-                )
-            )
-            actions.addWidget(
-                self._button("Continue", "Continue this reply", lambda: view.continueRequested.emit(message.turn))
-            )
-        actions.addWidget(
-            self._button(
-                "Inspect",
-                "See the tokens, probabilities and attention up to this message",
-                lambda: view.inspectRequested.emit(message.turn),
-            )
-        )
-        actions.addWidget(
-            self._button("Delete", "Delete this message", lambda: view.deleteRequested.emit(message.turn))
-        )
-        actions.addStretch(1)
-        self.body = QLabel(accessibleName=f"{message.role} message")
-        self.body.setWordWrap(True)
-        self.body.setTextFormat(Qt.TextFormat.RichText)
-        self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        self.body.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.body.linkActivated.connect(self._on_link)
-        layout = QVBoxLayout(self)
-        layout.addLayout(header)
-        layout.addWidget(self.body)
-        layout.addLayout(actions)
-        self.set_content(message.content, message.status)
-
-    def _button(self, text: str, tip: str, slot) -> QToolButton:
-        b = QToolButton(text=text, toolTip=tip, accessibleName=tip, autoRaise=True)
-        b.clicked.connect(slot)
-        return b
-
-    def set_content(self, text: str, status: str = "complete") -> None:
-        self.message.content = text
-        self.message.status = status
-        body, self.blocks = render(text, self.view.code_background) if text else ("<i>…</i>", [])
-        self.body.setText(body)
-        self.tag.setText(
-            {"stopped": "<i>(stopped)</i>", "interrupted": "<i>(interrupted)</i>", "streaming": "<i>writing…</i>"}.get(
-                status, ""
-            )
-        )
-
-    def _variant(self, step: int) -> None:
-        self.view.variantRequested.emit(self.message.turn, self.message.variant + step)
-
-    def _edit(self) -> None:
-        text, ok = QInputDialog.getMultiLineText(self, "Edit message", "Edit and resend:", self.message.content)
-        if ok and text.strip():
-            self.view.editRequested.emit(self.message.turn, text)
-
-    @Slot(str)
-    def _on_link(self, link: str) -> None:
-        scheme, _, index = link.partition(":")
-        if scheme == COPY_SCHEME and index.isdigit() and int(index) < len(self.blocks):
-            QGuiApplication.clipboard().setText(self.blocks[int(index)])
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        side = max(8, (event.size().width() - COLUMN_WIDTH) // 2)
+        if side != self.layout().contentsMargins().left():  # not when only the height changed
+            self.layout().setContentsMargins(side, 12, side, 12)
+        super().resizeEvent(event)
 
 
 class ChatInput(QPlainTextEdit):
@@ -165,21 +83,23 @@ class ChatView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.widgets: list[MessageWidget] = []
+        self.icons = functools.cache(icon)  # each action's icon drawn once per colour, and freed with the view
         self.code_background = "#efeee9"
         self.streaming: MessageWidget | None = None
-        self.list_host = QWidget()
+        self.busy = False
+        self.list_host = Column()
         self.list_layout = QVBoxLayout(self.list_host)
+        self.list_layout.setContentsMargins(8, 12, 8, 12)  # the sides grow in a wide chat (Column)
+        self.list_layout.setSpacing(14)
         self.list_layout.addStretch(1)
         self.scroll = QScrollArea(widgetResizable=True, accessibleName="Conversation")
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(self.list_host)
         self.scroll.verticalScrollBar().rangeChanged.connect(self._on_range)
-        self.empty = QLabel(
-            "Start the conversation below. Enter sends, Shift+Enter adds a line, Esc stops.",
-            alignment=Qt.AlignmentFlag.AlignCenter,
-            wordWrap=True,
-        )
-        self.list_layout.insertWidget(0, self.empty)
+        self.welcome = Welcome()
+        self.welcome.starterChosen.connect(self._on_starter)
+        self.list_layout.insertWidget(0, self.welcome, 1)
 
         self.context_note = QLabel(accessibleName="Context note", wordWrap=True)
         self.context_note.setObjectName("contextNote")
@@ -244,16 +164,27 @@ class ChatView(QWidget):
         self.policy.setCurrentIndex(max(index, 0))
 
     def set_busy(self, busy: bool) -> None:
+        """While a reply is written: Stop instead of Send, and no action that would change the conversation."""
+        self.busy = busy
         self.send.setEnabled(not busy)
         self.stop.setEnabled(busy)
+        for w in self.widgets:
+            w.set_busy(busy)
 
     def set_messages(self, messages: list[Message]) -> None:
-        while self.widgets:
+        """Shows ``messages``, keeping the widgets of the leading ones that are shown as they are already (the
+        whole conversation is set again after every reply); a new code background (the theme) redraws all."""
+        kept = 0
+        for w, m in zip(self.widgets, messages, strict=False):
+            if w.message != m or w.body.code_background != self.code_background:
+                break
+            kept += 1
+        while len(self.widgets) > kept:
             self.drop_last()
         self.streaming = None
-        for m in messages:
+        for m in messages[kept:]:
             self._add(m)
-        self.empty.setVisible(not messages)
+        self.welcome.setVisible(not messages)
         self._follow = True
 
     def drop_last(self) -> None:
@@ -264,13 +195,16 @@ class ChatView(QWidget):
 
     def _add(self, message: Message) -> MessageWidget:
         w = MessageWidget(self, message)
+        w.set_busy(self.busy)
         self.list_layout.insertWidget(self.list_layout.count() - 1, w)
+        w.watch_focus()
         self.widgets.append(w)
-        self.empty.setVisible(False)
+        self.welcome.setVisible(False)
         return w
 
     def begin_stream(self, message: Message) -> None:
         """Show ``message`` (an assistant turn being written) and follow it as text arrives."""
+        self.busy = True
         self.streaming = self._add(message)
         self.streaming.set_content(message.content, "streaming")
         self._follow = True
@@ -292,6 +226,11 @@ class ChatView(QWidget):
     def _on_range(self, _low: int, high: int) -> None:
         if self._follow:
             self.scroll.verticalScrollBar().setValue(high)
+
+    @Slot(str)
+    def _on_starter(self, text: str) -> None:
+        self.input.setPlainText(text)
+        self._on_submit()
 
     @Slot()
     def _on_submit(self) -> None:

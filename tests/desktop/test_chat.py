@@ -7,6 +7,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
+from desktop.code_block import CodeBlock
 from tests.desktop.helpers import button, click, greedy, send_and_wait, type_and_send, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -42,7 +43,7 @@ def test_send_streams_the_reply_into_the_chat_and_the_store(qtbot, window, monke
     assert "Paris" in reply.content
     assert reply.content.startswith(streamed[-1]) or streamed[-1].startswith(reply.content)
     assert shown(window) == stored(window)
-    assert "Paris" in window.chat.widgets[-1].body.text()
+    assert "Paris" in window.chat.widgets[-1].body.parts[0].toPlainText()
     # What produced the reply, so it can be replayed.
     meta = reply.meta
     assert meta["model"].endswith(".gguf") and meta["model_fingerprint"]
@@ -224,19 +225,19 @@ def test_copy_a_message_and_a_code_block(qtbot, window):
     click(qtbot, button(widget, "Copy this message"))
     assert clipboard.text() == reply
 
-    body = widget.body.text()
-    assert body.count(">Copy</a>") == 2 and "python · " in body
-    widget.body.linkActivated.emit("copy:0")  # the "Copy" link under the first code block
+    first, second = widget.body.findChildren(CodeBlock)
+    assert (first.language.text(), second.language.text()) == ("python", "code")
+    click(qtbot, button(first, "Copy this code"))  # the Copy at the top of the first code block
     assert clipboard.text() == "def add(a, b):\n    return a + b\n"
-    widget.body.linkActivated.emit("copy:1")
+    click(qtbot, button(second, "Copy this code"))
     assert clipboard.text() == "ls -l\n"
-    widget.body.linkActivated.emit("copy:7")  # no such block: nothing happens
-    assert clipboard.text() == "ls -l\n"
+    assert second.copy.text() == "Copied" and first.copy.text() == "Copied"
 
 
 def test_model_output_is_not_interpreted_as_html(qtbot, window):
     cid = window.store.create_conversation("Html")
     window.store.add_message(cid, "assistant", "<img src=x onerror=alert(1)> <b>bold?</b>")
     window.open_conversation(cid)
-    body = window.chat.widgets[0].body.text()
-    assert "<img" not in body and "&lt;img" in body and "<b>bold?" not in body
+    [text] = window.chat.widgets[0].body.parts
+    assert "<img" not in text.toHtml() and "&lt;img" in text.toHtml()
+    assert text.toPlainText() == "<img src=x onerror=alert(1)> <b>bold?</b>"  # shown as written, not obeyed
