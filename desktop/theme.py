@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QGuiApplication, QPainter, QPalette, QPen
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle
 
 THEMES = ("system", "light", "dark")
 
@@ -38,6 +38,9 @@ _LIGHT = {
     QPalette.ColorRole.PlaceholderText: "#80868b",
     QPalette.ColorRole.Link: "#b4491a",
 }
+# The edge of check boxes and radio buttons: Fusion draws it a shade darker than the window, which on the dark
+# window is black on near-black, so an unchecked box could not be seen.
+_INDICATOR_EDGE = {True: "#9aa0a6", False: "#8a8a86"}
 # Text on disabled controls (a Send button while a reply is written), which must look disabled.
 _DISABLED_TEXT = {True: "#6f7379", False: "#a2a29e"}
 _DISABLED_ROLES = (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText)
@@ -51,6 +54,30 @@ QLabel#contextNote {{ color: {note}; }}
 """
 
 
+class IndicatorStyle(QProxyStyle):
+    """Fusion, with check box and radio button indicators outlined in a colour that shows on the theme."""
+
+    def __init__(self, dark: bool) -> None:
+        super().__init__("Fusion")
+        self.edge = QColor(_INDICATOR_EDGE[dark])
+
+    def drawPrimitive(self, element, option, painter, widget=None) -> None:  # noqa: N802 (Qt override)
+        super().drawPrimitive(element, option, painter, widget)
+        box = element == QStyle.PrimitiveElement.PE_IndicatorCheckBox
+        if not box and element != QStyle.PrimitiveElement.PE_IndicatorRadioButton:
+            return
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(self.edge, 1))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        rect = QRectF(option.rect).adjusted(0.5, 0.5, -0.5, -0.5)
+        if box:
+            painter.drawRoundedRect(rect, 2, 2)
+        else:
+            painter.drawEllipse(rect)
+        painter.restore()
+
+
 def is_dark(choice: str) -> bool:
     if choice == "system":
         return QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
@@ -59,7 +86,7 @@ def is_dark(choice: str) -> bool:
 
 def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
     dark = is_dark(choice)
-    app.setStyle("Fusion")
+    app.setStyle(IndicatorStyle(dark))
     palette = QPalette()
     for role, color in (_DARK if dark else _LIGHT).items():
         palette.setColor(role, QColor(color))

@@ -233,8 +233,8 @@ class ModelPanel(QWidget):
         self._load_done()
         self.status.setText(f"Loaded {info.name} in {info.load_seconds:.1f} s")
         self._show_facts(info)
-        if self.path:
-            self.set_recent([self.path] + [p for p in self.recent_paths() if p != self.path])
+        loaded = self.path or info.path  # the default model too: Recent lists what is loaded
+        self.set_recent([loaded] + [p for p in self.recent_paths() if p != loaded])
 
     def _show_facts(self, info: ModelInfo) -> None:
         types = ", ".join(f"{k} ×{n}" for k, n in info.weight_types)

@@ -89,10 +89,26 @@ def test_themes_switch_the_palette_and_the_code_background(qtbot, window):
 def test_panels_can_be_hidden_and_shown_from_the_view_menu(qtbot, window):
     for dock in window.docks.values():
         toggle = dock.toggleViewAction()
+        hidden = dock.isHidden()
         toggle.trigger()
-        assert dock.isHidden()
+        assert dock.isHidden() is not hidden
         toggle.trigger()
-        assert not dock.isHidden()
+        assert dock.isHidden() is hidden
+
+
+def test_one_right_hand_panel_at_a_time_chosen_in_the_rail(qtbot, window):
+    """The rail's buttons are the View menu's actions: a panel shown from either takes the place of the one
+    shown on the right; the conversations stay."""
+    right = [key for key in window.docks if key != "conversations"]
+    assert list(window.rail.buttons) == right
+    for key in right:
+        if window.docks[key].isHidden():  # Prompts is open at first
+            window.docks[key].toggleViewAction().trigger()
+        assert [k for k in right if not window.docks[k].isHidden()] == [key]
+        assert window.rail.buttons[key].isChecked() and window.rail.buttons[key].text() == window.docks[key].windowTitle()
+        assert not window.docks["conversations"].isHidden()
+    qtbot.mouseClick(window.rail.buttons[right[-1]], Qt.MouseButton.LeftButton)  # the open one: closed
+    assert all(window.docks[k].isHidden() for k in right)
 
 
 def test_new_chat_button_and_rename_and_delete(qtbot, window, dialogs):
