@@ -48,12 +48,12 @@ from desktop.inspector_controller import InspectorController
 from desktop.messages import ModelInfo
 from desktop.model_chip import ModelChip
 from desktop.model_watch import ModelFileWatch
+from desktop.panel_rail import PanelRail
 from desktop.panels.finetune import FinetunePanel
 from desktop.panels.how_it_works import HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel, scrolling
 from desktop.panels.prompts import PromptsPanel
-from desktop.panel_rail import PanelRail
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir

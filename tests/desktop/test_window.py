@@ -105,7 +105,8 @@ def test_one_right_hand_panel_at_a_time_chosen_in_the_rail(qtbot, window):
         if window.docks[key].isHidden():  # Prompts is open at first
             window.docks[key].toggleViewAction().trigger()
         assert [k for k in right if not window.docks[k].isHidden()] == [key]
-        assert window.rail.buttons[key].isChecked() and window.rail.buttons[key].text() == window.docks[key].windowTitle()
+        button = window.rail.buttons[key]
+        assert button.isChecked() and button.text() == window.docks[key].windowTitle()
         assert not window.docks["conversations"].isHidden()
     qtbot.mouseClick(window.rail.buttons[right[-1]], Qt.MouseButton.LeftButton)  # the open one: closed
     assert all(window.docks[k].isHidden() for k in right)
