@@ -608,7 +608,7 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
         self.session.loading = False
-        self.model_chip.show_failed(message)
+        self.model_chip.show_failed(message, self.model_info)
         QMessageBox.warning(self, "Could not load the model", message)
 
     # Closing

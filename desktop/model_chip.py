@@ -31,7 +31,7 @@ def quantization(info: ModelInfo) -> str:
 
 
 def describe(info: ModelInfo) -> str:
-    return f"{info.name} · {size_text(info.parameters)} · {quantization(info)} · {info.device}"
+    return f"{info.name.removesuffix('.gguf')} · {size_text(info.parameters)} · {quantization(info)} · {info.device}"
 
 
 class ModelChip(QToolButton):
@@ -63,8 +63,10 @@ class ModelChip(QToolButton):
     def show_remote(self, model: str, base_url: str) -> None:
         self._show("Ready", f"{model} · remote · Ready", base_url)
 
-    def show_failed(self, message: str) -> None:
-        self._show("Error", f"Could not load the model · {message.splitlines()[0] if message else ''}", message)
+    def show_failed(self, message: str, still: ModelInfo | None) -> None:
+        """The load failed with ``message``; ``still``, the model loaded before, answers meanwhile."""
+        after = f"{still.name.removesuffix('.gguf')} still answers" if still else "no model is loaded"
+        self._show("Error", f"Load failed · {after}", message)
 
     def _show(self, state: str, text: str, tip: str = "") -> None:
         self.state = state
@@ -89,7 +91,7 @@ class ModelChip(QToolButton):
 
     def _fit_text(self) -> None:
         fm = self.fontMetrics()
-        short = max(0, self.sizeHint().width() - self.width()) if self.isVisible() else 0
+        short = max(0, self.sizeHint().width() - self.width())
         room = fm.horizontalAdvance(self._full) - short
         self.setText(self._full if short == 0 else fm.elidedText(self._full, Qt.TextElideMode.ElideMiddle, room))
 
@@ -102,4 +104,4 @@ class ModelChip(QToolButton):
             action.setToolTip(path)
         menu.addAction("Default model", lambda: self.chosen.emit(""))
         menu.addSeparator()
-        menu.addAction("Open model file…", self.openRequested)
+        menu.addAction("Open model file…", lambda: self.openRequested.emit())
