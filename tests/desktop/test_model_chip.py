@@ -4,7 +4,6 @@ panel's Recent list naming the loaded model."""
 from __future__ import annotations
 
 import pytest
-
 from PySide6.QtWidgets import QHBoxLayout, QToolButton, QWidget
 
 from desktop.model_chip import ModelChip, quantization, size_text
