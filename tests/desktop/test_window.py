@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -15,7 +15,10 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QSpinBox,
+    QStyle,
+    QStyleOptionButton,
     QToolButton,
     QWidget,
 )
@@ -84,6 +87,28 @@ def test_themes_switch_the_palette_and_the_code_background(qtbot, window):
     window.set_theme("light")
     assert window.palette().color(QPalette.ColorRole.Window).lightness() > 200
     assert 'bgcolor="#efeee9"' in window.chat.widgets[0].body.text()
+
+
+@pytest.mark.parametrize("kind", [QCheckBox, QRadioButton])
+def test_unchecked_boxes_and_radio_buttons_show_their_edge_in_both_themes(qtbot, window, kind):
+    """Fusion outlines them a shade darker than the window: on the dark theme they were invisible."""
+    element = QStyle.SubElement.SE_CheckBoxIndicator if kind is QCheckBox else QStyle.SubElement.SE_RadioButtonIndicator
+    for theme in ("dark", "light"):
+        window.set_theme(theme)
+        box = kind("Option", accessibleName="Option")
+        qtbot.addWidget(box)
+        box.show()
+        option = QStyleOptionButton()
+        box.initStyleOption(option)
+        rect = box.style().subElementRect(element, option, box)
+        image = box.grab().toImage()
+        pixels = [
+            QColor(image.pixel(x, y))
+            for x in range(rect.left(), rect.right())
+            for y in range(rect.top(), rect.bottom())
+        ]
+        background = box.palette().color(QPalette.ColorRole.Window).lightness()
+        assert max(abs(c.lightness() - background) for c in pixels) > 70, theme
 
 
 def test_panels_can_be_hidden_and_shown_from_the_view_menu(qtbot, window):
