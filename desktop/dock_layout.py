@@ -41,8 +41,6 @@ class DockLayout(QObject):
         for key, dock in docks.items():
             dock.setMinimumWidth(self.width_of(key).minimum)
             dock.toggleViewAction().triggered.connect(lambda checked, k=key: self._on_user_toggled(k, checked))
-        # The window may be narrower than all its panels: they fold away instead of raising its minimum.
-        window.setMinimumWidth(self._chat_minimum())
         window.installEventFilter(self)
 
     def width_of(self, key: str) -> Width:
@@ -94,6 +92,9 @@ class DockLayout(QObject):
     def fit(self, keep: str | None = None) -> None:
         """Fold the panels the window has no room for (the right-hand ones first, ``keep`` last), unfold those
         that fit again."""
+        # The window may be narrower than all its panels (they fold away instead of raising its minimum),
+        # never than the chat.
+        self.window.setMinimumWidth(self._chat_minimum())
         width = self.window.width()
         shown = [k for k in self.docks if self._docked_and_shown(k)]
         order = sorted(shown, key=lambda k: (k == keep, self.area(k) == LEFT))
