@@ -22,10 +22,11 @@ class Width:
     minimum: int  # the title and the panel's words are readable
     share: float  # of the window's width, at first run and when the window grows again
     most: int  # a share never makes it wider than this
+    content: int  # the minimum grows to what the panel's contents need, up to this; beyond, they scroll
 
 
-SIDEBAR = Width(200, 0.19, 300)
-PANEL = Width(320, 0.34, 560)
+SIDEBAR = Width(200, 0.19, 300, 300)
+PANEL = Width(320, 0.34, 560, 460)
 FIRST_RUN = ("conversations", "prompts")  # the docks shown at first run; the others wait in the rail
 
 
@@ -39,17 +40,23 @@ class DockLayout(QObject):
         self.folded: list[str] = []  # hidden for want of room, most recent last
         self._last_width = 0
         for key, dock in docks.items():
-            dock.setMinimumWidth(self.width_of(key).minimum)
             dock.toggleViewAction().triggered.connect(lambda checked, k=key: self._on_user_toggled(k, checked))
         window.installEventFilter(self)
 
     def width_of(self, key: str) -> Width:
         return SIDEBAR if key == "conversations" else PANEL
 
+    def minimum(self, key: str) -> int:
+        """The narrowest ``key`` may be: readable, and as wide as its contents need (within bounds)."""
+        w = self.width_of(key)
+        scroll = self.docks[key].widget()  # the QScrollArea that `MainWindow._dock` puts a panel in
+        need = scroll.widget().minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+        return max(w.minimum, min(w.content, need))
+
     def target(self, key: str) -> int:
         """The width ``key`` gets back: its share of the window, within its bounds."""
         w = self.width_of(key)
-        return max(w.minimum, min(w.most, round(w.share * self.window.width())))
+        return max(self.minimum(key), min(w.most, round(w.share * self.window.width())))
 
     def area(self, key: str) -> Qt.DockWidgetArea:
         return LEFT if key == "conversations" else RIGHT
@@ -93,8 +100,10 @@ class DockLayout(QObject):
         """Fold the panels the window has no room for (the right-hand ones first, ``keep`` last), unfold those
         that fit again."""
         # The window may be narrower than all its panels (they fold away instead of raising its minimum),
-        # never than the chat.
+        # never than the chat. Minimums follow the font size.
         self.window.setMinimumWidth(self._chat_minimum())
+        for key, dock in self.docks.items():
+            dock.setMinimumWidth(self.minimum(key))
         width = self.window.width()
         shown = [k for k in self.docks if self._docked_and_shown(k)]
         order = sorted(shown, key=lambda k: (k == keep, self.area(k) == LEFT))
@@ -165,7 +174,7 @@ class DockLayout(QObject):
 
     def _needed(self, keys: list[str]) -> int:
         """The window's width for the chat, the rail and the panels ``keys`` at their minimums."""
-        return self._chat_minimum() + self.rail.sizeHint().width() + sum(self.width_of(k).minimum + 6 for k in keys)
+        return self._chat_minimum() + self.rail.sizeHint().width() + sum(self.minimum(k) + 6 for k in keys)
 
     def _chat_minimum(self) -> int:
         return self.central.minimumSizeHint().width()

@@ -52,7 +52,7 @@ from desktop.panel_rail import PanelRail
 from desktop.panels.finetune import FinetunePanel
 from desktop.panels.how_it_works import HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
-from desktop.panels.model import ModelPanel, scrolling
+from desktop.panels.model import ModelPanel
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
@@ -154,7 +154,7 @@ class MainWindow(QMainWindow):
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
-            "model": self._dock("Model", scrolling(self.model_panel)),
+            "model": self._dock("Model", self.model_panel),
             "inspector": self._dock("Inspector", self.inspector_panel),
             "how_it_works": self._dock("How it works", self.how_panel),
             "finetune": self._dock("Fine-tune", self.finetune_panel),

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -54,14 +53,6 @@ def describe_estimate(path: str, device: str, dtype: str) -> str:
         f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters: about {need / MiB:,.0f} MiB needed, "
         f"{free / MiB:,.0f} MiB free on {dev.type} — {verdict}"
     )
-
-
-def scrolling(widget: QWidget) -> QScrollArea:
-    """``widget`` in a frameless vertical scroll area: the Model panel is taller than a small screen's dock."""
-    area = QScrollArea(frameShape=QScrollArea.Shape.NoFrame, widgetResizable=True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(widget)
-    return area
 
 
 class ModelPanel(QWidget):

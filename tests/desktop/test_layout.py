@@ -29,7 +29,7 @@ def readable(window) -> dict[str, int]:
     for key, dock in window.docks.items():
         if dock.isHidden() or dock.isFloating():
             continue
-        assert dock.width() >= window.dock_layout.width_of(key).minimum, key
+        assert dock.width() >= window.dock_layout.minimum(key), key
         title = dock.fontMetrics().horizontalAdvance(dock.windowTitle())
         assert title + 48 <= dock.width(), f"the {key} dock's title does not fit"  # 48: float and close buttons
         widths[key] = dock.width()
