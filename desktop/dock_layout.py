@@ -107,13 +107,13 @@ class DockLayout(QObject):
         width = self.window.width()
         shown = [k for k in self.docks if self._docked_and_shown(k)]
         order = sorted(shown, key=lambda k: (k == keep, self.area(k) == LEFT))
-        while shown and self._needed(shown) > width:
+        while shown and self.needed(shown) > width:
             key = order.pop(0)
             shown.remove(key)
             self.docks[key].hide()
             self.folded.append(key)
         for key in reversed(list(self.folded)):
-            if self._needed([*shown, key]) <= width and not self._side_taken(key, shown):
+            if self.needed([*shown, key]) <= width and not self._side_taken(key, shown):
                 self.folded.remove(key)
                 self.docks[key].show()
                 shown.append(key)
@@ -172,7 +172,7 @@ class DockLayout(QObject):
         dock = self.docks[key]
         return not dock.isHidden() and not dock.isFloating()
 
-    def _needed(self, keys: list[str]) -> int:
+    def needed(self, keys: list[str]) -> int:
         """The window's width for the chat, the rail and the panels ``keys`` at their minimums."""
         return self._chat_minimum() + self.rail.sizeHint().width() + sum(self.minimum(k) + 6 for k in keys)
 

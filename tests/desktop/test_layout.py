@@ -185,3 +185,20 @@ def test_no_text_is_cut_off_in_any_panel(qtbot, window, key):
     qtbot.wait(50)
     assert window.docks[key].isVisible()
     assert cut_off(window) == []
+
+
+def test_a_wide_panel_borrows_the_sidebars_room_and_gives_it_back(qtbot, window):
+    """Room for the conversations beside Prompts but not beside the wider Fine-tune panel: opening Fine-tune
+    folds the sidebar (the panel asked for is kept), going back to Prompts unfolds it."""
+    layout = window.dock_layout
+    assert layout.minimum("finetune") > layout.minimum("prompts") + 40
+    resize(qtbot, window, layout.needed(["conversations", "prompts"]) + 20)
+    assert not window.docks["conversations"].isHidden()
+    window.rail.buttons["finetune"].click()
+    assert window.docks["finetune"].isVisible() and window.docks["conversations"].isHidden()
+    assert layout.folded == ["conversations"]
+    readable(window)
+    window.rail.buttons["prompts"].click()
+    qtbot.waitUntil(lambda: not window.docks["conversations"].isHidden())
+    assert layout.folded == [] and window.docks["finetune"].isHidden()
+    readable(window)

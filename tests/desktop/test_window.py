@@ -124,6 +124,8 @@ def test_panels_can_be_hidden_and_shown_from_the_view_menu(qtbot, window):
 def test_one_right_hand_panel_at_a_time_chosen_in_the_rail(qtbot, window):
     """The rail's buttons are the View menu's actions: a panel shown from either takes the place of the one
     shown on the right; the conversations stay."""
+    window.resize(1600, 760)  # room for the widest panel beside the conversations (narrower, they fold)
+    qtbot.waitUntil(lambda: window.width() == 1600)
     right = [key for key in window.docks if key != "conversations"]
     assert list(window.rail.buttons) == right
     for key in right:
