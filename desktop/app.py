@@ -56,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from desktop.db_safety import NewerSchemaError
-    from desktop.main_window import MainWindow
+    from desktop.launch_window import LaunchWindow
+    from desktop.settings import Settings
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName(APP_AUTHOR)
@@ -74,12 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not lock.tryLock(200):
         QMessageBox.warning(None, APP_NAME, f"Ember is already running with the data folder {dirs.data}.")
         return 1
+    # On screen at once; the main window's modules (torch) load behind it, then the model, in the window.
+    launch = LaunchWindow(Settings(dirs.settings_file).geometry("geometry"))
+    launch.show_now()
+    from desktop.db_safety import NewerSchemaError
+    from desktop.main_window import MainWindow
+
     try:
         window = MainWindow(dirs)
     except NewerSchemaError as e:
+        launch.close()
         QMessageBox.critical(None, APP_NAME, str(e))
         return 1
     window.show()
+    launch.close()
     if window.store_notice:
         QMessageBox.warning(window, APP_NAME, window.store_notice)
     if previous_fault is not None:

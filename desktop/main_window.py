@@ -1,4 +1,4 @@
-"""The main window: conversations sidebar, the chat, and the Prompts, Sampling and Model panels.
+"""The main window: conversations sidebar, the model chip and the chat, the panels on the right with their rail.
 
 It owns the store (SQLite), the settings, and the engine worker on its QThread, and wires them to the
 widgets: the turns of the conversation shown (prompt, streaming reply, saves) are the chat session's
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
     QFrame,
+    QHBoxLayout,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -39,16 +40,19 @@ from desktop.chat_session import ChatSession
 from desktop.chat_view import ChatView
 from desktop.db_safety import open_store
 from desktop.disk_full import is_disk_full
+from desktop.dock_layout import DockLayout
 from desktop.engine_worker import EngineWorker
 from desktop.finetune_controller import FinetuneController
 from desktop.how_it_works_controller import HowItWorksController
 from desktop.inspector_controller import InspectorController
 from desktop.messages import ModelInfo
+from desktop.model_chip import ModelChip
 from desktop.model_watch import ModelFileWatch
+from desktop.panel_rail import PanelRail
 from desktop.panels.finetune import FinetunePanel
 from desktop.panels.how_it_works import HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
-from desktop.panels.model import ModelPanel, scrolling
+from desktop.panels.model import ModelPanel
 from desktop.panels.prompts import PromptsPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
@@ -81,6 +85,9 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._build_panels()
         self.docks = self._build_docks(self._build_sidebar())
+        self.rail = PanelRail({k: d for k, d in self.docks.items() if k != "conversations"})
+        self.addToolBar(Qt.ToolBarArea.RightToolBarArea, self.rail)
+        self.dock_layout = DockLayout(self, self.docks, self.centralWidget(), self.rail)
         self._start_worker()
         self._build_model_notice()
         self._build_controllers()
@@ -93,9 +100,20 @@ class MainWindow(QMainWindow):
     # Construction
 
     def _build_panels(self) -> None:
-        """The chat in the middle, and the panels' widgets (docked by `_build_docks`)."""
+        """The model chip and the chat in the middle, and the panels' widgets (docked by `_build_docks`)."""
         self.chat = ChatView()
-        self.setCentralWidget(self.chat)
+        self.model_chip = ModelChip(lambda: self.model_panel.recent_paths())
+        chip_row = QHBoxLayout()
+        chip_row.setContentsMargins(6, 4, 6, 0)
+        chip_row.addWidget(self.model_chip)
+        chip_row.addStretch(1)
+        middle = QWidget()
+        middle_layout = QVBoxLayout(middle)
+        middle_layout.setContentsMargins(0, 0, 0, 0)
+        middle_layout.setSpacing(0)
+        middle_layout.addLayout(chip_row)
+        middle_layout.addWidget(self.chat, 1)
+        self.setCentralWidget(middle)
         self.sampling = SamplingPanel(
             Presets(resources_dir() / "presets" / "sampling.json", self.dirs.sampling_presets)
         )
@@ -130,20 +148,17 @@ class MainWindow(QMainWindow):
         return sidebar
 
     def _build_docks(self, sidebar: QWidget) -> dict[str, QDockWidget]:
-        """The sidebar on the left; the panels on the right, as tabs, Prompts in front."""
+        """The sidebar on the left; the panels on the right, one shown at a time (`desktop.dock_layout`,
+        whose `reset` or `restore` decides which), chosen in the rail."""
         docks = {
             "conversations": self._dock("Conversations", sidebar, left=True),
             "prompts": self._dock("Prompts", self.prompts),
             "sampling": self._dock("Sampling", self.sampling),
-            "model": self._dock("Model", scrolling(self.model_panel)),
+            "model": self._dock("Model", self.model_panel),
             "inspector": self._dock("Inspector", self.inspector_panel),
             "how_it_works": self._dock("How it works", self.how_panel),
             "finetune": self._dock("Fine-tune", self.finetune_panel),
         }
-        tabbed = list(docks.values())[1:]
-        for first, second in zip(tabbed, tabbed[1:], strict=False):
-            self.tabifyDockWidget(first, second)
-        docks["prompts"].raise_()
         return docks
 
     def _start_worker(self) -> None:
@@ -233,12 +248,7 @@ class MainWindow(QMainWindow):
         self.resize(1280, 820)
         if (geometry := self.settings.geometry("geometry")) is not None:
             self.restoreGeometry(geometry)
-        if (state := self.settings.geometry("state")) is not None:
-            self.restoreState(state)
-        else:  # first run: a readable sidebar, the chat as the widest part, the panels beside it
-            self.resizeDocks(
-                [self.docks["conversations"], self.docks["prompts"]], [240, 440], Qt.Orientation.Horizontal
-            )
+        self.dock_layout.restore(self.settings.geometry("state"), self.settings.get("ui/folded_panels"))
         self._apply_theme()
         self._refresh_conversations()
         last = self.settings.get("chat/last_conversation")
@@ -258,12 +268,8 @@ class MainWindow(QMainWindow):
         return dock
 
     def _reveal(self, key: str, min_width: int = 0) -> None:
-        """Show and raise the dock ``key``, at least ``min_width`` wide."""
-        dock = self.docks[key]
-        dock.show()
-        dock.raise_()
-        if dock.width() < min_width:
-            self.resizeDocks([dock], [min_width], Qt.Orientation.Horizontal)
+        """Show the dock ``key`` in place of the panel shown, ``min_width`` wide where the chat keeps its room."""
+        self.dock_layout.open(key, min_width)
 
     def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
         action = menu.addAction(text)
@@ -293,6 +299,7 @@ class MainWindow(QMainWindow):
         view = bar.addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
+        self._action(view, "&Reset layout", self.dock_layout.reset, "Ctrl+Shift+L")
         view.addSeparator()
         theme = view.addMenu("&Theme")
         group = QActionGroup(self)
@@ -308,6 +315,8 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         w = self.worker
         self.model_panel.loadRequested.connect(self._on_load_requested)
+        self.model_chip.chosen.connect(self.model_panel.request)
+        self.model_chip.openRequested.connect(self.model_panel.choose_file)
         w.loadStarted.connect(self.model_panel.on_load_started)
         w.loadProgress.connect(self.model_panel.on_load_progress)
         w.compileStarted.connect(self.model_panel.on_compile_started)
@@ -400,8 +409,16 @@ class MainWindow(QMainWindow):
         self.cid = cid
         self.settings.set("chat/last_conversation", self.cid)
         self._refresh_conversations()
+        self._forget_shown_conversation()
         self.session.show_messages()
         self.chat.input.setFocus()
+
+    def _forget_shown_conversation(self) -> None:
+        """What the panels and the chat's readout showed of the conversation left behind."""
+        self.chat.set_readout("")
+        self.statusBar().clearMessage()
+        self.inspector_panel.clear()
+        self.how_panel.clear()
 
     @property
     def cid(self) -> int | None:
@@ -415,6 +432,8 @@ class MainWindow(QMainWindow):
     def open_conversation(self, cid: int | None) -> None:
         if self.session.generating:
             return
+        if cid != self.cid:
+            self._forget_shown_conversation()
         self.cid = cid
         if cid is not None:
             c = self.store.conversation(cid)
@@ -517,6 +536,7 @@ class MainWindow(QMainWindow):
         self.settings.set("model/compile", compile)
         self.remote.use_local()
         self.session.loading = True
+        self.model_chip.show_loading(path)
         self.worker.requestLoad.emit(path, device, dtype, compile)
 
     @Slot(object)
@@ -526,6 +546,7 @@ class MainWindow(QMainWindow):
         self.settings.set("model/path", self.model_panel.path)
         self.settings.set("model/recent", self.model_panel.recent_paths())
         self.statusBar().showMessage(f"{info.name} ready on {info.device}", 5000)
+        self.model_chip.show_ready(info)
         self.model_notice.hide()
         self.model_watch.watch(info.path, info.fingerprint)
         self._on_model_switched()
@@ -535,9 +556,12 @@ class MainWindow(QMainWindow):
         """The model that answers changed (loaded, or a remote one, or back to the local one)."""
         if self.remote.active is not None:
             self.setWindowTitle(f"Ember — {self.remote.active['model']} (remote)")
+            self.model_chip.show_remote(self.remote.active["model"], self.remote.active["base_url"])
         else:
             name = self.model_info.name if self.model_info else ""
             self.setWindowTitle(f"Ember — {name}" if name else "Ember")
+            if self.model_info is not None and not self.session.loading:
+                self.model_chip.show_ready(self.model_info)
         self.session.refresh_preview()
 
     @Slot(str, str)
@@ -578,10 +602,13 @@ class MainWindow(QMainWindow):
     def _on_compiled(self, info: ModelInfo) -> None:
         if self.model_info is not None and self.model_info.path == info.path:
             self.model_info = info
+            if self.remote.active is None:
+                self.model_chip.show_ready(info)
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
         self.session.loading = False
+        self.model_chip.show_failed(message, self.model_info)
         QMessageBox.warning(self, "Could not load the model", message)
 
     # Closing
@@ -601,6 +628,7 @@ class MainWindow(QMainWindow):
         self.session.close()
         self.settings.set_geometry("geometry", self.saveGeometry())
         self.settings.set_geometry("state", self.saveState())
+        self.settings.set("ui/folded_panels", self.dock_layout.folded)
         self.settings.set("chat/context_policy", self.chat.policy_key())
         self.settings.sync()
         self.store.close()

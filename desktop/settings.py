@@ -24,6 +24,7 @@ LOW_SPACE_BYTES = 1 << 20  # a failed write with less free space than this is pu
 DEFAULTS: dict[str, Any] = {
     "ui/theme": "system",  # system | light | dark
     "ui/font_size": 11,
+    "ui/folded_panels": [],  # panels hidden because the window was too narrow: they come back when it widens
     "model/path": "",  # "" = the default model
     "model/device": "auto",
     "model/dtype": "auto",

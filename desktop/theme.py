@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QGuiApplication, QPainter, QPalette, QPen
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle
 
 THEMES = ("system", "light", "dark")
 
@@ -38,6 +38,9 @@ _LIGHT = {
     QPalette.ColorRole.PlaceholderText: "#80868b",
     QPalette.ColorRole.Link: "#b4491a",
 }
+# The edge of check boxes and radio buttons: Fusion draws it a shade darker than the window, which on the dark
+# window is black on near-black, so an unchecked box could not be seen.
+_INDICATOR_EDGE = {True: "#9aa0a6", False: "#8a8a86"}
 # Text on disabled controls (a Send button while a reply is written), which must look disabled.
 _DISABLED_TEXT = {True: "#6f7379", False: "#a2a29e"}
 _DISABLED_ROLES = (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText)
@@ -48,7 +51,34 @@ QWidget {{ font-size: {size}pt; }}
 QFrame#userMessage {{ background: {user}; border-radius: 8px; }}
 QFrame#assistantMessage {{ background: {assistant}; border-radius: 8px; }}
 QLabel#contextNote {{ color: {note}; }}
+QToolButton#modelChip {{ border: 1px solid {chip_edge}; border-radius: 11px; padding: 2px 10px; }}
+QToolButton#modelChip:hover {{ background: {chip_hover}; }}
+QToolButton#modelChip::menu-indicator {{ image: none; width: 0px; }}
 """
+
+
+class IndicatorStyle(QProxyStyle):
+    """Fusion, with check box and radio button indicators outlined in a colour that shows on the theme."""
+
+    def __init__(self, dark: bool) -> None:
+        super().__init__("Fusion")
+        self.edge = QColor(_INDICATOR_EDGE[dark])
+
+    def drawPrimitive(self, element, option, painter, widget=None) -> None:  # noqa: N802 (Qt override)
+        super().drawPrimitive(element, option, painter, widget)
+        box = element == QStyle.PrimitiveElement.PE_IndicatorCheckBox
+        if not box and element != QStyle.PrimitiveElement.PE_IndicatorRadioButton:
+            return
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(self.edge, 1))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        rect = QRectF(option.rect).adjusted(0.5, 0.5, -0.5, -0.5)
+        if box:
+            painter.drawRoundedRect(rect, 2, 2)
+        else:
+            painter.drawEllipse(rect)
+        painter.restore()
 
 
 def is_dark(choice: str) -> bool:
@@ -59,7 +89,7 @@ def is_dark(choice: str) -> bool:
 
 def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
     dark = is_dark(choice)
-    app.setStyle("Fusion")
+    app.setStyle(IndicatorStyle(dark))
     palette = QPalette()
     for role, color in (_DARK if dark else _LIGHT).items():
         palette.setColor(role, QColor(color))
@@ -75,6 +105,8 @@ def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
             user="#2b3a4a" if dark else "#e6eef7",
             assistant="#26272a" if dark else "#ffffff",
             note="#f2b36b" if dark else "#a15c00",
+            chip_edge=_INDICATOR_EDGE[dark],
+            chip_hover="#2d2e31" if dark else "#ecebe7",
         )
     )
 

@@ -1,5 +1,5 @@
-"""Screenshots of the app, to look at: the main window in light and dark, each panel, and a conversation
-with a code block.
+"""Screenshots of the app, to look at: the main window in light and dark (also 560, 1000 and 1600 px wide),
+each panel, and a conversation with a code block.
 
     .venv/bin/python scripts/screenshots.py [--out out/screenshots]
 
@@ -89,13 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             window.set_theme(theme)
             settle()
             save(window, f"main-{theme}")
+            for width in (560, 1000, 1600):  # panels fold away when narrow and come back at their share
+                window.resize(width, SIZE[1])
+                settle()
+                save(window, f"main-{width}-{theme}")
+            window.resize(*SIZE)
+            settle()
             save(window.chat, f"conversation-code-{theme}")
             for key, dock in window.docks.items():
-                dock.show()
-                dock.raise_()
+                window.dock_layout.open(key)  # from the rail: in place of the panel shown on its side
                 settle()
                 save(dock, f"panel-{key}-{theme}")
-            window.docks["inspector"].raise_()
+            window.dock_layout.open("inspector")
             for index, view in enumerate(("tokens", "attention", "lens")):
                 panel.tabs.setCurrentIndex(index)
                 settle()
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save(window.docks["inspector"], f"inspector-grid-{theme}")
             panel.tabs.currentWidget().findChild(QTabWidget).setCurrentIndex(0)
             panel.tabs.setCurrentIndex(0)
-            window.docks["how_it_works"].raise_()
+            window.dock_layout.open("how_it_works")
             for step, page in enumerate(how.pages):
                 how.go_to(step)
                 if page.title == "Attention":
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settle()
                 save(window.docks["how_it_works"], f"how-{step + 1}-{page.title.lower().replace(' ', '-')}-{theme}")
             how.go_to(0)
-            window.docks["prompts"].raise_()
+            window.dock_layout.open("prompts")
         window.close()
     for path in saved:
         print(path)

@@ -206,3 +206,21 @@ class HowItWorksPanel(QWidget):
     def _on_explain(self) -> None:
         if self.text.text().strip() and self.explain_button.isEnabled():
             self.explainRequested.emit(self.text.text())
+
+    def clear(self) -> None:
+        """Forget the walk shown (another conversation was opened, or a new one begun): every step starts
+        empty again, at step 1; the text to walk through stays."""
+        for i, page in enumerate(self.pages):
+            fresh = type(page)()
+            self.stack.insertWidget(i, fresh)
+            self.stack.removeWidget(page)
+            page.deleteLater()
+            self.pages[i] = fresh
+        self.pages[2].compareRequested.connect(self.compareRequested)
+        self.pages[5].generateRequested.connect(self.generateRequested)
+        self.explanation = None
+        self.status.setText(
+            "Write a sentence and press Explain to see, step by step, how the model reads it and picks the next word."
+        )
+        self.set_busy(False)
+        self.go_to(0)

@@ -479,3 +479,20 @@ class InspectorPanel(QWidget):
                 label = f"<b><u>{label}</u></b>"
             parts.append(f"<span style='background-color:rgba(255,110,30,{alpha:.2f})'>{label}</span>")
         self.attention_text.setHtml(f"<p style='white-space:pre-wrap'>{''.join(parts)}</p>")
+
+    def clear(self) -> None:
+        """Forget the pass shown: another conversation was opened, or a new one begun."""
+        self._set_remote(False)
+        self.result = None
+        self.reply_start = 0
+        self.position = None
+        for widget in (self.summary, self.tokens, self.alternatives, self.selected_label, self.attention_text):
+            widget.clear()
+        self._update_fork_button(None)
+        self.head.clear()
+        self.grid.show_maps({})
+        self.heatmap.image.clear()
+        self.heatmap.mark_row(None)
+        self.lens.clear()
+        self.lens.setRowCount(0)
+        self.lens.setColumnCount(0)

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -54,14 +53,6 @@ def describe_estimate(path: str, device: str, dtype: str) -> str:
         f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters: about {need / MiB:,.0f} MiB needed, "
         f"{free / MiB:,.0f} MiB free on {dev.type} — {verdict}"
     )
-
-
-def scrolling(widget: QWidget) -> QScrollArea:
-    """``widget`` in a frameless vertical scroll area: the Model panel is taller than a small screen's dock."""
-    area = QScrollArea(frameShape=QScrollArea.Shape.NoFrame, widgetResizable=True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(widget)
-    return area
 
 
 class ModelPanel(QWidget):
@@ -233,8 +224,8 @@ class ModelPanel(QWidget):
         self._load_done()
         self.status.setText(f"Loaded {info.name} in {info.load_seconds:.1f} s")
         self._show_facts(info)
-        if self.path:
-            self.set_recent([self.path] + [p for p in self.recent_paths() if p != self.path])
+        loaded = self.path or info.path  # the default model too: Recent lists what is loaded
+        self.set_recent([loaded] + [p for p in self.recent_paths() if p != loaded])
 
     def _show_facts(self, info: ModelInfo) -> None:
         types = ", ".join(f"{k} ×{n}" for k, n in info.weight_types)

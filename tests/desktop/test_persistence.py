@@ -30,11 +30,12 @@ def test_restart_restores_conversation_settings_theme_and_panels(qtbot, make_win
     first.chat.set_policy("stop")
     action(first, "Dark").trigger()
     action(first, "Larger text").trigger()
-    first.docks["model"].toggleViewAction().trigger()  # hide the Model panel
-    first.docks["sampling"].raise_()
+    first.docks["conversations"].toggleViewAction().trigger()  # hide the conversations
+    qtbot.mouseClick(first.rail.buttons["sampling"], Qt.MouseButton.LeftButton)  # Sampling in place of Prompts
     qtbot.wait(20)  # the layout takes in the larger font
-    first.resize(first.minimumSizeHint().width(), 640)  # the offscreen screen is only 800×800
-    qtbot.wait(20)
+    first.resize(760, 640)  # the offscreen screen is only 800×800: too narrow for the chat and Sampling
+    qtbot.waitUntil(lambda: first.docks["sampling"].isHidden())
+    assert first.dock_layout.folded == ["sampling"]
     size = first.size()
     cid = first.cid
     messages = [(m.role, m.content, m.status) for m in first.store.messages(cid)]
@@ -57,10 +58,12 @@ def test_restart_restores_conversation_settings_theme_and_panels(qtbot, make_win
     assert second.palette().color(QPalette.ColorRole.Window).lightness() < 80
     assert second.settings.get("ui/font_size") == 12
     assert second.chat.input.font().pointSize() == second.prompts.preview.font().pointSize() == 12
-    assert second.docks["model"].isHidden()
-    assert not second.docks["prompts"].isHidden() and not second.docks["conversations"].isHidden()
     assert second.size() == size
-    assert not second.docks["sampling"].visibleRegion().isEmpty()  # the raised tab
+    assert all(dock.isHidden() for dock in second.docks.values())
+    second.resize(1280, 640)  # room again: the folded Sampling panel comes back, the hidden sidebar does not
+    qtbot.waitUntil(lambda: not second.docks["sampling"].isHidden())
+    assert [key for key, dock in second.docks.items() if not dock.isHidden()] == ["sampling"]
+    assert second.rail.buttons["sampling"].isChecked()
     assert second.conversation_list.count() == 2
     assert second.conversation_list.currentItem().data(Qt.ItemDataRole.UserRole) == cid
 

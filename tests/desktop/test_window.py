@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -15,7 +15,10 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QSpinBox,
+    QStyle,
+    QStyleOptionButton,
     QToolButton,
     QWidget,
 )
@@ -86,13 +89,54 @@ def test_themes_switch_the_palette_and_the_code_background(qtbot, window):
     assert 'bgcolor="#efeee9"' in window.chat.widgets[0].body.text()
 
 
+@pytest.mark.parametrize("kind", [QCheckBox, QRadioButton])
+def test_unchecked_boxes_and_radio_buttons_show_their_edge_in_both_themes(qtbot, window, kind):
+    """Fusion outlines them a shade darker than the window: on the dark theme they were invisible."""
+    element = QStyle.SubElement.SE_CheckBoxIndicator if kind is QCheckBox else QStyle.SubElement.SE_RadioButtonIndicator
+    for theme in ("dark", "light"):
+        window.set_theme(theme)
+        box = kind("Option", accessibleName="Option")
+        qtbot.addWidget(box)
+        box.show()
+        option = QStyleOptionButton()
+        box.initStyleOption(option)
+        rect = box.style().subElementRect(element, option, box)
+        image = box.grab().toImage()
+        pixels = [
+            QColor(image.pixel(x, y))
+            for x in range(rect.left(), rect.right())
+            for y in range(rect.top(), rect.bottom())
+        ]
+        background = box.palette().color(QPalette.ColorRole.Window).lightness()
+        assert max(abs(c.lightness() - background) for c in pixels) > 70, theme
+
+
 def test_panels_can_be_hidden_and_shown_from_the_view_menu(qtbot, window):
     for dock in window.docks.values():
         toggle = dock.toggleViewAction()
+        hidden = dock.isHidden()
         toggle.trigger()
-        assert dock.isHidden()
+        assert dock.isHidden() is not hidden
         toggle.trigger()
-        assert not dock.isHidden()
+        assert dock.isHidden() is hidden
+
+
+def test_one_right_hand_panel_at_a_time_chosen_in_the_rail(qtbot, window):
+    """The rail's buttons are the View menu's actions: a panel shown from either takes the place of the one
+    shown on the right; the conversations stay."""
+    window.resize(1600, 760)  # room for the widest panel beside the conversations (narrower, they fold)
+    qtbot.waitUntil(lambda: window.width() == 1600)
+    right = [key for key in window.docks if key != "conversations"]
+    assert list(window.rail.buttons) == right
+    for key in right:
+        if window.docks[key].isHidden():  # Prompts is open at first
+            window.docks[key].toggleViewAction().trigger()
+        assert [k for k in right if not window.docks[k].isHidden()] == [key]
+        button = window.rail.buttons[key]
+        assert button.isChecked() and button.text() == window.docks[key].windowTitle()
+        assert not window.docks["conversations"].isHidden()
+    qtbot.mouseClick(window.rail.buttons[right[-1]], Qt.MouseButton.LeftButton)  # the open one: closed
+    assert all(window.docks[k].isHidden() for k in right)
 
 
 def test_new_chat_button_and_rename_and_delete(qtbot, window, dialogs):
