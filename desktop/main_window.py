@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop import wheel_guard
 from desktop.chat_session import ChatSession
 from desktop.chat_view import ChatView
 from desktop.db_safety import open_store
@@ -53,7 +54,7 @@ from desktop.panels.finetune import FinetunePanel
 from desktop.panels.how_it_works import HowItWorksPanel
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.model import ModelPanel
-from desktop.panels.prompts import PromptsPanel
+from desktop.panels.prompts import PromptsPanel, default_system_prompt
 from desktop.panels.sampling import SamplingPanel
 from desktop.paths import DataDirs
 from desktop.presets import Presets, resources_dir
@@ -73,6 +74,7 @@ ROLE = Qt.ItemDataRole.UserRole
 class MainWindow(QMainWindow):
     def __init__(self, dirs: DataDirs, *, load_model_on_start: bool = True) -> None:
         super().__init__()
+        wheel_guard.install(QApplication.instance())  # unfocused inputs leave the wheel to the panel
         collect_on_ui_thread()  # never collect widgets on a worker thread
         self.setWindowTitle("Ember")
         self.dirs = dirs
@@ -554,6 +556,8 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_model_switched(self) -> None:
         """The model that answers changed (loaded, or a remote one, or back to the local one)."""
+        local = self.remote.active is None and self.worker.model is not None
+        self.prompts.show_model_default(default_system_prompt(self.worker.model.render_chat) if local else None)
         if self.remote.active is not None:
             self.setWindowTitle(f"Ember — {self.remote.active['model']} (remote)")
             self.model_chip.show_remote(self.remote.active["model"], self.remote.active["base_url"])

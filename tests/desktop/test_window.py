@@ -83,10 +83,10 @@ def test_themes_switch_the_palette_and_the_code_background(qtbot, window):
     assert dark.color(QPalette.ColorRole.Text).lightness() > 180
     disabled = dark.color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.ButtonText)
     assert disabled != dark.color(QPalette.ColorRole.ButtonText)  # a disabled Send button looks disabled
-    assert 'bgcolor="#111214"' in window.chat.widgets[0].body.text()
+    assert window.chat.widgets[0].body.parts[0].background == "#111214"
     window.set_theme("light")
     assert window.palette().color(QPalette.ColorRole.Window).lightness() > 200
-    assert 'bgcolor="#efeee9"' in window.chat.widgets[0].body.text()
+    assert window.chat.widgets[0].body.parts[0].background == "#efeee9"
 
 
 @pytest.mark.parametrize("kind", [QCheckBox, QRadioButton])
