@@ -89,10 +89,11 @@ def test_finetune_panel_method_and_batch_size(qtbot):
     panel = FinetunePanel()
     area = in_scroll_area(qtbot, panel)  # noqa: F841 (keeps the panel alive)
     panel.method.setCurrentIndex(0)
-    method = panel.method.currentText()
+    panel.auto.setChecked(False)  # the epochs field takes input
+    method, epochs = panel.method.currentText(), panel.epochs.value()
     for _ in range(3):
         assert not any((wheel(panel.method), wheel(panel.batch), wheel(panel.epochs)))
-    assert panel.method.currentText() == method and panel.batch.value() == 4 and panel.epochs.value() == 1.0
+    assert panel.method.currentText() == method and panel.batch.value() == 4 and panel.epochs.value() == epochs
 
     focus(qtbot, panel.batch)
     wheel(panel.batch)
