@@ -6,7 +6,7 @@ import random
 
 from engine.finetune.facts import facts, key_phrases, sentences
 from engine.finetune.lessons import lessons, question
-from engine.finetune.plan import plan
+from engine.finetune.plan import MIN_STEPS, plan
 from engine.finetune.probes import FRAME, Answer, Recall, build_probes, recalled, report
 
 NOTE = """# The Copperfield Rowing Club
@@ -100,10 +100,16 @@ def test_summary_and_report_show_before_and_after():
 
 
 def test_the_plan_drills_small_corpora_and_reads_large_ones_once():
-    small, large = plan(600, 3), plan(2_000_000, 8000)
+    small, large = plan(600, 3, 15, batch_size=4), plan(2_000_000, 8000, 8000, batch_size=4)
     assert small.lessons and not large.lessons
     assert small.epochs > large.epochs == 1.0
     assert small.lr > large.lr
     assert small.val_fraction == 0.0 and "every one is needed" in " ".join(small.reasons)
     assert large.val_fraction > 0
-    assert plan(600, 3).epochs >= plan(15_000, 60).epochs
+    assert small.epochs >= plan(15_000, 60, 240, batch_size=4).epochs
+
+
+def test_a_tiny_corpus_still_gets_enough_steps():
+    one_note = plan(80, 1, 4, batch_size=4)  # one short note: 12 passes would be 12 steps
+    assert one_note.epochs * 4 / 4 >= MIN_STEPS
+    assert f"{one_note.epochs:g} passes" in one_note.reasons[0]
