@@ -13,7 +13,7 @@ from tests.desktop.helpers import click
 
 pytestmark = pytest.mark.gui
 
-RUN_TIMEOUT_MS = 900_000  # the default settings on two shared CPU cores
+RUN_TIMEOUT_MS = 2_300_000
 NOTE = """# The schooner Marigold
 
 The schooner Marigold was built by Ezekiel Thornbury in 1842 at the yard of Pellan Cove.
@@ -27,6 +27,7 @@ def base_model_after(default_model):
     detach_lora(default_model.model)
 
 
+@pytest.mark.timeout(2400)  # training with the defaults: ~3 minutes on a quiet 2-core CPU, far more when shared
 def test_start_with_the_defaults_then_read_what_it_learned(qtbot, make_window, dialogs, tmp_path):
     notes = tmp_path / "ship notes"
     notes.mkdir()
