@@ -81,8 +81,8 @@ def plan(prose_tokens: int, chunks: int, train_chunks: int, batch_size: int) -> 
     else:
         val = 0.0
         why.append(
-            f"no validation split: with {chunks} chunks of text every one is needed for training; the recall "
-            "questions measure what it learned"
+            f"no validation split: with {chunks} chunk{'s' * (chunks != 1)} of text every one is needed for "
+            "training; the recall questions measure what it learned"
         )
     return Plan(float(epochs), rate, rank, lessons, val, tuple(why))
 
