@@ -117,7 +117,8 @@ class DockLayout(QObject):
                 self.folded.remove(key)
                 self.docks[key].show()
                 shown.append(key)
-        self.rail.setVisible(self._chat_minimum() + self.rail.sizeHint().width() <= width)
+        # The rail where a panel it opens has room: the narrowest of them beside the chat.
+        self.rail.setVisible(min(self.needed([k]) for k in self.docks if self.area(k) == RIGHT) <= width)
 
     def _regrow(self, force: bool = False) -> None:
         """Panels narrower than their share get it back, from the chat's room beyond its minimum."""
