@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -65,6 +66,7 @@ class Options(QWidget):
 
     def __init__(self, pairs: list[tuple[str, QWidget]]) -> None:
         super().__init__()
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         self.lines = QBoxLayout(QBoxLayout.Direction.LeftToRight, self)
         self.lines.setContentsMargins(0, 0, 0, 0)
         self.pairs: list[QHBoxLayout] = []
@@ -72,9 +74,10 @@ class Options(QWidget):
             pair = QHBoxLayout()
             pair.addWidget(QLabel(text))
             pair.addWidget(control)
-            pair.addStretch(1)
             self.lines.addLayout(pair)
+            self.lines.setAlignment(pair, Qt.AlignmentFlag.AlignLeft)
             self.pairs.append(pair)
+        self.lines.addStretch(1)  # on one line, the pairs side by side at the left
 
     def one_line(self) -> int:
         """The width the pairs need side by side."""
