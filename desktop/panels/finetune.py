@@ -259,6 +259,8 @@ class FinetunePanel(QWidget):
         self.runs.setRootIsDecorated(False)
         self.runs.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.runs.setMinimumHeight(100)
+        for col in range(4):  # the headings whole; the settings take the rest
+            self.runs.header().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         runs_layout.addWidget(self.runs)
         self.use_tuned = QCheckBox("Use the tuned model in chat", accessibleName="Use the tuned model in chat")
         self.use_tuned.setEnabled(False)
