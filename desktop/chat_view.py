@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QResizeEvent
 from PySide6.QtWidgets import (
+    QBoxLayout,
     QComboBox,
     QFrame,
     QHBoxLayout,
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -38,6 +40,7 @@ from desktop.chat_welcome import Welcome
 from desktop.store import Message
 
 COLUMN_WIDTH = 760  # the longest comfortable line, as most chat apps and style guides keep it
+NARROWEST = 360  # the chat's minimum width: its messages still read well, as on a phone
 
 # key: (label, tooltip)
 CONTEXT_POLICIES = {
@@ -53,6 +56,41 @@ class Column(QWidget):
         side = max(8, (event.size().width() - COLUMN_WIDTH) // 2)
         if side != self.layout().contentsMargins().left():  # not when only the height changed
             self.layout().setContentsMargins(side, 12, side, 12)
+        super().resizeEvent(event)
+
+
+class Options(QWidget):
+    """The reply's options under the input, in pairs (a label and its control): on one line where the chat has
+    room, one pair a line in a narrow chat. Its minimum is the narrow arrangement's, so these options never
+    hold the chat (and the window) wider than its messages need."""
+
+    def __init__(self, pairs: list[tuple[str, QWidget]]) -> None:
+        super().__init__()
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        self.lines = QBoxLayout(QBoxLayout.Direction.LeftToRight, self)
+        self.lines.setContentsMargins(0, 0, 0, 0)
+        self.pairs: list[QHBoxLayout] = []
+        for text, control in pairs:
+            pair = QHBoxLayout()
+            pair.addWidget(QLabel(text))
+            pair.addWidget(control)
+            self.lines.addLayout(pair)
+            self.lines.setAlignment(pair, Qt.AlignmentFlag.AlignLeft)
+            self.pairs.append(pair)
+        self.lines.addStretch(1)  # on one line, the pairs side by side at the left
+
+    def one_line(self) -> int:
+        """The width the pairs need side by side."""
+        return sum(p.sizeHint().width() for p in self.pairs) + self.lines.spacing() * (len(self.pairs) - 1)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return QSize(max(p.minimumSize().width() for p in self.pairs), super().minimumSizeHint().height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        wide = event.size().width() >= self.one_line()
+        direction = QBoxLayout.Direction.LeftToRight if wide else QBoxLayout.Direction.TopToBottom
+        if self.lines.direction() != direction:
+            self.lines.setDirection(direction)
         super().resizeEvent(event)
 
 
@@ -82,6 +120,7 @@ class ChatView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setMinimumWidth(NARROWEST)
         self.widgets: list[MessageWidget] = []
         self.icons = functools.cache(icon)  # each action's icon drawn once per colour, and freed with the view
         self.code_background = "#efeee9"
@@ -133,12 +172,7 @@ class ChatView(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.input, 1)
         row.addLayout(buttons)
-        bottom = QHBoxLayout()
-        bottom.addWidget(QLabel("When full:"))
-        bottom.addWidget(self.policy)
-        bottom.addWidget(QLabel("Reply up to:"))
-        bottom.addWidget(self.max_tokens)
-        bottom.addStretch(1)
+        self.options = Options([("When full:", self.policy), ("Reply up to:", self.max_tokens)])
         status = QHBoxLayout()
         status.addWidget(self.context_note, 1)
         status.addWidget(self.readout)
@@ -146,7 +180,7 @@ class ChatView(QWidget):
         layout.addWidget(self.scroll, 1)
         layout.addLayout(status)
         layout.addLayout(row)
-        layout.addLayout(bottom)
+        layout.addWidget(self.options)
 
         self.input.submitted.connect(self._on_submit)
         self.send.clicked.connect(self._on_submit)

@@ -13,6 +13,7 @@ STARTERS = (
     "Summarize the story of Romeo and Juliet.",
 )
 BUTTON_PADDING = 24  # the style's room around a push button's text, with some to spare
+STARTER_WIDTH = 460  # the starters' width where the chat has room; narrower, they take the chat's width
 
 
 def wrap(text: str, metrics: QFontMetrics, width: int) -> str:
@@ -29,7 +30,9 @@ def wrap(text: str, metrics: QFontMetrics, width: int) -> str:
 class Welcome(QWidget):
     """Signals: starterChosen(str) -- a starter prompt was clicked.
 
-    The starters' text wraps onto more lines in a narrow chat (a push button's text does not wrap by itself)."""
+    The starters are as wide as the chat, up to STARTER_WIDTH, and centred: their width comes from the layout,
+    never from their text, so none is ever wider than the chat, even before it is laid out again. Their text
+    wraps onto more lines in a narrow chat (a push button's text does not wrap by itself)."""
 
     starterChosen = Signal(str)
 
@@ -49,15 +52,16 @@ class Welcome(QWidget):
         for text in STARTERS:
             b = QPushButton(text, accessibleName=f"Ask: {text}", toolTip="Send this to the model")
             b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            b.setMaximumWidth(STARTER_WIDTH)  # without an alignment, a box layout centres a narrower widget
             b.clicked.connect(lambda _checked=False, t=text: self.starterChosen.emit(t))
-            layout.addWidget(b, 0, Qt.AlignmentFlag.AlignHCenter)
+            layout.addWidget(b)
             self.starters.append(b)
         layout.addStretch(2)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
         margins = self.layout().contentsMargins()
-        room = event.size().width() - margins.left() - margins.right() - BUTTON_PADDING
+        room = min(STARTER_WIDTH, event.size().width() - margins.left() - margins.right()) - BUTTON_PADDING
         for b, text in zip(self.starters, STARTERS, strict=True):
             b.setText(wrap(text, b.fontMetrics(), room))
         super().resizeEvent(event)

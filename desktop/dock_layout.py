@@ -89,6 +89,11 @@ class DockLayout(QObject):
         self._show_alone(key)
         self.fit(keep=key)
         dock = self.docks[key]
+        if dock.isHidden():  # folded: not even alone beside the chat is there room for it
+            title = dock.windowTitle()
+            message = f"{title} needs a window {self.needed([key])} px wide: it opens when the window is widened"
+            self.window.statusBar().showMessage(message, 8000)
+            return
         room = self.central.width() - self._chat_minimum()
         wanted = min(max(width, self.target(key)), dock.width() + max(0, room))
         if dock.width() < wanted:
@@ -117,7 +122,8 @@ class DockLayout(QObject):
                 self.folded.remove(key)
                 self.docks[key].show()
                 shown.append(key)
-        self.rail.setVisible(self._chat_minimum() + self.rail.sizeHint().width() <= width)
+        # The rail where a panel it opens has room: the narrowest of them beside the chat.
+        self.rail.setVisible(min(self.needed([k]) for k in self.docks if self.area(k) == RIGHT) <= width)
 
     def _regrow(self, force: bool = False) -> None:
         """Panels narrower than their share get it back, from the chat's room beyond its minimum."""

@@ -159,12 +159,12 @@ class FinetunePanel(QWidget):
         box_layout.addLayout(form)
         self.method = QComboBox(accessibleName="Fine-tuning method")
         self.method.addItem("LoRA adapter (small, fast)", "lora")
-        self.method.addItem("Full: every weight (float32 copy)", "full")
+        self.method.addItem("Full: every weight (float32)", "full")
         self.method.setToolTip(
             "LoRA trains a small adapter beside the frozen weights; full fine-tuning trains every weight of a\n"
             "float32 copy of the model and needs several times its size in memory."
         )
-        self.auto = QCheckBox("Choose from my files (recommended)", checked=True)
+        self.auto = QCheckBox("From my files (recommended)", checked=True)
         self.auto.setAccessibleName("Choose the settings from my files")
         self.auto.setToolTip("Epochs, learning rate, rank, validation and questions follow the size of your files")
         self.rank = QSpinBox(minimum=1, maximum=256, value=16, accessibleName="LoRA rank")
@@ -173,9 +173,9 @@ class FinetunePanel(QWidget):
         self.steps = QSpinBox(minimum=0, maximum=1_000_000, value=0, accessibleName="Steps")
         self.steps.setSpecialValueText("from epochs")
         self.lr = RateSpinBox(accessibleName="Learning rate")
-        self.lessons = QCheckBox("Also train on questions made from the facts", checked=True)
+        self.lessons = QCheckBox("Train on questions from facts", checked=True)
         self.lessons.setAccessibleName("Also train on questions made from the facts")
-        self.probes = QCheckBox("Ask questions from my files before and after", checked=True)
+        self.probes = QCheckBox("Before and after training", checked=True)
         self.probes.setAccessibleName("Ask questions from my files before and after training")
         self.probes.setToolTip(
             "Up to 8 questions about facts in your files, asked of the base and the tuned model, to show what\n"
@@ -259,6 +259,8 @@ class FinetunePanel(QWidget):
         self.runs.setRootIsDecorated(False)
         self.runs.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.runs.setMinimumHeight(100)
+        for col in range(4):  # the headings whole; the settings take the rest
+            self.runs.header().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         runs_layout.addWidget(self.runs)
         self.use_tuned = QCheckBox("Use the tuned model in chat", accessibleName="Use the tuned model in chat")
         self.use_tuned.setEnabled(False)

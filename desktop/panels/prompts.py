@@ -81,7 +81,7 @@ class PromptsPanel(QWidget):
         self.preview.setToolTip("The exact text the model receives: its chat template applied to the conversation")
         self.token_count = QLabel(accessibleName="Prompt token count")
         self.advanced = QToolButton(
-            text="Advanced: the exact prompt the model receives",
+            text="Advanced: the exact prompt",
             checkable=True,
             accessibleName="Show the exact prompt",
             toolButtonStyle=Qt.ToolButtonStyle.ToolButtonTextBesideIcon,

@@ -12,8 +12,10 @@ pytestmark = pytest.mark.gui
 
 
 def test_the_chip_names_the_loaded_model_its_size_quantization_and_device(qtbot, window):
+    window.resize(1600, 760)  # a chat wide enough for the whole name (narrower, it is shortened: below)
     info = window.model_info
     chip = window.model_chip
+    qtbot.waitUntil(lambda: "…" not in chip.text())
     assert chip.state == "Ready" and chip.isVisible()
     assert chip.text() == "SmolLM2-135M-Instruct.Q4_1 · 135M · Q4_1 · cpu · Ready  ▾"  # the file name, no .gguf
     assert chip.geometry().bottom() < window.chat.geometry().top()  # above the chat
@@ -22,6 +24,7 @@ def test_the_chip_names_the_loaded_model_its_size_quantization_and_device(qtbot,
 
 
 def test_the_chip_menu_lists_recent_models_and_opens_a_file(qtbot, window, dialogs, tmp_path):
+    window.resize(1600, 760)  # room for the whole text
     assert window.model_chip.popupMode() == QToolButton.ToolButtonPopupMode.InstantPopup  # a click opens it
     menu = window.model_chip.menu()
     menu.aboutToShow.emit()
@@ -46,6 +49,8 @@ def test_the_chip_menu_lists_recent_models_and_opens_a_file(qtbot, window, dialo
 
 
 def test_a_narrow_chip_is_shortened_in_the_middle_and_whole_in_its_tooltip(qtbot, window):
+    window.resize(1600, 760)
+    qtbot.waitUntil(lambda: "…" not in window.model_chip.text())
     whole = window.model_chip.text()
     window.resize(560, 700)
     qtbot.wait(100)
