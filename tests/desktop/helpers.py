@@ -42,3 +42,12 @@ def button(widget: QWidget, accessible_name: str) -> QToolButton:
 
 def click(qtbot, widget: QWidget) -> None:
     qtbot.mouseClick(widget, Qt.MouseButton.LeftButton)
+
+
+def open_panel(qtbot, window: MainWindow, key: str) -> None:
+    """Widen the window enough for the panel beside the chat, then open it from the rail, as a person does."""
+    window.resize(max(window.width(), 1400), window.height())
+    qtbot.waitUntil(lambda: window.width() >= 1400)
+    if not window.docks[key].isVisible():
+        window.rail.buttons[key].click()
+    qtbot.waitUntil(window.docks[key].isVisible)

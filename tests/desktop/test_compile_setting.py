@@ -16,7 +16,7 @@ from engine.compiled import library
 from engine.compiled.library import BUILDING
 from engine.compiled.step import unavailable_reason
 from engine.weights.pack_cache import CACHE_DIR_ENV
-from tests.desktop.helpers import greedy, send_and_wait
+from tests.desktop.helpers import greedy, open_panel, send_and_wait
 from tests.engine.compiled.test_compiled import _running_in_session
 from tests.engine.tiny_models import make_tiny_model
 from tests.engine.weights.test_gguf_architectures import write_gguf
@@ -34,6 +34,7 @@ def tiny_gguf(tmp_path):
 
 
 def _load(qtbot, window, path) -> None:
+    open_panel(qtbot, window, "model")  # its progress bar is what the user watches
     window.model_panel.compile.setChecked(True)
     window.model_panel.request(str(path))
     qtbot.waitUntil(

@@ -15,7 +15,7 @@ import pytest
 from desktop import engine_worker
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
-from tests.desktop.helpers import click, greedy, type_and_send, wait_idle
+from tests.desktop.helpers import click, greedy, open_panel, type_and_send, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -47,8 +47,7 @@ def direct(lm, ids: list[int], settings: SamplerSettings, max_tokens: int) -> st
 
 def test_serve_while_chatting_then_stop(qtbot, window, default_model, dialogs, fresh_prefill):
     box = window.model_panel.serve
-    window.docks["model"].show()
-    window.docks["model"].raise_()
+    open_panel(qtbot, window, "model")
     assert box.toggle.isEnabled() and not box.url.isVisible()
     port = free_port()
     box.port.setValue(port)
