@@ -276,3 +276,25 @@ def test_an_adapter_on_the_packed_default_model(tmp_path, capsys):
     prompt = ["--prompt", "Say hi.", "--chat", "--max-tokens", "3", "--temperature", "0"]
     assert main(["generate", *prompt, "--adapter", str(tmp_path / "adapter")]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_recall_questions_are_asked_before_and_after_and_kept_with_the_run(tiny_models, tmp_path):
+    folder, _ = tiny_models("llama")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "club.md").write_text(
+        "The Copperfield Rowing Club was started by Agnes Whitlow in 1903. Its boathouse holds fourteen boats today."
+    )
+    lm = load_model(folder, dtype="float32")
+    cfg = FinetuneConfig(seq_len=24, steps=2, batch_size=2, rank=4, val_fraction=0, lessons=True, probes=2)
+    result = finetune(lm, [notes], tmp_path / "out", cfg, export=False)
+    assert [(b.probe.expected, a.probe.expected) for b, a in result.recall.pairs] == [
+        ("Agnes Whitlow", "Agnes Whitlow"),
+        ("fourteen boats", "fourteen boats"),
+    ]
+    assert all(isinstance(b.reply, str) and isinstance(a.reply, str) for b, a in result.recall.pairs)
+    saved = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert saved["recall"] == result.recall.to_json() and saved["config"]["lessons"] is True
+
+    stopped = finetune(load_model(folder, dtype="float32"), [notes], tmp_path / "cut", cfg, should_stop=lambda: True)
+    assert stopped.status == "cancelled" and stopped.recall is None  # no "after" for a run that did not finish
