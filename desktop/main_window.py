@@ -74,7 +74,6 @@ ROLE = Qt.ItemDataRole.UserRole
 class MainWindow(QMainWindow):
     def __init__(self, dirs: DataDirs, *, load_model_on_start: bool = True) -> None:
         super().__init__()
-        wheel_guard.install(QApplication.instance())  # unfocused inputs leave the wheel to the panel
         collect_on_ui_thread()  # never collect widgets on a worker thread
         self.setWindowTitle("Ember")
         self.dirs = dirs
@@ -96,6 +95,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self._build_menus()
         self._restore_state()
+        wheel_guard.guard(self)  # unfocused inputs leave the wheel to the panel around them
         if load_model_on_start:
             self.model_panel.request(self.settings.get("model/path"))
 

@@ -1,35 +1,37 @@
 """Inputs that ignore the mouse wheel unless they have focus.
 
 Scrolling down a panel must not change the settings that pass under the pointer (a combo box switching
-LoRA to Full, a spin box counting a batch size down). One application-wide event filter, installed once
-with `install(app)`, lets a spin box, combo box or slider without focus pass the wheel on to the widget
-around it (the scroll area), as if it did not handle wheels. Click or tab into one first to wheel it.
+LoRA to Full, a spin box counting a batch size down). `guard(root)` puts one event filter on every spin
+box, combo box and slider under ``root``: one without focus passes the wheel on to the widget around it
+(the scroll area), as if it did not handle wheels. Click or tab into one first to wheel it.
+
+The filter sits on those widgets only, not on the application: an application-wide Python filter runs
+for every event of every widget, and each call needs the GIL, which a generating worker thread holds
+between its kernels; the UI thread then waits at each event and stalls for tenths of a second.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject
-from PySide6.QtWidgets import QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox, QScrollBar
+from PySide6.QtWidgets import QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox, QScrollBar, QWidget
 
 GUARDED = (QAbstractSpinBox, QComboBox, QAbstractSlider)
 
 
 class WheelGuard(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
-        if (
-            event.type() == QEvent.Type.Wheel
-            and isinstance(watched, GUARDED)
-            and not isinstance(watched, QScrollBar)  # a scroll area wheels through its bars: they must follow
-            and not watched.hasFocus()
-        ):
+        if event.type() == QEvent.Type.Wheel and not watched.hasFocus():
             # Ignored and filtered: the widget never sees it, and Qt offers it to the parents in turn.
             event.ignore()
             return True
         return False
 
 
-def install(app: QApplication) -> WheelGuard:
-    """Install the guard on ``app``; calling it again installs the same guard, not a second one."""
-    guard = app.findChild(WheelGuard) or WheelGuard(app)
-    app.installEventFilter(guard)  # Qt keeps one entry per filter object
-    return guard
+def guard(root: QWidget) -> None:
+    """Guard ``root`` and every spin box, combo box and slider under it (again: no second filter)."""
+    app = QApplication.instance()
+    shared = app.findChild(WheelGuard) or WheelGuard(app)
+    for widget in (root, *root.findChildren(QWidget)):
+        # A scroll area wheels through its bars, which have no focus: they must follow.
+        if isinstance(widget, GUARDED) and not isinstance(widget, QScrollBar):
+            widget.installEventFilter(shared)  # Qt keeps one entry per filter object

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop import wheel_guard
 from desktop.panels.how_it_works_steps import (
     AttentionStep,
     EmbeddingsStep,
@@ -212,6 +213,7 @@ class HowItWorksPanel(QWidget):
         empty again, at step 1; the text to walk through stays."""
         for i, page in enumerate(self.pages):
             fresh = type(page)()
+            wheel_guard.guard(fresh)
             self.stack.insertWidget(i, fresh)
             self.stack.removeWidget(page)
             page.deleteLater()

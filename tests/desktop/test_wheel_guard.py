@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
-from PySide6.QtWidgets import QApplication, QScrollArea, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget
 
 from desktop import wheel_guard
 from desktop.panels.finetune import FinetunePanel
@@ -15,13 +15,6 @@ from desktop.panels.sampling import SamplingPanel
 from desktop.presets import Presets, resources_dir
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def guard(qapp):
-    g = wheel_guard.install(qapp)
-    yield g
-    qapp.removeEventFilter(g)
 
 
 def wheel(widget: QWidget, down: bool = True) -> bool:
@@ -46,6 +39,8 @@ def wheel(widget: QWidget, down: bool = True) -> bool:
 
 
 def in_scroll_area(qtbot, panel: QWidget) -> QScrollArea:
+    """``panel`` guarded, in a scroll area shorter than it, as in its dock."""
+    wheel_guard.guard(panel)
     area = QScrollArea(widgetResizable=True)
     area.setWidget(panel)
     area.resize(420, 160)  # shorter than the panel: the area can scroll
@@ -61,8 +56,17 @@ def focus(qtbot, widget: QWidget) -> None:
     qtbot.waitUntil(widget.hasFocus)
 
 
-def test_install_is_once(qapp, guard):
-    assert wheel_guard.install(qapp) is guard
+def test_one_guard_serves_every_widget_and_guarding_again_is_harmless(qtbot):
+    first, second = QSpinBox(), QSpinBox()
+    for box in (first, second):
+        qtbot.addWidget(box)
+        box.setValue(5)
+    wheel_guard.guard(first)
+    wheel_guard.guard(first)
+    wheel_guard.guard(second)
+    assert len(QApplication.instance().findChildren(wheel_guard.WheelGuard)) == 1
+    assert not wheel(first) and not wheel(second)
+    assert first.value() == second.value() == 5
 
 
 def test_sampling_panel_spin_boxes_and_preset_box(qtbot, tmp_path):
@@ -125,3 +129,17 @@ def test_slider(qtbot):
     focus(qtbot, slider)
     wheel(slider)
     assert slider.value() != 50
+
+
+def test_the_window_guards_its_panels_and_the_walks_rebuilt_steps(window):
+    window.new_conversation()  # How it works rebuilds its steps
+    boxes = (
+        window.finetune_panel.method,
+        window.sampling.inputs["temperature"],
+        window.chat.max_tokens,
+        window.model_panel.dtype,
+        window.how_panel.pages[3].layer,
+    )
+    values = [b.currentIndex() if hasattr(b, "currentIndex") else b.value() for b in boxes]
+    assert not any(wheel(b) for b in boxes)
+    assert values == [b.currentIndex() if hasattr(b, "currentIndex") else b.value() for b in boxes]
