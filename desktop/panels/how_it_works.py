@@ -210,16 +210,18 @@ class HowItWorksPanel(QWidget):
 
     def clear(self) -> None:
         """Forget the walk shown (another conversation was opened, or a new one begun): every step starts
-        empty again, at step 1; the text to walk through stays."""
-        for i, page in enumerate(self.pages):
-            fresh = type(page)()
-            wheel_guard.guard(fresh)
-            self.stack.insertWidget(i, fresh)
-            self.stack.removeWidget(page)
-            page.deleteLater()
-            self.pages[i] = fresh
-        self.pages[2].compareRequested.connect(self.compareRequested)
-        self.pages[5].generateRequested.connect(self.generateRequested)
+        empty again, at step 1; the text to walk through stays. The steps are rebuilt only when a walk is
+        shown: that takes a tenth of a second, and a first message starts a conversation."""
+        if self.explanation is not None:
+            for i, page in enumerate(self.pages):
+                fresh = type(page)()
+                wheel_guard.guard(fresh)
+                self.stack.insertWidget(i, fresh)
+                self.stack.removeWidget(page)
+                page.deleteLater()
+                self.pages[i] = fresh
+            self.pages[2].compareRequested.connect(self.compareRequested)
+            self.pages[5].generateRequested.connect(self.generateRequested)
         self.explanation = None
         self.status.setText(
             "Write a sentence and press Explain to see, step by step, how the model reads it and picks the next word."
