@@ -343,18 +343,18 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     # loader's own default may be a packed low-precision layout meant for chat.
     dtype = "float32" if args.dtype == "auto" else args.dtype
     lm = load_model(args.model, device=args.device, dtype=dtype, pack=False)  # packed kernels have no backward
-    config, chosen = planned_config(lm, args.paths, settings)
-    if args.resume:
-        from engine.finetune import latest_checkpoint
+    from engine.finetune import latest_checkpoint
 
-        ckpt = latest_checkpoint(args.out)
-        if ckpt is not None:  # the run's own settings, so the data and its order are the same
-            config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
-            config.gguf = args.gguf
+    ckpt = latest_checkpoint(args.out) if args.resume else None
+    if ckpt is not None:  # the run's own settings, so the data and its order are the same: nothing to plan
+        config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
+        config.gguf = args.gguf
     else:
-        print("Settings chosen from your files (flags override them):", file=sys.stderr)
-        for reason in chosen.reasons:
-            print(f"  - {reason}", file=sys.stderr)
+        config, chosen = planned_config(lm, args.paths, settings)
+        if not args.resume:
+            print("Settings chosen from your files (flags override them):", file=sys.stderr)
+            for reason in chosen.reasons:
+                print(f"  - {reason}", file=sys.stderr)
     data = build_dataset(
         args.paths,
         lm.tokenizer,
