@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def make_prompt(tokenizer_encode, n_tokens: int) -> list[int]:
     while len(tokenizer_encode(text)) < n_tokens:
         text += PARAGRAPH
     return tokenizer_encode(text)[:n_tokens]
+
+
+def cpu_name() -> str:
+    """The CPU's name, family and model, and whether it has AVX-512 bf16 (the figures depend on all three)."""
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines())
+    except (OSError, ValueError):
+        return platform.processor() or "unknown CPU"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    bf16 = "AVX-512 bf16" if "avx512_bf16" in info.get("flags", "").split() else "no AVX-512 bf16"
+    return f"{info.get('model name')} (family {info.get('cpu family')}, model {info.get('model')}, {bf16})"
 
 
 def peak_rss_mib() -> float:

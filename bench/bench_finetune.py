@@ -1,12 +1,14 @@
 """Training tokens/s of Ember's LoRA fine-tuning against `transformers` + `peft` on the same model.
 
-Same GGUF (transformers loads it with ``gguf_file=``, dequantized to float32 like Ember's training copy),
-the same token ids (cut once, with Ember's tokenizer, and handed to both), the same LoRA settings
-(rank, alpha, dropout, the seven projections), batch, sequence length, AdamW and clipping at 1.0, float32
-on the CPU. Ember runs its real loop (`engine.finetune.finetune`); transformers + peft runs the plain
-loop one writes by hand (forward with labels, backward, clip, step; no Trainer overhead). Each engine
-runs in its own process, interleaved over several rounds; the first optimizer step of each run is a
-warm-up and not timed. Prints the medians and the ratio.
+Same GGUF (transformers loads it with ``gguf_file=``, dequantized), the same token ids (cut once, with
+Ember's tokenizer, and handed to all), the same LoRA settings (rank, alpha, dropout, the seven
+projections), batch, sequence length, AdamW and clipping at 1.0, on the CPU. Ember runs its real loop
+(`engine.finetune.finetune`) with the base weights in the dtype it picks by measurement
+(`engine.finetune.precision`: bf16 where this CPU runs bf16 matmuls clearly faster), and once more in
+float32. transformers + peft runs the plain loop one writes by hand (forward, backward, clip, step; no
+Trainer overhead) with the model in float32, its default, and once with the model in bf16 (peft keeps
+the adapters float32). Each run is its own process, interleaved over several rounds; the first optimizer
+step of each is a warm-up and not timed. Prints the CPU, the medians and the ratios.
 
     python bench/bench_finetune.py [--model PATH] [--steps 6] [--batch 4] [--seq-len 128] [--rank 8]
                                    [--threads 2] [--rounds 3]
@@ -23,9 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_engine import PARAGRAPH, peak_rss_mib  # this folder: the scripts run from it
+from bench_engine import PARAGRAPH, cpu_name, peak_rss_mib  # this folder: the scripts run from it
 
-ENGINES = ("ember", "hf")
+ENGINES = ("ember", "ember-f32", "hf", "hf-bf16")
+LABELS = {
+    "ember": "Ember (default: {dtype})",
+    "ember-f32": "Ember, float32",
+    "hf": "transformers + peft, float32",
+    "hf-bf16": "transformers + peft, bf16 model",
+}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -41,6 +49,14 @@ def _rates(stamps: list[float], args) -> dict:
     }
 
 
+def engine_dtype(engine: str) -> str:
+    if engine == "ember":
+        from engine.finetune.precision import training_dtype
+
+        return str(training_dtype("cpu")).removeprefix("torch.")
+    return "bfloat16" if engine == "hf-bf16" else "float32"
+
+
 def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
     """``n`` chunks of ``seq_len + 1`` token ids (inputs and shifted targets), from Ember's tokenizer."""
     from engine.loading.loader import load_model
@@ -53,12 +69,12 @@ def make_chunks(model_path: str, n: int, seq_len: int) -> list[list[int]]:
     return [ids[i * (seq_len + 1) : (i + 1) * (seq_len + 1)] for i in range(n)]
 
 
-def run_ember(model_path: str, chunks: list[list[int]], args) -> dict:
+def run_ember(model_path: str, chunks: list[list[int]], args, dtype: str) -> dict:
     from engine.finetune import FinetuneConfig, finetune
     from engine.finetune.data import Dataset, Example
     from engine.loading.loader import load_model
 
-    lm = load_model(model_path, device="cpu", dtype="float32")
+    lm = load_model(model_path, device="cpu", dtype=dtype, pack=False)
     data = Dataset([Example(c, [1] * len(c)) for c in chunks], [], [], args.seq_len)
     cfg = FinetuneConfig(
         rank=args.rank,
@@ -80,13 +96,13 @@ def run_ember(model_path: str, chunks: list[list[int]], args) -> dict:
     return _rates(stamps, args)
 
 
-def run_hf(model_path: str, chunks: list[list[int]], args) -> dict:
+def run_hf(model_path: str, chunks: list[list[int]], args, dtype: str) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     path = Path(model_path)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, dtype))
     config = LoraConfig(
         r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout, target_modules=TARGETS, task_type="CAUSAL_LM"
     )
@@ -134,7 +150,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         chunks = json.loads(Path(args.chunks).read_text())
-        result = (run_ember if args.engine == "ember" else run_hf)(args.model, chunks, args)
+        run = run_ember if args.engine.startswith("ember") else run_hf
+        result = run(args.model, chunks, args, engine_dtype(args.engine))
         print(json.dumps(result))
         return
 
@@ -153,7 +170,7 @@ def main() -> None:
                 res = json.loads(out.strip().splitlines()[-1])
                 results[engine].append(res)
                 print(
-                    f"round {r + 1} {engine:5s}: {res['tokens_per_s']:.1f} tok/s "
+                    f"round {r + 1} {engine:9s}: {res['tokens_per_s']:.1f} tok/s "
                     f"(median step {res['median_step_tokens_per_s']:.1f}), "
                     f"peak RSS {res['peak_rss_mib']:.0f} MiB"
                 )
@@ -163,18 +180,22 @@ def main() -> None:
     med = {e: statistics.median(x["tokens_per_s"] for x in results[e]) for e in ENGINES}
     med_step = {e: statistics.median(x["median_step_tokens_per_s"] for x in results[e]) for e in ENGINES}
     rss = {e: statistics.median(x["peak_rss_mib"] for x in results[e]) for e in ENGINES}
+    import torch
+
+    from engine.finetune.precision import cpu_speedup_bf16
+
+    print(f"\n{cpu_name()}, torch {torch.__version__}; bf16 matmul {cpu_speedup_bf16():.1f}x float32's speed here")
     print(
-        f"\n{Path(args.model).name}: LoRA r{args.rank} on all 7 projections, "
-        f"batch {args.batch} x {args.seq_len} tokens, "
-        f"{args.steps} timed steps, {args.threads} threads, CPU, float32, medians of {args.rounds} interleaved rounds"
+        f"{Path(args.model).name}: LoRA r{args.rank} on all 7 projections, batch {args.batch} x {args.seq_len} "
+        f"tokens, {args.steps} timed steps, {args.threads} threads, CPU, medians of {args.rounds} interleaved rounds"
     )
-    print(f"  Ember                 {med['ember']:8.1f} training tok/s   peak RSS {rss['ember']:6.0f} MiB")
-    print(f"  transformers + peft   {med['hf']:8.1f} training tok/s   peak RSS {rss['hf']:6.0f} MiB")
-    print(f"  ratio Ember / transformers+peft: {med['ember'] / med['hf']:.2f}x")
-    print(
-        f"  by median step: Ember {med_step['ember']:.1f}, transformers + peft {med_step['hf']:.1f} tok/s, "
-        f"ratio {med_step['ember'] / med_step['hf']:.2f}x"
-    )
+    for e in ENGINES:
+        label = LABELS[e].format(dtype=engine_dtype("ember"))
+        print(
+            f"  {label:34s} {med[e]:7.1f} training tok/s (median step {med_step[e]:6.1f})  "
+            f"peak RSS {rss[e]:5.0f} MiB  {med[e] / med['hf']:.2f}x"
+        )
+    print(f"  ratio Ember default / transformers+peft float32: {med['ember'] / med['hf']:.2f}x")
 
 
 if __name__ == "__main__":

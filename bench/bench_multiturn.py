@@ -11,28 +11,17 @@ medians of turns 6-8 over turns 1-3 (issue 16 asks for at most 1.5x with the cac
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from bench_engine import cpu_name  # this folder: the scripts run from it
 
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.loading.loader import load_model
 
 TOPICS = ["rivers", "bread", "lighthouses", "comets", "violins", "glaciers", "bees", "trains", "maps", "tides"]
-
-
-def cpu_name() -> str:
-    """The CPU's name, family and model, and whether it has AVX-512 bf16 (the figures depend on all three)."""
-    try:
-        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines())
-    except (OSError, ValueError):
-        return platform.processor() or "unknown CPU"
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    bf16 = "AVX-512 bf16" if "avx512_bf16" in info.get("flags", "").split() else "no AVX-512 bf16"
-    return f"{info.get('model name')} (family {info.get('cpu family')}, model {info.get('model')}, {bf16})"
 
 
 def user_message(turn: int, words: int) -> str:

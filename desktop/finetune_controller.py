@@ -172,7 +172,6 @@ class FinetuneController(QObject):
             lm = self.engine.model
             if lm is not None:
                 self.panel.model_config, self.panel.device_type = lm.config, lm.model.device.type
-            self.panel.flops_per_second = preview.flops_per_second
             self.panel.show_preview(preview)
 
     @Slot(str)

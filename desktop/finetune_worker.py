@@ -2,16 +2,17 @@
 and the tuned model. The UI thread never runs any of it.
 
 `FinetuneWorker` is a QObject moved to its own QThread (`desktop.finetune_controller.FinetuneController`
-owns both). It drives the same engine API as ``ember-cli finetune`` (`engine.finetune.build_dataset`,
+owns both). It drives the same engine API as ``ember-cli finetune`` (`engine.finetune.plan.planned_config`,
 `engine.finetune.finetune`). The model is the engine worker's loaded one, shared: a run holds the model's
 lock (`engine.model_lock.hold`) from start to end, so a chat reply, an inspection or a served request
 waits for it (and the chat refuses to send while a run is going, see `ChatSession._ready`). Stop is a
 `threading.Event` set from the UI thread; the engine checks it between optimizer steps, and while the
 run waits for the lock.
 
-A LoRA run trains the chat's model in place when its projections are dense float32 (the adapters go
-beside the frozen weights); otherwise (bf16, packed int4) and for full fine-tuning it trains a float32
-copy loaded from the same file, so the chat's weights are never touched. A full run writes its merged
+A LoRA run trains the chat's model in place when its projections are dense and in the dtype this device
+trains in (`engine.finetune.precision`: bf16 where measured faster, else float32; the adapters go beside
+the frozen weights); otherwise (packed int4, another dtype) and for full fine-tuning (float32) it trains
+a copy loaded from the same file, so the chat's weights are never touched. A full run writes its merged
 outputs (``merged/``, ``model.gguf``) at once; a LoRA run writes them on request (`requestExport`).
 
 The compare view asks for the same prompt under the base and the tuned model (`requestCompare`,
@@ -52,11 +53,12 @@ from desktop.messages import (
 )
 from desktop.ui_gc import worker_job
 from desktop.worker_boundary import boundary, failure_message
-from engine.finetune import build_dataset, finetune, load_peft_adapter, save_peft_adapter
+from engine.finetune import finetune, load_peft_adapter, save_peft_adapter
 from engine.finetune.compare import logprob_difference
 from engine.finetune.estimate import measure_matmul_rate
 from engine.finetune.lora import LoRALinear, lora_disabled, lora_layers
 from engine.finetune.plan import PLANNED, planned_config
+from engine.finetune.precision import training_dtype
 from engine.finetune.train import Progress
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
@@ -94,16 +96,18 @@ def attach_lora(model, layers: list[tuple[str, LoRALinear]]) -> None:
 
 
 def trains_in_place(model) -> bool:
-    """Whether LoRA can go straight onto this model: float32 weights and dense projections."""
+    """Whether LoRA can go straight onto this model: dense projections in the dtype this device trains
+    in (`engine.finetune.precision`)."""
     dense = all(isinstance(m, nn.Linear) for blk in model.layers for m in blk.modules() if hasattr(m, "in_features"))
-    return model.dtype == torch.float32 and dense
+    return dense and model.dtype == training_dtype(model.device)
 
 
-def float32_copy(lm):
-    """The same model file loaded again in float32 on the same device, for training or exporting."""
+def training_copy(lm, method: str):
+    """The same model file loaded again, dense, in the dtype ``method`` trains in on this device."""
     from engine.loading.loader import load_model
 
-    return load_model(lm.path, device=str(lm.model.device), dtype="float32")
+    dtype = training_dtype(lm.model.device, method)
+    return load_model(lm.path, device=str(lm.model.device), dtype=str(dtype).removeprefix("torch."), pack=False)
 
 
 class FinetuneWorker(QObject):
@@ -163,7 +167,7 @@ class FinetuneWorker(QObject):
         self.stop_flag = threading.Event()
         self.compare_stop = threading.Event()
         self._full_models: dict[str, object] = {}  # out_dir of a full run -> its merged model, loaded
-        self._rate: float | None = None
+        self._rates: dict[torch.dtype, float] = {}  # measured matmul rates, once a dtype
         self._adapters: dict[str, tuple[object, list]] = {}  # out_dir -> (the model they fit, LoRA layers)
         self.active = ""  # out_dir of the adapter in the model now ("" = base)
         self.requestPreview.connect(self._on_preview)
@@ -194,15 +198,8 @@ class FinetuneWorker(QObject):
         if lm is None:
             self.previewFailed.emit("No model is loaded: the preview needs its tokenizer.")
             return
-        config, chosen = planned_config(lm, paths, dict(request.settings))
-        data = build_dataset(
-            paths,
-            lm.tokenizer,
-            lm.render_chat,
-            seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
-            val_fraction=config.val_fraction,
-            lessons=config.lessons,
-        )
+        config, chosen, data = planned_config(lm, paths, dict(request.settings))
+        lora_dtype = training_dtype(lm.model.device)
         samples = []
         for example in data.train[:SAMPLE_CHUNKS]:
             text = lm.tokenizer.decode(example.ids, skip_special=True)
@@ -217,16 +214,19 @@ class FinetuneWorker(QObject):
                 train_chunks=len(data.train),
                 val_chunks=len(data.val),
                 train_tokens=data.train_tokens,
-                flops_per_second=self._matmul_rate(),
+                flops_per_second=self._matmul_rate(lora_dtype),
+                full_flops_per_second=self._matmul_rate(torch.float32),
+                lora_dtype_bytes=lora_dtype.itemsize,
+                probes=len(data.probes),
                 planned=frozen_map({k: getattr(config, k) for k in PLANNED}),
                 reasons=chosen.reasons,
             )
         )
 
-    def _matmul_rate(self) -> float:
-        if self._rate is None:
-            self._rate = measure_matmul_rate()
-        return self._rate
+    def _matmul_rate(self, dtype: torch.dtype) -> float:
+        if dtype not in self._rates:
+            self._rates[dtype] = measure_matmul_rate(dtype=dtype)
+        return self._rates[dtype]
 
     @Slot(object)
     @worker_job()  # no full garbage collection meanwhile (desktop.ui_gc)
@@ -249,7 +249,8 @@ class FinetuneWorker(QObject):
 
         outputs: dict = {}
         try:
-            cfg, _ = planned_config(lm, paths, dict(request.config))
+            cfg, _, data = planned_config(lm, paths, dict(request.config))
+            source = paths if resume else data  # a resumed run reads the files as its checkpoint's settings say
             with hold(lm, self.stop_flag) as held:
                 if not held:
                     self.finished.emit(RunEnded(out_dir, "cancelled", 0, None, (), RunOutputs()))
@@ -260,12 +261,12 @@ class FinetuneWorker(QObject):
                 self.tunedChanged.emit("")
                 in_place = cfg.method == "lora" and trains_in_place(lm.model)
                 if in_place:
-                    result, layers = self._train_in_place(lm, paths, cfg, out_dir, resume, progress, outputs)
-                else:  # a float32 copy: the chat's weights stay as they are
-                    trainee = float32_copy(lm)
+                    result, layers = self._train_in_place(lm, source, cfg, out_dir, resume, progress, outputs)
+                else:  # a dense copy: the chat's weights stay as they are
+                    trainee = training_copy(lm, cfg.method)
                     result = finetune(
                         trainee,
-                        paths,
+                        source,
                         out_dir,
                         cfg,
                         progress=progress,
@@ -303,11 +304,11 @@ class FinetuneWorker(QObject):
             )
         )
 
-    def _train_in_place(self, lm, paths, cfg, out_dir, resume, progress, outputs):
+    def _train_in_place(self, lm, source, cfg, out_dir, resume, progress, outputs):
         try:
             result = finetune(
                 lm,
-                paths,
+                source,
                 out_dir,
                 cfg,
                 progress=progress,
@@ -359,15 +360,13 @@ class FinetuneWorker(QObject):
     def _on_export(self, out_dir: str, model_path: str, gguf_type: str) -> None:
         """A LoRA run's merged outputs: the adapter folded into a float32 copy of the base, written as
         ``merged/`` and ``model.gguf``."""
-        from engine.finetune.export import save_merged_hf
+        from engine.finetune.export import float32_merged, save_merged_hf
         from engine.finetune.gguf_export import GGUFExportUnsupported, save_merged_gguf
-        from engine.loading.loader import load_model
 
         try:
             lm = self.model_source()
-            device = str(lm.model.device) if lm is not None else "cpu"
-            copy = load_model(model_path, device=device, dtype="float32")
-            load_peft_adapter(copy.model, Path(out_dir) / "adapter", merge=True)
+            device = lm.model.device if lm is not None else "cpu"
+            copy = float32_merged(model_path, device, Path(out_dir) / "adapter")
             info = {"merged_dir": str(save_merged_hf(copy, Path(out_dir) / "merged"))}
             try:
                 info["gguf_path"] = str(save_merged_gguf(copy, Path(out_dir) / "model.gguf", gguf_type))

@@ -168,7 +168,10 @@ class Preview:
     train_chunks: int
     val_chunks: int
     train_tokens: int
-    flops_per_second: float  # this machine's measured matrix-multiply rate, for the estimate
+    flops_per_second: float  # this machine's matrix-multiply rate in a LoRA run's dtype, for the estimate
+    full_flops_per_second: float  # the same in float32, which full fine-tuning trains in
+    lora_dtype_bytes: int = 4  # bytes of a base weight in a LoRA run (2: bf16, see engine.finetune.precision)
+    probes: int = 0  # recall questions made from the files
     planned: Mapping[str, Any] = field(default_factory=lambda: frozen_map({}))  # the settings a run would use
     reasons: tuple[str, ...] = ()  # why the settings chosen from the files are what they are
 

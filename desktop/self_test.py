@@ -3,9 +3,11 @@
 It starts the real main window offscreen on a temporary data directory (deleted afterwards, so the
 user's conversations and settings are never touched), waits for its worker to load the default model,
 sends one message through the window as the Send button would, checks that the greedy reply streamed
-in and was saved, runs one inspection pass (`engine.inspection.inspect.inspect`) over prompt and reply, and prints
-a short summary. Exit status 0 when all of that worked; 1 with the reason on stderr otherwise. Works
-the same from source (``python -m desktop --self-test``) and from the bundle (``Ember --self-test``).
+in and was saved, runs one inspection pass (`engine.inspection.inspect.inspect`) over prompt and reply,
+writes a LoRA adapter's merged model as a GGUF and reads it back (`_export`: the fine-tuning export, with
+the `gguf` package the bundle must carry), and prints a short summary. Exit status 0 when all of that
+worked; 1 with the reason on stderr otherwise. Works the same from source (``python -m desktop
+--self-test``) and from the bundle (``Ember --self-test``).
 
 ``--screenshot PATH`` also saves a picture of the window once the reply is in.
 """
@@ -58,6 +60,42 @@ def run(screenshot: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT) 
         print(f"  {line}")
     print(f"passed in {time.monotonic() - t0:.1f} s")
     return 0
+
+
+def _export(lm, root: Path) -> str:
+    """A small random LoRA adapter on the model, merged into its float32 weights and written as a GGUF
+    (f16), as "Write merged model" does; the file loads back and answers as the merged model did."""
+    import torch
+
+    from engine.finetune.export import float32_merged, save_peft_adapter
+    from engine.finetune.gguf_export import save_merged_gguf
+    from engine.finetune.lora import add_lora
+    from engine.loading.loader import load_model
+
+    t0 = time.monotonic()
+    ids = torch.tensor([lm.encode_prompt("The merged model")])
+
+    def logits(model_path, *adapter) -> torch.Tensor:  # one model in memory at a time
+        model = float32_merged(model_path, "cpu", *adapter) if adapter else load_model(model_path, dtype="float32")
+        with torch.no_grad():
+            return model.model(ids), model
+
+    tuned = load_model(lm.path, device="cpu", dtype="float32", pack=False)
+    gen = torch.Generator().manual_seed(0)
+    for layer in add_lora(tuned.model, rank=2, targets=("q_proj", "down_proj")):
+        layer.lora_B.data = torch.randn(layer.lora_B.shape, generator=gen) * 0.05
+    adapter = save_peft_adapter(tuned, root / "export" / "adapter")
+    del tuned
+    want, merged = logits(lm.path, adapter)
+    path = save_merged_gguf(merged, root / "export" / "model.gguf", "f16")
+    del merged
+    got, _ = logits(path)
+    base, _ = logits(lm.path)
+    gap, moved = float((got - want).abs().max()), float((want - base).abs().max())
+    if gap > 0.1 * moved:  # f16 rounding of the weights only; the adapter's change is far larger
+        raise SelfTestFailed(f"the merged GGUF answers differently from the merged model: logits differ by {gap:.3f}")
+    size = path.stat().st_size / 2**20
+    return f"merged GGUF of a LoRA adapter written ({size:.0f} MiB) and read back in {time.monotonic() - t0:.1f} s"
 
 
 def _wait(app, condition: Callable[[], bool], deadline: float, what: str, dialogs: list) -> None:
@@ -164,6 +202,8 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
             worst = max(gaps) if gaps else float("nan")
             raise SelfTestFailed(f"the inspection disagrees with generation: log-probabilities differ by {worst:.4f}")
 
+        exported = _export(lm, root)
+
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             app.processEvents()
@@ -199,6 +239,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         f"inspection: {len(ids)} positions, {lm.config.n_layer} layers, attention of layer {last} "
         f"({attention.shape[0]} heads) in {inspect_seconds:.2f} s; log-probabilities match generation "
         f"within {max(gaps):.1e}",
+        f"export:     {exported}",
     ]
     if screenshot is not None:
         lines.append(f"screenshot: {screenshot}")

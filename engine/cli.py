@@ -105,7 +105,12 @@ def _finetune_parser(sub) -> None:
     ft.add_argument("--out", required=True, help="output folder: checkpoints, adapter/, merged/, model.gguf, run.json")
     ft.add_argument("--model", help="a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
     ft.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    ft.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights while training (auto: float32)")
+    ft.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="base weights while training (auto: bf16 where this device measures it faster, else float32)",
+    )
     ft.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
     ft.add_argument("--rank", type=int, help="LoRA rank (default: chosen from the data)")
     ft.add_argument("--alpha", type=float, help="LoRA alpha (default: twice the rank)")
@@ -316,8 +321,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from engine.finetune import FinetuneConfig, build_dataset, finetune
+    from engine.finetune import FinetuneConfig, finetune
     from engine.finetune.plan import planned_config
+    from engine.finetune.train import dataset_for
     from engine.loading.loader import load_model
 
     settings = {
@@ -339,9 +345,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "gguf": args.gguf,
     }
-    # Training wants float32 weights unless asked otherwise (LoRA factors are float32 either way); the
-    # loader's own default may be a packed low-precision layout meant for chat.
-    dtype = "float32" if args.dtype == "auto" else args.dtype
+    # The base weights in the dtype this device trains fastest in (LoRA factors are float32 either way),
+    # unless asked otherwise; the loader's own default may be a packed layout meant for chat.
+    dtype = args.dtype
+    if dtype == "auto":
+        from engine.device import resolve_device
+        from engine.finetune.precision import training_dtype
+
+        method = "full" if args.full else "lora"
+        dtype = str(training_dtype(resolve_device(args.device), method)).removeprefix("torch.")
     lm = load_model(args.model, device=args.device, dtype=dtype, pack=False)  # packed kernels have no backward
     from engine.finetune import latest_checkpoint
 
@@ -349,27 +361,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if ckpt is not None:  # the run's own settings, so the data and its order are the same: nothing to plan
         config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
         config.gguf = args.gguf
+        data = dataset_for(lm, args.paths, config)
     else:
-        config, chosen = planned_config(lm, args.paths, settings)
-        if not args.resume:
-            print("Settings chosen from your files (flags override them):", file=sys.stderr)
-            for reason in chosen.reasons:
-                print(f"  - {reason}", file=sys.stderr)
-    data = build_dataset(
-        args.paths,
-        lm.tokenizer,
-        lm.render_chat,
-        seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
-        overlap=config.overlap,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        lessons=config.lessons,
-        probes=config.probes,
-    )
+        config, chosen, data = planned_config(lm, args.paths, settings)
+        print("Settings chosen from your files (flags override them):", file=sys.stderr)
+        for reason in chosen.reasons:
+            print(f"  - {reason}", file=sys.stderr)
     for r in data.reports:
         what = f"skipped: {r.skipped}" if r.skipped else f"{r.tokens} tokens, {r.chunks} chunks"
         print(f"  {r.path}: {what}" + "".join(f" [{n}]" for n in r.notes), file=sys.stderr)
     print(data.summary(), file=sys.stderr)
+    if ckpt is None:
+        print(_estimate_line(lm, config, data, export=not args.no_export), file=sys.stderr)
+    started = time.perf_counter()
 
     def progress(p) -> None:
         width = 24
@@ -399,6 +403,30 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             print(f"{label}: {path}")
     if result.gguf_skipped:
         print(f"no GGUF: {result.gguf_skipped}", file=sys.stderr)
+    print(f"took {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+
+
+def _estimate_line(lm, config, data, *, export: bool) -> str:
+    """The run's estimated time and memory on this machine now (~0.2 s to measure its matmul rate)."""
+    from engine.finetune.estimate import estimate_config, measure_matmul_rate
+
+    dtype = lm.model.dtype
+    e = estimate_config(
+        lm.config,
+        config,
+        data,
+        device_type=lm.model.device.type,
+        flops_per_second=measure_matmul_rate(dtype=dtype) if lm.model.device.type == "cpu" else None,
+        dtype_bytes=dtype.itemsize,
+        export=export,
+    )
+    if e.seconds is None:
+        return f"Estimate: {e.steps} optimizer steps, memory about {e.memory_bytes / 2**30:.1f} GiB"
+    return (
+        f"Estimate: about {e.seconds / 60:.1f} min (training {e.train_seconds / 60:.1f}, recall questions "
+        f"{e.probe_seconds / 60:.1f}, merged outputs {e.export_seconds / 60:.1f}) for {e.steps} optimizer steps "
+        f"in {str(dtype).removeprefix('torch.')}; memory about {e.memory_bytes / 2**30:.1f} GiB"
+    )
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "finetune": cmd_finetune}

@@ -109,7 +109,7 @@ class FinetunePanel(QWidget):
         self.paths: list[str] = []
         self.model_config = None  # the loaded model's ModelConfig, for the estimate
         self.device_type = "cpu"
-        self.flops_per_second: float | None = None  # measured on the worker with the preview
+        self._preview: Preview | None = None  # the files' chunks and the machine's rates, for the estimate
         self._train_chunks = 0
         layout = QVBoxLayout(self)
         for box in (self._data_box(), self._settings_box(), self._run_box(), self._runs_box()):
@@ -395,6 +395,7 @@ class FinetunePanel(QWidget):
         sep = "\n" + "─" * 24 + "\n"
         self.samples.setPlainText(sep.join(preview.samples))
         self._train_chunks = preview.train_chunks
+        self._preview = preview
         if self.auto.isChecked() and preview.planned:
             self._show_planned(preview.planned)
         self.reasons.setText("Chosen from your files: " + "; ".join(preview.reasons) + "." if preview.reasons else "")
@@ -431,6 +432,8 @@ class FinetunePanel(QWidget):
             )
             self.estimate.setText(f"{steps} optimizer steps over {self._train_chunks} training chunks.")
             return
+        full = self.method.currentData() == "full"
+        p = self._preview
         e = estimate_run(
             self.model_config,
             method=self.method.currentData(),
@@ -440,12 +443,20 @@ class FinetunePanel(QWidget):
             batch_size=self.batch.value(),
             grad_accum=1,
             train_chunks=self._train_chunks,
+            train_tokens=p.train_tokens if p is not None else None,
             steps=self.steps.value() or None,
             epochs=self.epochs.value(),
+            probes=p.probes if p is not None and self.probes.isChecked() else 0,
+            export=full,  # a LoRA run writes its merged outputs only when asked
+            dtype_bytes=4 if full or p is None else p.lora_dtype_bytes,
             device_type=self.device_type,
-            flops_per_second=self.flops_per_second,
+            flops_per_second=None if p is None else p.full_flops_per_second if full else p.flops_per_second,
         )
-        time_text = f"about {duration(e.seconds)}" if e.seconds is not None else "unknown"
+        time_text = "unknown"
+        if e.seconds is not None:
+            time_text = f"about {duration(e.seconds)}"
+            if e.probe_seconds:
+                time_text += f" ({duration(e.probe_seconds)} of it asking the recall questions)"
         trainable = f"{e.trainable_params / 1e6:.1f} M trainable weights"
         self.estimate.setText(
             f"{e.steps} optimizer steps over {self._train_chunks} training chunks ({e.tokens:,} tokens, {trainable}).\n"
@@ -454,7 +465,8 @@ class FinetunePanel(QWidget):
             f"activations {e.activation_bytes / GiB:.1f}). Rough: measured on this machine now."
         )
         self.estimate.setToolTip(
-            "Time: the training FLOPs over this machine's measured matrix-multiply speed; memory: float32 weights,\n"
+            "Time: the training FLOPs over this machine's measured matrix-multiply speed, the recall questions\n"
+            "asked before and after, and for full fine-tuning the merged outputs; memory: the weights, the\n"
             "gradients and AdamW moments of the trained weights, and the activations of one batch."
         )
 

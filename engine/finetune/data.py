@@ -62,6 +62,7 @@ class Dataset:
     seq_len: int
     probes: list[Probe] = field(default_factory=list)  # recall questions from the files' facts
     prose_tokens: int = 0  # tokens of plain text, before any questions were made from it
+    prose_chunks: int = 0  # the chunks that text alone makes (packed like the rest)
 
     @property
     def train_tokens(self) -> int:
@@ -146,6 +147,9 @@ def _read_pdf(path: Path) -> str:
         raise
     except (PdfReadError, Exception) as e:  # pypdf raises many kinds on damaged files
         raise SkipFile(f"unreadable PDF: {type(e).__name__}: {e}") from None
+    if pages and not any(p.strip() for p in pages):
+        n = len(pages)
+        raise SkipFile(f"no text in its {n} page{'s' * (n != 1)} (scanned pictures? only a PDF's text layer is read)")
     return "\n\n".join(pages)
 
 
@@ -407,7 +411,7 @@ def build_dataset(
         eos = min(tokenizer.eos_ids)
     examples: list[Example] = []
     texts: list[tuple[str, str]] = []  # (file name, text) for the probes
-    prose_tokens = 0
+    prose_examples: list[Example] = []
     for f in files:
         report = FileReport(str(f))
         reports.append(report)
@@ -429,7 +433,7 @@ def build_dataset(
                 text = _normalise(doc.text or "")
                 if text:
                     prose = _text_examples(tokenizer, text, seq_len, overlap, eos)
-                    prose_tokens += sum(len(e.ids) for e in prose)
+                    prose_examples += prose
                     mine += prose
                     if probes and len(texts) < PROBE_DOCUMENTS:
                         texts.append((f.name, text))
@@ -451,4 +455,7 @@ def build_dataset(
         n_val = 1
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in sorted(order[n_val:])]
-    return Dataset(train, val, reports, seq_len, build_probes(texts, probes) if probes else [], prose_tokens)
+    prose_tokens = sum(len(e.ids) for e in prose_examples)
+    prose_chunks = len(_pack(prose_examples, seq_len) if pack else prose_examples)
+    made = build_probes(texts, probes) if probes else []
+    return Dataset(train, val, reports, seq_len, made, prose_tokens, prose_chunks)

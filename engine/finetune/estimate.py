@@ -1,13 +1,18 @@
 """How long a fine-tuning run will take and how much memory it needs, before it starts.
 
-Rough by design (the panel says so): memory is the float32 weights, the trainable weights' gradients
-and AdamW's two moments, and the activations autograd keeps for one micro-batch (per layer and token,
-about ``12 * n_embd + 4 * intermediate`` floats; the logits three times over; eager attention's scores
-twice). Time is the training FLOPs (forward ``2N`` per token, backward ``2N`` more for LoRA, which needs
-no weight gradients of the frozen base, ``4N`` for full) over this machine's measured float32 matmul
-rate times the efficiency training reaches (measured on a quiet 2-core CPU: SmolLM2-135M, LoRA, batch
-4 x 128 tokens, 269 tokens/s, i.e. ~45% of the 512^3 matmul rate of 330 GFLOP/s; when other processes
-share the cores both numbers drop and the estimate follows only as far as the 0.2 s measurement does).
+Rough by design (the panel says so): memory is the weights in the training dtype, the trainable weights'
+gradients and AdamW's two moments (float32), and the activations autograd keeps for one micro-batch (per
+layer and token, about ``12 * n_embd + 4 * intermediate`` values; the float32 logits three times over;
+eager attention's scores twice).
+
+Time is three parts. Training: the FLOPs (forward ``2N`` per token, backward ``2N`` more for LoRA, which
+needs no weight gradients of the frozen base, ``4N`` for full) over this machine's matmul rate, measured
+in the training dtype, times the share of it training reaches (`EFFICIENCY`). The recall questions, asked
+before and after: ``MAX_TOKENS`` greedy tokens each at most, one decoding step costing ``2N`` FLOPs at the
+much lower share decoding reaches (`DECODE_EFFICIENCY`). The merged outputs: the float32 model loaded
+again and written twice (`EXPORT_SECONDS_PER_PARAM`). The shares were measured on this project's CPU
+machines (README, "Fine-tuning": estimate against actual time); when other processes share the cores, the
+rate drops and the estimate follows only as far as the 0.2 s measurement does.
 
 `measure_matmul_rate` takes ~0.2 s; call it off the UI thread.
 """
@@ -20,9 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.finetune.probes import MAX_TOKENS
 from engine.loading.config import ModelConfig
 
 EFFICIENCY = {"cpu": 0.45, "cuda": 0.3, "mps": 0.2}  # cuda, mps: guesses, not measured
+DECODE_EFFICIENCY = {"cpu": 0.05, "cuda": 0.01, "mps": 0.01}
+EXPORT_SECONDS_PER_PARAM = 5e-8
 FLOAT = 4
 
 
@@ -34,7 +42,15 @@ class RunEstimate:
     weights_bytes: int
     optimizer_bytes: int  # gradients and AdamW moments of the trainable weights
     activation_bytes: int
-    seconds: float | None  # None: no rate measured
+    train_seconds: float | None  # None: no rate measured
+    probe_seconds: float | None = None  # the recall questions, before and after
+    export_seconds: float | None = None  # the merged outputs
+
+    @property
+    def seconds(self) -> float | None:
+        if self.train_seconds is None:
+            return None
+        return self.train_seconds + (self.probe_seconds or 0.0) + (self.export_seconds or 0.0)
 
     @property
     def memory_bytes(self) -> int:
@@ -57,9 +73,9 @@ def lora_params(cfg: ModelConfig, rank: int, targets: list[str] | tuple[str, ...
     return per_layer * cfg.n_layer
 
 
-def measure_matmul_rate(seconds: float = 0.2, n: int = 512) -> float:
-    """Float32 FLOP/s of an ``n x n`` matmul on the CPU, as this process sees it now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def measure_matmul_rate(seconds: float = 0.2, n: int = 512, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an ``n x n`` matmul in ``dtype`` on the CPU, as this process sees it now."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     start, count = time.perf_counter(), 0
     while (elapsed := time.perf_counter() - start) < seconds:
@@ -80,30 +96,75 @@ def estimate_run(
     train_chunks: int,
     steps: int | None,
     epochs: float,
+    train_tokens: int | None = None,
+    probes: int = 0,
+    export: bool = False,
+    dtype_bytes: int = FLOAT,
     device_type: str = "cpu",
     flops_per_second: float | None = None,
 ) -> RunEstimate:
-    """Steps, tokens, memory and time of a run with these settings on ``train_chunks`` chunks."""
+    """Steps, tokens, memory and time of a run with these settings on ``train_chunks`` chunks (of
+    ``train_tokens`` tokens in all, when known: most are full, the last of each file is not), ``probes``
+    recall questions, the merged outputs written when ``export``, and the base weights ``dtype_bytes``
+    bytes each (``flops_per_second`` measured in that dtype)."""
     seq_len = min(seq_len, cfg.max_seq_len - 1)
     micro_per_epoch = max(1, math.ceil(train_chunks / batch_size))
     total = steps or max(1, math.ceil(epochs * micro_per_epoch / grad_accum))
-    tokens = total * grad_accum * batch_size * seq_len
+    chunk_tokens = min(seq_len, train_tokens / max(train_chunks, 1)) if train_tokens else seq_len
+    tokens = round(total * grad_accum * batch_size * chunk_tokens)
     n = cfg.n_params
     trainable = n if method == "full" else lora_params(cfg, rank, targets)
     per_token_layer = 12 * cfg.n_embd + 4 * cfg.intermediate_size
-    activations = batch_size * seq_len * (cfg.n_layer * per_token_layer + 3 * cfg.vocab_size) * FLOAT
-    activations += 2 * cfg.n_layer * batch_size * cfg.n_head * seq_len * seq_len * FLOAT
-    seconds = None
+    activations = batch_size * seq_len * cfg.n_layer * per_token_layer * dtype_bytes
+    activations += batch_size * seq_len * 3 * cfg.vocab_size * FLOAT
+    activations += 2 * cfg.n_layer * batch_size * cfg.n_head * seq_len * seq_len * dtype_bytes
+    train_s = probe_s = export_s = None
     if flops_per_second:
+        kind = device_type if device_type in EFFICIENCY else "cpu"
         flops_per_token = (6 if method == "full" else 4) * n
         flops_per_token += 6 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim  # attention scores
-        seconds = tokens * flops_per_token / (flops_per_second * EFFICIENCY.get(device_type, EFFICIENCY["cpu"]))
+        train_s = tokens * flops_per_token / (flops_per_second * EFFICIENCY[kind])
+        probe_s = 2 * probes * MAX_TOKENS * 2 * n / (flops_per_second * DECODE_EFFICIENCY[kind])
+        export_s = n * EXPORT_SECONDS_PER_PARAM if export else 0.0
     return RunEstimate(
         steps=total,
         tokens=tokens,
         trainable_params=trainable,
-        weights_bytes=n * FLOAT + (trainable * FLOAT if method == "lora" else 0),
+        weights_bytes=n * dtype_bytes + (trainable * FLOAT if method == "lora" else 0),
         optimizer_bytes=3 * trainable * FLOAT,
         activation_bytes=activations,
-        seconds=seconds,
+        train_seconds=train_s,
+        probe_seconds=probe_s,
+        export_seconds=export_s,
+    )
+
+
+def estimate_config(
+    model_cfg: ModelConfig,
+    config,
+    data,
+    *,
+    device_type: str,
+    flops_per_second: float | None,
+    dtype_bytes: int,
+    export: bool,
+) -> RunEstimate:
+    """`estimate_run` for a `FinetuneConfig` and the `Dataset` it will train on."""
+    return estimate_run(
+        model_cfg,
+        method=config.method,
+        rank=config.rank,
+        targets=config.target_modules,
+        seq_len=data.seq_len,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        train_chunks=len(data.train),
+        train_tokens=data.train_tokens,
+        steps=config.steps,
+        epochs=config.epochs,
+        probes=len(data.probes),
+        export=export,
+        dtype_bytes=dtype_bytes,
+        device_type=device_type,
+        flops_per_second=flops_per_second,
     )

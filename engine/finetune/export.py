@@ -136,6 +136,17 @@ def load_peft_adapter(model, folder: str | Path, *, merge: bool = True) -> None:
         merge_lora(model)
 
 
+def float32_merged(model_path: str | Path, device, adapter_dir: str | Path):
+    """The model file loaded again in float32 (dense) with the LoRA adapter in ``adapter_dir`` merged in:
+    what merged outputs are written from, since a bf16 or packed training copy would round every base
+    weight."""
+    from engine.loading.loader import load_model
+
+    copy = load_model(model_path, device=str(device), dtype="float32", pack=False)
+    load_peft_adapter(copy.model, adapter_dir, merge=True)
+    return copy
+
+
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """Our-named weights with every LoRA update folded in; the model itself is left as it is."""
     state = {}

@@ -88,6 +88,29 @@ def _wanted(slice_: Slice, targets: tuple[str, ...]) -> bool:
     return False
 
 
+class ByteDropout(nn.Module):
+    """`nn.Dropout` with its keep-mask cut from random 64-bit words, four 16-bit draws each.
+
+    On a CPU, `nn.Dropout`'s one Bernoulli draw per element cost more than a LoRA layer's matmuls in bf16
+    (3 ms of a 2.5 s training step, 120 times a step on SmolLM2). ``p`` is rounded to 1/65536.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.threshold = round(p * 65536) - 32768  # an int16 draw at or above it keeps its element
+        self.scale = 65536 / (32768 - self.threshold)  # 1 / (1 - p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        return torch.where(keep, x * self.scale, 0.0)
+
+
 class LoRALinear(nn.Module):
     """``base(x) + concat_s(B_s @ A_s @ dropout(x)) * alpha / r`` over the adapted slices ``s``.
 
@@ -105,7 +128,7 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / rank
         self.out_features = base.out_features
         self.in_features = base.in_features
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = ByteDropout(dropout) if dropout > 0 else nn.Identity()
         # The factors stay float32 (AdamW on bf16 weights loses small updates); they are cast to the
         # activations' dtype in forward.
         # The base may hold no ``weight`` (a packed int4 projection the chat model uses on a CPU): the

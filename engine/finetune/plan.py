@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.finetune.data import build_dataset
+from engine.finetune.data import Dataset
 from engine.finetune.probes import MAX_PROBES
-from engine.finetune.train import FinetuneConfig
+from engine.finetune.train import FinetuneConfig, dataset_for
 
 SMALL_TOKENS = 20_000  # prose tokens up to which facts are drilled (many passes, high rate)
 LESSONS_UP_TO = 200_000  # prose tokens up to which questions are made from the facts
@@ -87,21 +87,21 @@ def plan(prose_tokens: int, chunks: int, train_chunks: int, batch_size: int) -> 
     return Plan(float(epochs), rate, rank, lessons, val, tuple(why))
 
 
-def planned_config(lm, paths: Iterable[str | Path], settings: dict) -> tuple[FinetuneConfig, Plan]:
+def planned_config(lm, paths: Iterable[str | Path], settings: dict) -> tuple[FinetuneConfig, Plan, Dataset]:
     """The run's config: ``settings`` (FinetuneConfig fields; a missing or None field is chosen) over the
-    plan for these files. Reads and tokenizes the files to measure them (twice when questions are made)."""
+    plan for these files, and the files' dataset for that config. The files are read and tokenized once
+    when the first build serves (questions made, nothing held out: a small corpus), twice otherwise."""
     paths = list(paths)
     given = {k: v for k, v in settings.items() if v is not None}
-    seq_len = min(given.get("seq_len", FinetuneConfig.seq_len), lm.config.max_seq_len - 1)
-    batch_size = given.get("batch_size", FinetuneConfig.batch_size)
-    prose = build_dataset(paths, lm.tokenizer, lm.render_chat, seq_len=seq_len, val_fraction=0.0)
-    train_chunks = len(prose.train)
-    if given.get("lessons", prose.prose_tokens <= LESSONS_UP_TO):
-        drilled = build_dataset(paths, lm.tokenizer, lm.render_chat, seq_len=seq_len, val_fraction=0.0, lessons=True)
-        train_chunks = len(drilled.train)
-    chosen = plan(prose.prose_tokens, len(prose.train), train_chunks, batch_size)
+    first = FinetuneConfig(**{"probes": MAX_PROBES, **given})
+    first.val_fraction = 0.0
+    first.lessons = given.get("lessons", True)
+    data = dataset_for(lm, paths, first)
+    chosen = plan(data.prose_tokens, data.prose_chunks, len(data.train), first.batch_size)
     auto = {k: v for k, v in chosen.settings().items() if k not in given}
     if "rank" in given and "alpha" not in given:
         auto["alpha"] = 2.0 * given["rank"]
     config = replace(FinetuneConfig(**{"probes": MAX_PROBES, **given}), **auto)
-    return config, chosen
+    if (config.lessons, config.val_fraction) != (first.lessons, first.val_fraction):
+        data = dataset_for(lm, paths, config)
+    return config, chosen, data

@@ -456,6 +456,21 @@ def _export_gguf(lm, out: Path, config: FinetuneConfig, result: FinetuneResult) 
         result.gguf_skipped = str(e)
 
 
+def dataset_for(lm, paths: Iterable[str | Path], config: FinetuneConfig) -> Dataset:
+    """The files read, tokenized, chunked and split as ``config`` says, for ``lm``'s tokenizer and template."""
+    return build_dataset(
+        paths,
+        lm.tokenizer,
+        lm.render_chat,
+        seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
+        overlap=config.overlap,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        lessons=config.lessons,
+        probes=config.probes,
+    )
+
+
 def finetune(
     lm,
     data: Dataset | Iterable[str | Path],
@@ -486,17 +501,7 @@ def finetune(
         config = saved
     config = config or FinetuneConfig()
     if not isinstance(data, Dataset):
-        data = build_dataset(
-            data,
-            lm.tokenizer,
-            lm.render_chat,
-            seq_len=min(config.seq_len, lm.config.max_seq_len - 1),
-            overlap=config.overlap,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            lessons=config.lessons,
-            probes=config.probes,
-        )
+        data = dataset_for(lm, data, config)
     if not data.train:
         reasons = "; ".join(f"{Path(r.path).name}: {r.skipped}" for r in data.reports if r.skipped) or "no files"
         raise FinetuneError(f"nothing to train on ({reasons})")
@@ -516,12 +521,15 @@ def finetune(
     if result.status == "finished" and before:
         result.recall = probes.Recall(tuple(zip(before, probes.ask(lm, data.probes, stop), strict=False)))
     if result.status == "finished" and export:
-        from engine.finetune.export import save_merged_hf, save_peft_adapter
+        from engine.finetune.export import float32_merged, save_merged_hf, save_peft_adapter
 
+        source = lm
         if config.method == "lora":
             result.adapter_dir = save_peft_adapter(lm, out / "adapter", config)
-        result.merged_dir = save_merged_hf(lm, out / "merged")
-        _export_gguf(lm, out, config, result)
+            if lm.model.dtype != torch.float32:
+                source = float32_merged(lm.path, lm.model.device, result.adapter_dir)
+        result.merged_dir = save_merged_hf(source, out / "merged")
+        _export_gguf(source, out, config, result)
     summary = {
         "status": result.status,
         "step": result.step,

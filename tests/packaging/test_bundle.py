@@ -44,6 +44,7 @@ def check_self_test(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, report
     assert "Ember self-test" in result.stdout and "passed in" in result.stdout, report
     assert "inspection:" in result.stdout, report
+    assert "merged GGUF of a LoRA adapter written" in result.stdout, report  # the gguf package is there
     assert not unexpected_stderr(result.stderr), report
 
 

@@ -44,6 +44,36 @@ def _pdf(path, text, password=None):
         writer.write(f)
 
 
+def _scanned_pdf(path, pages=2):
+    """A PDF whose pages are only pictures (grey pixels), as a scanner writes them: no text layer."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        page = writer.add_blank_page(width=200, height=100)
+        image = DecodedStreamObject()
+        image.set_data(bytes([128]) * (20 * 10))
+        image.update(
+            {
+                NameObject("/Type"): NameObject("/XObject"),
+                NameObject("/Subtype"): NameObject("/Image"),
+                NameObject("/Width"): NumberObject(20),
+                NameObject("/Height"): NumberObject(10),
+                NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+                NameObject("/BitsPerComponent"): NumberObject(8),
+            }
+        )
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): writer._add_object(image)})}
+        )
+        content = DecodedStreamObject()
+        content.set_data(b"q 200 0 0 100 0 0 cm /Im0 Do Q")
+        page[NameObject("/Contents")] = writer._add_object(content)
+    with open(path, "wb") as f:
+        writer.write(f)
+
+
 def test_reads_every_format_and_skips_bad_files_with_reasons(lm, tmp_path):
     import docx
 
@@ -55,6 +85,7 @@ def test_reads_every_format_and_skips_bad_files_with_reasons(lm, tmp_path):
     document.save(tmp_path / "letter.docx")
     _pdf(tmp_path / "paper.pdf", "Glass beads from the river.")
     _pdf(tmp_path / "secret.pdf", "hidden", password="hunter2")
+    _scanned_pdf(tmp_path / "scan.pdf")
     (tmp_path / "fake.txt").write_bytes(b"\x7fELF\x00\x01\x02" + bytes(range(256)) * 4)
     (tmp_path / "broken.docx").write_bytes(b"PK not really a zip")
     (tmp_path / "big.log").write_text("x" * 100_000)
@@ -80,6 +111,7 @@ def test_reads_every_format_and_skips_bad_files_with_reasons(lm, tmp_path):
     for name in ("notes.md", "page.html", "code.py", "letter.docx", "paper.pdf", "data.jsonl"):
         assert r[name].skipped is None and r[name].tokens > 0 and r[name].chunks >= 1, name
     assert "encrypted" in r["secret.pdf"].skipped
+    assert "no text in its 2 pages (scanned pictures?" in r["scan.pdf"].skipped
     assert "binary" in r["fake.txt"].skipped
     assert "unreadable .docx" in r["broken.docx"].skipped
     assert "too large" in r["big.log"].skipped
