@@ -28,9 +28,13 @@ import torch
 from engine.finetune.probes import MAX_TOKENS
 from engine.loading.config import ModelConfig
 
-EFFICIENCY = {"cpu": 0.45, "cuda": 0.3, "mps": 0.2}  # cuda, mps: guesses, not measured
-DECODE_EFFICIENCY = {"cpu": 0.05, "cuda": 0.01, "mps": 0.01}
-EXPORT_SECONDS_PER_PARAM = 5e-8
+# The share of the measured 512^3 matmul rate a training step reaches, by device and base-weight bytes.
+# CPU float32: SmolLM2-135M, LoRA, batch 4 x 128, 269 tokens/s against 330 GFLOP/s. CPU bf16: the default
+# runs on two folders of notes (48 and 72 steps, ~230 tokens/s against 336 GFLOP/s, README). cuda, mps:
+# guesses, not measured.
+EFFICIENCY = {("cpu", 4): 0.45, ("cpu", 2): 0.34, ("cuda", 4): 0.3, ("cuda", 2): 0.3, ("mps", 4): 0.2, ("mps", 2): 0.2}
+DECODE_EFFICIENCY = {"cpu": 0.025, "cuda": 0.01, "mps": 0.01}  # cpu: 7 questions asked twice took 20 s
+EXPORT_SECONDS_PER_PARAM = 4e-8  # the float32 model loaded again, merged and written twice: 5.5 s for 135M
 FLOAT = 4
 
 
@@ -120,10 +124,11 @@ def estimate_run(
     activations += 2 * cfg.n_layer * batch_size * cfg.n_head * seq_len * seq_len * dtype_bytes
     train_s = probe_s = export_s = None
     if flops_per_second:
-        kind = device_type if device_type in EFFICIENCY else "cpu"
+        kind = device_type if device_type in DECODE_EFFICIENCY else "cpu"
         flops_per_token = (6 if method == "full" else 4) * n
         flops_per_token += 6 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim  # attention scores
-        train_s = tokens * flops_per_token / (flops_per_second * EFFICIENCY[kind])
+        share = EFFICIENCY.get((kind, dtype_bytes), EFFICIENCY[(kind, FLOAT)])
+        train_s = tokens * flops_per_token / (flops_per_second * share)
         probe_s = 2 * probes * MAX_TOKENS * 2 * n / (flops_per_second * DECODE_EFFICIENCY[kind])
         export_s = n * EXPORT_SECONDS_PER_PARAM if export else 0.0
     return RunEstimate(

@@ -160,7 +160,7 @@ class LoRALinear(nn.Module):
         a = self.lora_A.to(x.dtype).reshape(-1, self.in_features)
         h = F.linear(self.dropout(x), a)  # (..., n_slices * r)
         h = h.unflatten(-1, (len(self.slices), self.rank))  # (..., n_slices, r)
-        b = self.lora_B.to(x.dtype)
+        b = (self.lora_B * self.scaling).to(x.dtype)  # scaled here: one small multiply, not one per output
         pieces, pos, off = [], 0, 0
         for k, s in enumerate(self.slices):
             if s.start > pos:
@@ -170,7 +170,8 @@ class LoRALinear(nn.Module):
             pos = s.start + s.size
         if pos < self.out_features:
             pieces.append(out.new_zeros(*out.shape[:-1], self.out_features - pos))
-        return out + (torch.cat(pieces, dim=-1) * self.scaling).to(out.dtype)  # a bf16 base stays bf16
+        delta = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+        return out + delta.to(out.dtype)  # a bf16 base stays bf16
 
     @torch.no_grad()
     def merge(self) -> None:

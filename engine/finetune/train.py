@@ -508,8 +508,18 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     stop = _stopper(should_stop)
     before = []
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}  # each phase's wall time, kept in run.json
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock, 2)
+        clock = now
+
     if data.probes and checkpoint is None:
         before = probes.ask(lm, data.probes, stop)
+    lap("recall_questions")
     trainer = _Trainer(lm, data, out, config)
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
@@ -517,9 +527,12 @@ def finetune(
             with lora_disabled(lm.model):
                 before = probes.ask(lm, data.probes, stop)
             reset_for_training(lm.model)
+    lap("recall_questions")
     result = trainer.run(progress or (lambda p: None), stop)
+    lap("training")
     if result.status == "finished" and before:
         result.recall = probes.Recall(tuple(zip(before, probes.ask(lm, data.probes, stop), strict=False)))
+    lap("recall_questions")
     if result.status == "finished" and export:
         from engine.finetune.export import float32_merged, save_merged_hf, save_peft_adapter
 
@@ -530,6 +543,7 @@ def finetune(
                 source = float32_merged(lm.path, lm.model.device, result.adapter_dir)
         result.merged_dir = save_merged_hf(source, out / "merged")
         _export_gguf(source, out, config, result)
+    lap("outputs")
     summary = {
         "status": result.status,
         "step": result.step,
@@ -545,6 +559,7 @@ def finetune(
         },
         "gguf_skipped": result.gguf_skipped,
         "recall": result.recall.to_json() if result.recall is not None else None,
+        "seconds": seconds,
         "history": result.history,
         "files": [asdict(r) for r in data.reports],
     }

@@ -3,13 +3,13 @@ merged outputs that keep the float32 base weights."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 
-from engine.finetune import FinetuneConfig, finetune
-from engine.finetune import precision
+from engine.finetune import FinetuneConfig, finetune, precision
 from engine.finetune.lora import ByteDropout
 from engine.loading.loader import load_model
 
@@ -49,6 +49,8 @@ def test_a_bf16_run_writes_merged_outputs_from_the_float32_base(tiny_models, tmp
     lm = load_model(folder, dtype="bfloat16", pack=False)
     cfg = FinetuneConfig(seq_len=24, steps=4, lr=1e-2, batch_size=2, rank=4, val_fraction=0.0, gguf="none")
     result = finetune(lm, [data], tmp_path / "run", cfg)
+    seconds = json.loads((tmp_path / "run" / "run.json").read_text())["seconds"]
+    assert seconds["training"] > 0 and seconds["outputs"] > 0 and seconds["recall_questions"] >= 0
     base = load_model(folder, dtype="float32").model
     merged = load_model(result.merged_dir, dtype="float32").model
     # weights no adapter touches are the float32 base's, not rounded to bf16
