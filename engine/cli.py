@@ -323,7 +323,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.finetune import FinetuneConfig, finetune
     from engine.finetune.plan import planned_config
-    from engine.finetune.train import dataset_for
+    from engine.finetune.train import check_trainable, dataset_for
     from engine.loading.loader import load_model
 
     settings = {
@@ -362,15 +362,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         config = FinetuneConfig.from_dict(json.loads((ckpt / "state.json").read_text())["config"])
         config.gguf = args.gguf
         data = dataset_for(lm, args.paths, config)
+        _report_files(data)
     else:
         config, chosen, data = planned_config(lm, args.paths, settings)
+        _report_files(data)
+        check_trainable(data)
         print("Settings chosen from your files (flags override them):", file=sys.stderr)
         for reason in chosen.reasons:
             print(f"  - {reason}", file=sys.stderr)
-    for r in data.reports:
-        what = f"skipped: {r.skipped}" if r.skipped else f"{r.tokens} tokens, {r.chunks} chunks"
-        print(f"  {r.path}: {what}" + "".join(f" [{n}]" for n in r.notes), file=sys.stderr)
-    print(data.summary(), file=sys.stderr)
     if ckpt is None:
         print(_estimate_line(lm, config, data, export=not args.no_export), file=sys.stderr)
     started = time.perf_counter()
@@ -404,6 +403,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if result.gguf_skipped:
         print(f"no GGUF: {result.gguf_skipped}", file=sys.stderr)
     print(f"took {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+
+
+def _report_files(data) -> None:
+    for r in data.reports:
+        what = f"skipped: {r.skipped}" if r.skipped else f"{r.tokens} tokens, {r.chunks} chunks"
+        print(f"  {r.path}: {what}" + "".join(f" [{n}]" for n in r.notes), file=sys.stderr)
+    print(data.summary(), file=sys.stderr)
 
 
 def _estimate_line(lm, config, data, *, export: bool) -> str:

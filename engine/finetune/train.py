@@ -456,6 +456,13 @@ def _export_gguf(lm, out: Path, config: FinetuneConfig, result: FinetuneResult) 
         result.gguf_skipped = str(e)
 
 
+def check_trainable(data: Dataset) -> None:
+    """Raise `FinetuneError` saying why, when none of the files gave text to train on."""
+    if not data.train:
+        reasons = "; ".join(f"{Path(r.path).name}: {r.skipped}" for r in data.reports if r.skipped)
+        raise FinetuneError(f"nothing to train on ({reasons or 'no files found'})")
+
+
 def dataset_for(lm, paths: Iterable[str | Path], config: FinetuneConfig) -> Dataset:
     """The files read, tokenized, chunked and split as ``config`` says, for ``lm``'s tokenizer and template."""
     return build_dataset(
@@ -502,9 +509,7 @@ def finetune(
     config = config or FinetuneConfig()
     if not isinstance(data, Dataset):
         data = dataset_for(lm, data, config)
-    if not data.train:
-        reasons = "; ".join(f"{Path(r.path).name}: {r.skipped}" for r in data.reports if r.skipped) or "no files"
-        raise FinetuneError(f"nothing to train on ({reasons})")
+    check_trainable(data)
     out.mkdir(parents=True, exist_ok=True)
     stop = _stopper(should_stop)
     before = []

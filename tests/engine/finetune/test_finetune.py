@@ -240,6 +240,24 @@ def test_cli_finetune_then_generate_with_the_adapter(tiny_models, tmp_path, caps
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
+def test_cli_refuses_folders_with_nothing_to_train_on_before_planning(tiny_models, tmp_path, capsys):
+    from engine.cli import main
+
+    folder, _ = tiny_models("llama")
+    empty, unreadable = tmp_path / "empty", tmp_path / "unreadable"
+    empty.mkdir()
+    unreadable.mkdir()
+    (unreadable / "a.txt").write_bytes(b"\x00\x01\x02binary")
+    (unreadable / "scan.pdf").write_bytes(b"%PDF-1.4 not really")
+    for data, reason in ((empty, "no files found"), (unreadable, "a.txt: binary data")):
+        out = tmp_path / f"out-{data.name}"
+        assert main(["finetune", str(data), "--out", str(out), "--model", str(folder)]) == 1
+        err = capsys.readouterr().err
+        assert f"nothing to train on ({reason}" in err
+        assert "Settings chosen" not in err and "Estimate" not in err  # no plan for nothing
+        assert not out.exists()
+
+
 def test_an_adapter_on_the_packed_default_model(tmp_path, capsys):
     """An adapter trained on the float32 copy loads onto the default packed model (bf16 with int4
     projections): the dense layers take it merged, the packed ones run it beside them, and the tuned
