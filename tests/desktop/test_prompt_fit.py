@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from desktop.prompt_fit import fit_prompt
 from engine.errors import TemplateError
+from engine.text.chat_template import ChatTemplate
 
 
 @dataclass
@@ -13,8 +14,9 @@ class WordModel:
     """One token per word; the template insists that user and assistant alternate, as Llama 2's does."""
 
     context_length: int
+    template: ChatTemplate = field(default_factory=lambda: ChatTemplate(None))  # thoughts: ChatML keeps them
 
-    def render_chat(self, messages):
+    def render_chat(self, messages, add_generation_prompt=True):
         roles = [m["role"] for m in messages if m["role"] != "system"]
         if roles[:1] != ["user"] or any(a == b for a, b in zip(roles, roles[1:], strict=False)):
             raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
