@@ -47,7 +47,7 @@ class Thought(QFrame):
     costs at most a new header; open, it is plain text that wraps at any width."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, objectName="thought")
+        super().__init__(parent, objectName="thought", frameShape=QFrame.Shape.StyledPanel)  # drawn by the theme
         self._thought = ""
         self.header = Header(
             checkable=True,
@@ -62,7 +62,7 @@ class Thought(QFrame):
         self.text = ChatText("Thought")
         self.text.hide()
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 0, 0, 0)
+        layout.setContentsMargins(6, 0, 0, 2)
         layout.setSpacing(2)
         layout.addWidget(self.header)
         layout.addWidget(self.text)

@@ -51,8 +51,10 @@ QWidget {{ font-size: {size}pt; }}
 QFrame#userMessage {{ background: {user}; border-radius: 8px; }}
 QFrame#assistantMessage {{ background: {assistant}; border-radius: 8px; }}
 QLabel#contextNote {{ color: {note}; }}
-QFrame#thought {{ border-left: 2px solid {thought_edge}; }}
+QFrame#thought {{ border: none; border-left: 2px solid {thought_edge}; }}
 QFrame#thought QToolButton, QFrame#thought QTextBrowser {{ color: {thought}; }}
+QToolButton#thoughtHeader {{ border: none; border-radius: 4px; padding: 1px 4px; }}
+QToolButton#thoughtHeader:hover, QToolButton#thoughtHeader:focus {{ background: {chip_hover}; }}
 QToolButton#modelChip {{ border: 1px solid {chip_edge}; border-radius: 11px; padding: 2px 10px; }}
 QToolButton#modelChip:hover {{ background: {chip_hover}; }}
 QToolButton#modelChip::menu-indicator {{ image: none; width: 0px; }}
