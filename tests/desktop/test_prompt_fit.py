@@ -71,3 +71,10 @@ def test_a_template_error_is_a_refusal_with_the_templates_message():
     messages = [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hello"}]
     fit = fit_prompt(WordModel(1000), messages, reserve=10, policy="drop_oldest")
     assert fit.refused and "must alternate" in fit.note and fit.ids == []
+
+
+def test_earlier_turns_thoughts_are_left_out_before_fitting():
+    messages = conversation(2, system=False)
+    messages[1]["content"] = "<think>a long thought " + "word " * 40 + "</think>answer 0"
+    fit = fit_prompt(WordModel(60), messages, reserve=10, policy="stop")
+    assert not fit.refused and "thought" not in fit.text and "answer 0" in fit.text
