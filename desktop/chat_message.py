@@ -116,12 +116,12 @@ class MessageWidget(QWidget):
         tag = STATUS_TAGS.get(status, "")
         if tag != self.tag.text():  # a streaming reply comes here ~30 times a second
             self.tag.setText(tag)
-        split = split_thinking(text, opened=self.message.meta.get("thought_opened", False))
-        if self.message.role == "user" or split.thought is None:
-            answer, thought_appears = text, False
-        else:
+        meta = self.message.meta
+        split = split_thinking(text, opened=meta.get("thought_opened", False)) if self.message.role != "user" else None
+        answer, thought_appears = text, False
+        if split is not None and split.thought is not None:
             answer, thought_appears = split.answer, self.thought.isHidden()
-            self.thought.show_thought(split.thought, header_text(split, self.message.meta, status == "streaming"))
+            self.thought.show_thought(split.thought, header_text(split, meta, status == "streaming"))
             self.thought.show()
             self.body.setVisible(bool(answer) or not split.thinking)  # no "…" under a thought still coming
         changed = answer != self.answer and self.body.set_markdown(answer)

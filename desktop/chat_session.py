@@ -3,12 +3,11 @@
 `ChatSession` is what the Chat view's buttons and the Chat menu act on. A sent message is saved, the
 history is rendered and fitted to the context (`desktop.prompt_fit`), the reply's row is written before the
 worker starts, the streaming text is written at most every `SAVE_PARTIAL_SECONDS`, and the finished,
-failed or stopped reply is written once with what produced it. A reasoning model's reply notes in its meta
-whether its prompt opened its thought (``thought_opened``) and, once the thought closes, how many tokens
-and seconds it took (``thought_tokens``, ``thought_seconds``), for the chat's folded thought. Every final
-write goes through
+failed or stopped reply is written once with what produced it. Every final write goes through
 `save_pending`: when the disk is full the reply stays on screen (`messages` shows it) and is written before
-the next change, or when the window closes.
+the next change, or when the window closes. A reasoning model's reply notes in its meta whether its prompt
+opened its thought (``thought_opened``) and, once the thought closes, how many tokens and seconds it took
+(``thought_tokens``, ``thought_seconds``), for the chat's folded thought.
 
 Signals:
     conversationsChanged()  -- a title changed: the list of conversations is shown again

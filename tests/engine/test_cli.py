@@ -143,7 +143,6 @@ def test_bad_gguf_exits_cleanly(tmp_path):
 # which Linux carries across exec).
 CHILD = """
 import json, resource, sys
-from engine import chat_prompt
 from engine.cli import main
 try:
     code = main(sys.argv[1:])
