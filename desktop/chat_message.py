@@ -118,15 +118,16 @@ class MessageWidget(QWidget):
             self.tag.setText(tag)
         meta = self.message.meta
         split = split_thinking(text, opened=meta.get("thought_opened", False)) if self.message.role != "user" else None
-        answer, thought_appears = text, False
-        if split is not None and split.thought is not None:
-            answer, thought_appears = split.answer, self.thought.isHidden()
+        answer = text if split is None or split.thought is None else split.answer
+        thinks = split is not None and split.thought is not None and (bool(split.thought) or split.thinking)
+        comes_or_goes = thinks == self.thought.isHidden()  # an empty thought (thinking switched off) shows none
+        if thinks:
             self.thought.show_thought(split.thought, header_text(split, meta, status == "streaming"))
-            self.thought.show()
-            self.body.setVisible(bool(answer) or not split.thinking)  # no "…" under a thought still coming
+        self.thought.setVisible(thinks)
+        self.body.setVisible(bool(answer) or not (thinks and split.thinking))  # no "…" under a coming thought
         changed = answer != self.answer and self.body.set_markdown(answer)
         self.answer = answer
-        if changed or thought_appears:
+        if changed or comes_or_goes:
             self.watch_focus()
 
     def watch_focus(self) -> None:

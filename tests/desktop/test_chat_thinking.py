@@ -169,3 +169,15 @@ def test_a_thought_stopped_midway_shows_as_unfinished(qtbot, window, script):
     wait_idle(qtbot, window)
     widget = window.chat.widgets[-1]
     assert widget.thought.header.text().endswith("(unfinished)") and widget.answer == ""
+
+
+def test_an_empty_thought_shows_no_block(qtbot, window):
+    """Qwen3 with thinking off may still write an empty ``<think></think>``: only the answer shows."""
+    cid = window.store.create_conversation("Empty thought")
+    window.store.add_message(cid, "user", "Hi")
+    window.store.add_message(cid, "assistant", "<think>\n\n</think>\n\nHello!")
+    window.open_conversation(cid)
+    widget = window.chat.widgets[-1]
+    assert widget.thought.isHidden() and widget.body.parts[0].toPlainText() == "Hello!"
+    click(qtbot, button(widget, "Copy this message"))
+    assert QGuiApplication.clipboard().text() == "Hello!"
