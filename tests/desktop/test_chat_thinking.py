@@ -96,6 +96,7 @@ def test_a_streamed_thought_folds_above_the_answer_and_opens_on_click(qtbot, win
     assert thinking and all(answer == "" and not visible for _, answer, visible in thinking)
     assert seen[-1][0].startswith("Thought for") and seen[-1][2], "the answer shows once the thought closes"
     widget = window.chat.widgets[-1]
+    qtbot.waitUntil(widget.isVisible)  # a widget added to a shown chat shows at the next turn of the loop
     assert widget.thought.isVisible() and not widget.thought.text.isVisible()
     reply = window.store.messages(window.cid)[-1]
     assert reply.content == REPLY, "the store keeps the whole reply, thought included"
