@@ -1,5 +1,6 @@
 """One message in the chat: the user's as a bubble on the right, the assistant's across the column, with
-actions that show while the pointer is over the message or the keyboard focus is in it."""
+actions that show while the pointer is over the message or the keyboard focus is in it. A reasoning model's
+thought shows folded above its answer (`desktop.chat_thought`); Copy copies the answer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from PySide6.QtGui import QEnterEvent, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QInputDialog, QLabel, QToolButton, QVBoxLayout, QWidget
 
 from desktop.chat_body import MessageBody
+from desktop.chat_thought import Thought, header_text
 from desktop.code_block import CodeBlock
 from desktop.store import Message
+from engine.text.thinking import split_thinking
 
 if TYPE_CHECKING:
     from desktop.chat_view import ChatView
@@ -33,6 +36,9 @@ class MessageWidget(QWidget):
         self.bubble = QFrame(objectName="userMessage" if user else "assistantMessage")
         self.tag = QLabel(accessibleName="Message status")
         self.body = MessageBody(f"{message.role} message", view.code_background, hug=user)
+        self.thought = Thought(self)  # in the layout of an assistant's message only
+        self.thought.hide()
+        self.answer: str | None = None  # the text the body shows: the reply without its thought
         self.actions = QWidget()
         keep_place = self.actions.sizePolicy()
         keep_place.setRetainSizeWhenHidden(True)  # showing them never moves the text
@@ -50,7 +56,7 @@ class MessageWidget(QWidget):
                 ("continue", "Continue this reply", lambda: view.continueRequested.emit(turn)),
             ]
         for name, tip, slot in [
-            ("copy", "Copy this message", lambda: QGuiApplication.clipboard().setText(message.content)),
+            ("copy", "Copy this message", lambda: QGuiApplication.clipboard().setText(self.answer)),
             *steps,
             ("inspect", "See the tokens, probabilities and attention up to this message", self._inspect),
             ("delete", "Delete this message", lambda: view.deleteRequested.emit(turn)),
@@ -76,6 +82,7 @@ class MessageWidget(QWidget):
             header.addWidget(self.actions)
             inside.setContentsMargins(12, 6, 12, 10)
             inside.addLayout(header)
+            inside.addWidget(self.thought)
             inside.addWidget(self.body)
             column = QVBoxLayout(self)
             column.setContentsMargins(0, 0, 0, 0)
@@ -109,13 +116,24 @@ class MessageWidget(QWidget):
         tag = STATUS_TAGS.get(status, "")
         if tag != self.tag.text():  # a streaming reply comes here ~30 times a second
             self.tag.setText(tag)
-        if self.body.set_markdown(text):
+        meta = self.message.meta
+        split = split_thinking(text, opened=meta.get("thought_opened", False)) if self.message.role != "user" else None
+        answer = text if split is None or split.thought is None else split.answer
+        thinks = split is not None and split.thought is not None and (bool(split.thought) or split.thinking)
+        comes_or_goes = thinks == self.thought.isHidden()  # an empty thought (thinking switched off) shows none
+        if thinks:
+            self.thought.show_thought(split.thought, header_text(split, meta, status == "streaming"))
+        self.thought.setVisible(thinks)
+        self.body.setVisible(bool(answer) or not (thinks and split.thinking))  # no "…" under a coming thought
+        changed = answer != self.answer and self.body.set_markdown(answer)
+        self.answer = answer
+        if changed or comes_or_goes:
             self.watch_focus()
 
     def watch_focus(self) -> None:
         """Tab goes through the text, then the actions, which show while the focus is in the message. Again
         after the message joins the chat: taking a new parent reorders its widgets' place in the chain."""
-        stops: list[QWidget] = []
+        stops: list[QWidget] = [] if self.thought.isHidden() else [self.thought.header]
         for part in self.body.parts:
             stops += [part.copy, part.view] if isinstance(part, CodeBlock) else [part]
         stops += self.actions.findChildren(QToolButton)

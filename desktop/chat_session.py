@@ -5,7 +5,9 @@ history is rendered and fitted to the context (`desktop.prompt_fit`), the reply'
 worker starts, the streaming text is written at most every `SAVE_PARTIAL_SECONDS`, and the finished,
 failed or stopped reply is written once with what produced it. Every final write goes through
 `save_pending`: when the disk is full the reply stays on screen (`messages` shows it) and is written before
-the next change, or when the window closes.
+the next change, or when the window closes. A reasoning model's reply notes in its meta whether its prompt
+opened its thought (``thought_opened``) and, once the thought closes, how many tokens and seconds it took
+(``thought_tokens``, ``thought_seconds``), for the chat's folded thought.
 
 Signals:
     conversationsChanged()  -- a title changed: the list of conversations is shown again
@@ -30,6 +32,7 @@ from desktop.prompt_fit import Fit, fit_prompt
 from desktop.remote_controller import PREVIEW_NEEDS_LOCAL, RemoteFit, RemoteModels
 from desktop.saving import Saver
 from desktop.store import Message, Store
+from engine.text.thinking import CLOSE, prompt_opens_thought, split_thinking
 
 SAVE_PARTIAL_SECONDS = 2.0  # a streaming reply is written to disk at most this often
 FINISHED = {  # the engine's finish_reason, for the readout
@@ -143,7 +146,8 @@ class ChatSession(QObject):
         return head + [{"role": m.role, "content": m.content} for m in messages]
 
     def fit(self, messages: list[dict[str, str]]) -> Fit:
-        return fit_prompt(self.worker.model, messages, self.chat.max_tokens.value(), self.chat.policy_key())
+        model, reserve = self.worker.model, self.chat.max_tokens.value()
+        return fit_prompt(model, messages, reserve, self.chat.policy_key(), self.prompts.thinking())
 
     def refresh_preview(self) -> None:
         if self.remote.active is not None:
@@ -207,6 +211,8 @@ class ChatSession(QObject):
         ids = fit.ids + prefix_ids
         settings = self.sampling.settings()
         meta = self._provenance(settings)
+        if prompt_opens_thought(fit.text):
+            meta["thought_opened"] = True
         with self.saving("the reply") as saved:
             if extend_last:
                 message_id = self.store.messages(self.cid)[-1].id
@@ -222,7 +228,8 @@ class ChatSession(QObject):
         if extend_last or turn is not None:
             self.show_messages()
             self.chat.drop_last()
-        self.chat.begin_stream(self.store.messages(self.cid)[-1])
+        # The shown message's meta is the reply's own: it learns the thought's length as the reply streams.
+        self.chat.begin_stream(replace(self.store.messages(self.cid)[-1], meta=meta))
         self.chat.set_busy(True)
         if isinstance(fit, RemoteFit):
             self.worker.generate_remote(self.remote.request(fit.messages, settings, max_tokens))
@@ -355,8 +362,10 @@ class ChatSession(QObject):
         r = self.reply
         if r is None:
             return
+        start = len(r.text)
         r.text += "".join(t.text for t in batch)
         r.tokens += len(batch)
+        self._time_thought(r, batch, start)
         self.chat.stream_text(r.content)
         elapsed = max(time.monotonic() - r.started, 1e-6)
         used = r.prompt_tokens + r.tokens
@@ -367,6 +376,23 @@ class ChatSession(QObject):
             with self.saving("the reply so far", dialog=False):
                 self.store.update_message(r.message_id, content=r.content)
             r.saved = time.monotonic()
+
+    @staticmethod
+    def _time_thought(r: Reply, batch: tuple[Token, ...], start: int) -> None:
+        """When the reply's thought closes in ``batch`` (its text from ``start`` in ``r.text``): the tokens
+        up to the closing tag and the seconds since the reply started, in its meta."""
+        if "thought_tokens" in r.meta:
+            return
+        close = r.text.find(CLOSE, max(0, start - len(CLOSE) + 1))
+        if close < 0 or split_thinking(r.content, opened=r.meta.get("thought_opened", False)).thought is None:
+            return
+        size, tokens = start, r.tokens - len(batch)
+        for token in batch:
+            size, tokens = size + len(token.text), tokens + 1
+            if size >= close + len(CLOSE):
+                break
+        r.meta["thought_tokens"] = tokens
+        r.meta["thought_seconds"] = round(time.monotonic() - r.started, 1)
 
     @Slot(object)
     def _on_generation_finished(self, result: GenerationResult) -> None:

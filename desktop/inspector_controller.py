@@ -15,6 +15,7 @@ from desktop.messages import GenerationResult, PassRequest, frozen_map
 from desktop.panels.inspector import InspectorPanel
 from desktop.panels.sampling import SamplingPanel
 from desktop.remote_controller import NEEDS_LOCAL, RemoteModels
+from engine.chat_prompt import render_prompt
 from engine.inspection.inspect import Inspection
 from engine.remote import remote_inspection
 
@@ -77,10 +78,11 @@ class InspectorController(QObject):
             self.show_status("The inspector needs a loaded model and no reply being written.", 5000)
             return
         history = self.session.history(upto_turn=turn + 1)
-        full = lm.encode_prompt(lm.render_chat(history, add_generation_prompt=False))
+        think = self.session.prompts.thinking()  # rendered as the reply's prompt was
+        full = lm.encode_prompt(render_prompt(lm, history, think=think, add_generation_prompt=False))
         self.reply_start = len(full)
         if history and history[-1]["role"] == "assistant":
-            prompt = lm.encode_prompt(lm.render_chat(history[:-1], add_generation_prompt=True))
+            prompt = lm.encode_prompt(render_prompt(lm, history[:-1], think=think))
             if full[: len(prompt)] == prompt:
                 self.reply_start = len(prompt)
         if len(full) > lm.context_length:

@@ -65,6 +65,7 @@ from desktop.settings import Settings
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 from desktop.ui_gc import collect_on_ui_thread
 from engine.compiled.step import unavailable_reason
+from engine.text.thinking import takes_thinking_switch
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class MainWindow(QMainWindow):
         """The settings into the widgets, the window's layout, the theme, and the last conversation."""
         self.chat.set_policy(self.settings.get("chat/context_policy"))
         self.chat.max_tokens.setValue(self.settings.get("chat/max_tokens"))
+        self.prompts.think.setChecked(self.settings.get("chat/think"))
         preset = self.settings.get("sampling/preset")
         self.sampling.preset_box.setCurrentText(preset)
         self.sampling.set_settings(self.sampling.presets.get(preset) or {})
@@ -337,6 +339,7 @@ class MainWindow(QMainWindow):
         self.sampling.changed.connect(self._on_sampling_changed)
         self.sampling.presetChosen.connect(lambda name: self.settings.set("sampling/preset", name))
         self.prompts.systemPromptChanged.connect(self._on_system_prompt)
+        self.prompts.thinkChanged.connect(self._on_think)
         self.new_chat.clicked.connect(self.new_conversation)
         self.search.textChanged.connect(self._refresh_conversations)
         self.conversation_list.itemActivated.connect(self._on_conversation_item)
@@ -513,6 +516,11 @@ class MainWindow(QMainWindow):
         self.settings.set("chat/max_tokens", value)
         self.session.refresh_preview()
 
+    @Slot(bool)
+    def _on_think(self, think: bool) -> None:
+        self.settings.set("chat/think", think)
+        self.session.refresh_preview()
+
     @Slot(dict)
     def _on_sampling_changed(self, values: dict) -> None:
         if self.cid is not None:
@@ -558,6 +566,7 @@ class MainWindow(QMainWindow):
         """The model that answers changed (loaded, or a remote one, or back to the local one)."""
         local = self.remote.active is None and self.worker.model is not None
         self.prompts.show_model_default(default_system_prompt(self.worker.model.render_chat) if local else None)
+        self.prompts.show_thinking_switch(takes_thinking_switch(self.worker.model.template) if local else None)
         if self.remote.active is not None:
             self.setWindowTitle(f"Ember — {self.remote.active['model']} (remote)")
             self.model_chip.show_remote(self.remote.active["model"], self.remote.active["base_url"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.chat_prompt import render_prompt
 from engine.errors import TemplateError
 from engine.loading.loader import LoadedModel
 
@@ -22,8 +23,11 @@ class Fit:
     note: str
 
 
-def fit_prompt(lm: LoadedModel, messages: list[dict[str, str]], reserve: int, policy: str) -> Fit:
-    """Render ``messages`` with the model's template; ``reserve`` tokens are kept free for the reply."""
+def fit_prompt(
+    lm: LoadedModel, messages: list[dict[str, str]], reserve: int, policy: str, think: bool | None = None
+) -> Fit:
+    """Render ``messages`` with the model's template (`engine.chat_prompt.render_prompt`, ``think`` its
+    thinking switch); ``reserve`` tokens are kept free for the reply."""
     reserve = min(reserve, lm.context_length // 2)
     budget = lm.context_length - reserve
     first = 1 if messages and messages[0]["role"] == "system" else 0
@@ -31,7 +35,7 @@ def fit_prompt(lm: LoadedModel, messages: list[dict[str, str]], reserve: int, po
     dropped = 0
     while True:
         try:
-            text = lm.render_chat(kept)
+            text = render_prompt(lm, kept, think=think)
         except TemplateError as e:
             return Fit("", [], dropped, True, f"The model's chat template cannot render this conversation. {e}")
         ids = lm.encode_prompt(text)

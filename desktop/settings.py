@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "server/port": 8080,  # serving the local model to other apps, on 127.0.0.1
     "chat/context_policy": "drop_oldest",  # drop_oldest | stop
     "chat/max_tokens": 512,
+    "chat/think": True,  # a reasoning model thinks before it answers (templates that take enable_thinking)
     "chat/last_conversation": 0,
     "sampling/preset": "Balanced",
 }

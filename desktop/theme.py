@@ -51,6 +51,10 @@ QWidget {{ font-size: {size}pt; }}
 QFrame#userMessage {{ background: {user}; border-radius: 8px; }}
 QFrame#assistantMessage {{ background: {assistant}; border-radius: 8px; }}
 QLabel#contextNote {{ color: {note}; }}
+QFrame#thought {{ border: none; border-left: 2px solid {thought_edge}; }}
+QFrame#thought QToolButton, QFrame#thought QTextBrowser {{ color: {thought}; }}
+QToolButton#thoughtHeader {{ border: none; border-radius: 4px; padding: 1px 4px; }}
+QToolButton#thoughtHeader:hover, QToolButton#thoughtHeader:focus {{ background: {chip_hover}; }}
 QToolButton#modelChip {{ border: 1px solid {chip_edge}; border-radius: 11px; padding: 2px 10px; }}
 QToolButton#modelChip:hover {{ background: {chip_hover}; }}
 QToolButton#modelChip::menu-indicator {{ image: none; width: 0px; }}
@@ -105,6 +109,8 @@ def apply_theme(app: QApplication, choice: str, font_size: int) -> None:
             user="#2b3a4a" if dark else "#e6eef7",
             assistant="#26272a" if dark else "#ffffff",
             note="#f2b36b" if dark else "#a15c00",
+            thought="#a8adb3" if dark else "#5f6368",
+            thought_edge="#4a4c50" if dark else "#d6d4cd",
             chip_edge=_INDICATOR_EDGE[dark],
             chip_hover="#2d2e31" if dark else "#ecebe7",
         )

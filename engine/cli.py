@@ -70,6 +70,12 @@ def _generation_options() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="stop after this many tokens (default: 256)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--system", help="a system message")
+    p.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        help="let a reasoning model think before it answers, or not (models whose chat template takes "
+        "enable_thinking, such as Qwen3; default: the template's own)",
+    )
     return p
 
 
@@ -227,7 +233,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     settings = _settings(args)
     lm = _load(args)
     if args.chat or args.system:
-        text = lm.render_chat(_messages(args.system, args.prompt))
+        from engine.chat_prompt import render_prompt
+
+        text = render_prompt(lm, _messages(args.system, args.prompt), think=args.think)
     else:
         text = args.prompt
     gen = _generation(lm, lm.encode_prompt(text), settings, args)
@@ -262,10 +270,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         )
 
 
-def _fit_history(lm, messages: list[dict[str, str]], reserve: int) -> list[int]:
+def _fit_history(lm, messages: list[dict[str, str]], reserve: int, think: bool | None) -> list[int]:
     """Render the chat, dropping the oldest turns (never the system message) until it fits."""
+    from engine.chat_prompt import render_prompt
+
     while True:
-        ids = lm.encode_prompt(lm.render_chat(messages))
+        ids = lm.encode_prompt(render_prompt(lm, messages, think=think))
         first = 1 if messages[0]["role"] == "system" else 0
         if len(ids) + reserve <= lm.context_length or len(messages) - first <= 1:
             return ids
@@ -297,7 +307,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         if not user:
             continue
         messages.append({"role": "user", "content": user})
-        ids = _fit_history(lm, messages, reserve=min(args.max_tokens, lm.context_length // 2))
+        ids = _fit_history(lm, messages, min(args.max_tokens, lm.context_length // 2), args.think)
         gen = _generation(lm, ids, settings, args)
         t0 = time.perf_counter()
         try:

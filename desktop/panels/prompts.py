@@ -1,8 +1,10 @@
-"""Prompts: the system prompt (or the model's default, when the box is empty), saved prompt presets, and
-under "Advanced" a preview of the exact rendered prompt.
+"""Prompts: the system prompt (or the model's default, when the box is empty), saved prompt presets, the
+"Think before answering" switch of reasoning models, and under "Advanced" a preview of the exact rendered
+prompt.
 
 Signals:
     systemPromptChanged(str)
+    thinkChanged(bool)  -- the switch, passed to templates that take ``enable_thinking``
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QHBoxLayout,
     QInputDialog,
@@ -30,6 +33,11 @@ from desktop.presets import Presets
 from engine.errors import EmberError
 
 PROBE = "\x1fEmber probe\x1f"  # a system prompt no template writes by itself
+THINK_TIPS = {
+    True: "Reasoning models write their thoughts first (folded above the answer); off: they answer at once",
+    False: "This model's chat template has no thinking switch (enable_thinking)",
+    None: "The thinking switch needs a local model: its chat template decides",
+}
 
 
 def default_system_prompt(render: Callable[[list[dict[str, str]]], str]) -> str:
@@ -52,6 +60,7 @@ def default_system_prompt(render: Callable[[list[dict[str, str]]], str]) -> str:
 
 class PromptsPanel(QWidget):
     systemPromptChanged = Signal(str)
+    thinkChanged = Signal(bool)
 
     def __init__(self, presets: Presets, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -62,6 +71,8 @@ class PromptsPanel(QWidget):
         self.system.setMaximumHeight(120)
         self.in_use = QLabel(wordWrap=True, accessibleName="System prompt in use", objectName="contextNote")
         self.in_use.setTextFormat(Qt.TextFormat.RichText)
+        self.think = QCheckBox("Think before answering", accessibleName="Think before answering", checked=True)
+        self.show_thinking_switch(None)
         self.preset_box = QComboBox(accessibleName="Prompt preset")
         self.preset_box.setToolTip("Pick a saved system prompt")
         self.preset_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -99,6 +110,7 @@ class PromptsPanel(QWidget):
         layout.addWidget(self.in_use)
         layout.addLayout(row)
         layout.addLayout(manage)
+        layout.addWidget(self.think)
         layout.addWidget(self.token_count)
         layout.addWidget(self.advanced)
         layout.addWidget(self.advanced_box, 1)
@@ -107,6 +119,7 @@ class PromptsPanel(QWidget):
         self._show_in_use()
         self.system.textChanged.connect(self._on_text)
         self.advanced.toggled.connect(self._on_advanced)
+        self.think.toggled.connect(self.thinkChanged)
         use.clicked.connect(self._on_use)
         save.clicked.connect(self._on_save)
         self.delete_button.clicked.connect(self._on_delete)
@@ -131,6 +144,15 @@ class PromptsPanel(QWidget):
         self.system.setPlainText(text)
         self._updating = False
         self._show_in_use()
+
+    def thinking(self) -> bool:
+        return self.think.isChecked()
+
+    def show_thinking_switch(self, takes: bool | None) -> None:
+        """Whether the model's template takes the switch (`engine.text.thinking.takes_thinking_switch`);
+        None when no local model answers. The switch is usable only where it does something."""
+        self.think.setEnabled(bool(takes))
+        self.think.setToolTip(THINK_TIPS[takes])
 
     def show_model_default(self, text: str | None) -> None:
         """The loaded model's default system prompt (`default_system_prompt`), "" when its template has

@@ -73,6 +73,7 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     top_logprobs: int | None  # None: no logprobs; else how many alternatives per token
+    think: bool | None = None  # chat_template_kwargs.enable_thinking (None: the template's default)
     id: str = field(default_factory=lambda: "")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -191,6 +192,21 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _think(body: dict[str, Any]) -> bool | None:
+    """``chat_template_kwargs.enable_thinking``, as vLLM and llama.cpp's server take it; other keys are
+    ignored (the template gets no variables from the client but this switch)."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict):
+        raise bad_request("chat_template_kwargs must be an object", "chat_template_kwargs")
+    think = kwargs.get("enable_thinking")
+    if think is not None and not isinstance(think, bool):
+        message = f"chat_template_kwargs.enable_thinking must be true or false, got {think!r}"
+        raise bad_request(message, "chat_template_kwargs")
+    return think
+
+
 def _prompt(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -237,6 +253,7 @@ def parse_request(body: Any, *, chat: bool, served: set[str]) -> CompletionReque
         stream=stream,
         include_usage=include_usage,
         top_logprobs=top_logprobs,
+        think=_think(body) if chat else None,
     )
 
 

@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.chat_prompt import render_prompt
 from engine.errors import EmberError
 from engine.generation.generate import Generation
 from engine.loading.loader import LoadedModel
@@ -176,7 +177,7 @@ class ModelWorker:
 
     def _prompt_ids(self, req: CompletionRequest) -> list[int]:
         lm = self.lm
-        text = lm.render_chat(req.messages) if req.chat else req.prompt
+        text = render_prompt(lm, req.messages, think=req.think) if req.chat else req.prompt
         ids = lm.encode_prompt(text)
         if not ids:
             raise bad_request("the prompt is empty")

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.runtime import Context
@@ -293,7 +293,9 @@ class ChatTemplate:
 
     ``source`` None (or blank) means the model ships no template: :data:`CHATML` is used and
     ``is_fallback`` is True.  ``bos_token``/``eos_token`` are passed to the template as transformers
-    passes the tokenizer's special tokens.  Raises :class:`TemplateError` on a syntax error.
+    passes the tokenizer's special tokens.  ``variables``: the names the template reads from its caller
+    (``messages``, ``enable_thinking``, ...), found in its parsed source without running it.  Raises
+    :class:`TemplateError` on a syntax error.
     """
 
     def __init__(
@@ -313,7 +315,9 @@ class ChatTemplate:
         self.max_chars = max_chars
         self._env = _GuardedEnvironment(max_chars)
         try:
-            self._template = self._env.from_string(_Instrument().visit(self._env.parse(self.source)))
+            tree = self._env.parse(self.source)
+            self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(tree))
+            self._template = self._env.from_string(_Instrument().visit(tree))
         except jinja2.TemplateSyntaxError as exc:
             message = f"The chat template has a syntax error on line {exc.lineno}: {exc.message}"
             raise TemplateError(message) from None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from desktop.prompt_fit import fit_prompt
 from engine.errors import TemplateError
+from engine.text.chat_template import ChatTemplate
 
 
 @dataclass
@@ -13,8 +14,9 @@ class WordModel:
     """One token per word; the template insists that user and assistant alternate, as Llama 2's does."""
 
     context_length: int
+    template: ChatTemplate = field(default_factory=lambda: ChatTemplate(None))  # thoughts: ChatML keeps them
 
-    def render_chat(self, messages):
+    def render_chat(self, messages, add_generation_prompt=True):
         roles = [m["role"] for m in messages if m["role"] != "system"]
         if roles[:1] != ["user"] or any(a == b for a, b in zip(roles, roles[1:], strict=False)):
             raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
@@ -69,3 +71,10 @@ def test_a_template_error_is_a_refusal_with_the_templates_message():
     messages = [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hello"}]
     fit = fit_prompt(WordModel(1000), messages, reserve=10, policy="drop_oldest")
     assert fit.refused and "must alternate" in fit.note and fit.ids == []
+
+
+def test_earlier_turns_thoughts_are_left_out_before_fitting():
+    messages = conversation(2, system=False)
+    messages[1]["content"] = "<think>a long thought " + "word " * 40 + "</think>answer 0"
+    fit = fit_prompt(WordModel(60), messages, reserve=10, policy="stop")
+    assert not fit.refused and "thought" not in fit.text and "answer 0" in fit.text

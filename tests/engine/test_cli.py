@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from engine import chat_prompt
 from engine.cli import main
 from tests.engine.tiny_gguf import write_tiny_gguf
 from tests.hardening import count, figure
@@ -81,6 +82,22 @@ def test_chat_reads_turns_from_stdin(capsys, monkeypatch):
     code, out, err = run(capsys, "chat", "--temperature", "0", "--max-tokens", "30")
     assert code == 0
     assert "Paris" in out and "Ember chat" in err
+
+
+def test_think_flags_reach_the_chat_template(capsys, monkeypatch):
+    seen: list[bool | None] = []
+    render_prompt = chat_prompt.render_prompt
+
+    def recording(lm, messages, **options):
+        seen.append(options.get("think"))
+        return render_prompt(lm, messages, **options)
+
+    monkeypatch.setattr(chat_prompt, "render_prompt", recording)
+    for flag in ("--no-think", "--think"):
+        assert run(capsys, "generate", "--chat", "--prompt", "Hi", "--max-tokens", "1", flag)[0] == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n/quit\n"))
+    assert run(capsys, "chat", "--max-tokens", "1")[0] == 0
+    assert seen == [False, True, None]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ from engine.cli import main as cli_main
 from engine.loading.loader import load_model
 from engine.server.ember_server import EmberServer, check_bind, is_loopback
 from engine.server.protocol import token_bytes
+from engine.text.chat_template import ChatTemplate
+from tests.engine.text.reasoning_templates import QWEN3
 
 ROOT = Path(__file__).resolve().parents[3]
 HI = [{"role": "user", "content": "Hi"}]
@@ -160,6 +162,20 @@ def test_extension_samplers_are_accepted(client, server):
     assert r.choices[0].message.content
 
 
+def test_chat_template_kwargs_switch_thinking(client, server, lm, monkeypatch):
+    """As vLLM and llama.cpp's server take it: a Qwen3-style template given enable_thinking false closes an
+    empty thought in the prompt, which the usage counts."""
+    template = ChatTemplate(QWEN3, bos_token=lm.tokenizer.bos_token or "", eos_token=lm.tokenizer.eos_token or "")
+    monkeypatch.setattr(lm, "template", template)
+
+    def prompt_tokens(**extra) -> int:
+        return _chat(client, server, max_tokens=1, extra_body=extra).usage.prompt_tokens
+
+    default = prompt_tokens()
+    assert prompt_tokens(chat_template_kwargs={"enable_thinking": True}) == default
+    assert prompt_tokens(chat_template_kwargs={"enable_thinking": False}) > default
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
@@ -180,6 +196,8 @@ def test_extension_samplers_are_accepted(client, server):
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         ({"extra_body": {"top_k": -1}}, "top_k"),
         ({"extra_body": {"min_p": "lots"}}, "min_p"),
+        ({"extra_body": {"chat_template_kwargs": {"enable_thinking": "no"}}}, "chat_template_kwargs"),
+        ({"extra_body": {"chat_template_kwargs": ["enable_thinking"]}}, "chat_template_kwargs"),
     ],
 )
 def test_bad_parameters_are_400(client, server, kwargs, param):
