@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.gguf.types import BLOCK_SIZES, GGMLType
+from engine.gguf.types import BLOCK_SIZES, SUPPORTED_TYPES, GGMLType
 
 CHUNK_BLOCKS = 1 << 16  # blocks decoded per step: 8 MiB of float32 output for 32-element blocks
 # The 16 non-linear levels of IQ4_NL and IQ4_XS: a 4-bit code picks one, the block's scale multiplies it.
@@ -158,9 +158,7 @@ _BLOCK_KERNELS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.IQ4_NL: _iq4_nl,
     GGMLType.IQ4_XS: _iq4_xs,
 }
-_FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-
-SUPPORTED_TYPES: frozenset[GGMLType] = frozenset((*_FLOAT_TYPES, *_BLOCK_KERNELS))
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)  # decoded by a view or a cast, no kernel
 
 
 def _view_as(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -101,6 +101,11 @@ def test_file_tensor_is_bounded_by_its_block_bytes(tmp_path: Path, gguf_bytes, g
         read_gguf(short)
 
 
+def test_supported_types_are_the_kernels_and_floats() -> None:
+    """The torch-free list of supported types (what a model list checks files against) is what decodes."""
+    assert SUPPORTED_TYPES == {*dequant.FLOAT_TYPES, *dequant._BLOCK_KERNELS}
+
+
 def test_bf16_special_values() -> None:
     values = np.array([0.0, -0.0, 1.0, -2.5, np.inf, -np.inf, 3.0e38, 1.0e-40], dtype=np.float32)
     raw = (values.view(np.uint32) >> 16).astype("<u2").view(np.uint8)
