@@ -1,4 +1,5 @@
-"""The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, device and dtype,
+"""The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, the models other apps
+keep (`desktop.panels.library_box`), device and dtype,
 whether to compile the decoding step, the memory estimate before loading, a progress bar while loading,
 and the model's facts; below them the switch that serves the loaded model to other apps
 (`desktop.panels.serve_box`) and a remote OpenAI-compatible server (`desktop.panels.remote_endpoint`).
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.messages import ModelInfo
+from desktop.panels.library_box import LibraryBox
 from desktop.panels.remote_endpoint import RemoteEndpointBox
 from desktop.panels.serve_box import ServeBox
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
@@ -122,6 +124,8 @@ class ModelPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(QLabel("Recent (or drop a .gguf file or model folder here):", wordWrap=True))
         layout.addWidget(self.recent)
+        self.library = LibraryBox()  # filled by desktop.library_controller
+        layout.addWidget(self.library)
         layout.addLayout(form)
         layout.addWidget(self.estimate)
         layout.addWidget(self.progress)
@@ -138,6 +142,7 @@ class ModelPanel(QWidget):
         self.open_folder.clicked.connect(self._on_open_folder)
         self.use_default.clicked.connect(lambda: self.request(""))
         self.recent.itemActivated.connect(lambda item: self.request(item.data(Qt.ItemDataRole.UserRole)))
+        self.library.openRequested.connect(self.request)
         self.device.currentTextChanged.connect(self._refresh_estimate)
         self.dtype.currentTextChanged.connect(self._refresh_estimate)
 
@@ -190,7 +195,7 @@ class ModelPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setVisible(True)
         self.status.setText(f"Loading {Path(path).name if path else 'the default model'}…")
-        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent, self.library):
             w.setEnabled(False)
 
     @Slot(int)
@@ -216,7 +221,7 @@ class ModelPanel(QWidget):
     def _load_done(self) -> None:
         self.progress.setRange(0, 100)
         self.progress.setVisible(False)
-        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent, self.library):
             w.setEnabled(True)
 
     @Slot(object)
