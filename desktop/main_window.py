@@ -128,6 +128,7 @@ class MainWindow(QMainWindow):
             self.settings.get("model/dtype"),
             self.settings.get("model/compile"),
             unavailable_reason(torch.device("cpu")),
+            self.settings.get("model/context"),
         )
         self.inspector_panel = InspectorPanel()
         self.how_panel = HowItWorksPanel()
@@ -533,18 +534,19 @@ class MainWindow(QMainWindow):
 
     # The model
 
-    @Slot(str, str, str, bool)
-    def _on_load_requested(self, path: str, device: str, dtype: str, compile: bool) -> None:
+    @Slot(str, str, str, bool, int)
+    def _on_load_requested(self, path: str, device: str, dtype: str, compile: bool, context: int) -> None:
         if self.session.generating:
             self.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
             return
         self.settings.set("model/device", device)
         self.settings.set("model/dtype", dtype)
         self.settings.set("model/compile", compile)
+        self.settings.set("model/context", self.model_panel.context_choice())
         self.remote.use_local()
         self.session.loading = True
         self.model_chip.show_loading(path)
-        self.worker.requestLoad.emit(path, device, dtype, compile)
+        self.worker.requestLoad.emit(path, device, dtype, compile, context)
 
     @Slot(object)
     def _on_loaded(self, info: ModelInfo) -> None:

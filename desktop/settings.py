@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "model/path": "",  # "" = the default model
     "model/device": "auto",
     "model/dtype": "auto",
+    "model/context": 0,  # tokens; 0: the longest that fits, up to 8,192 (desktop.panels.model)
     "model/compile": True,  # compiled decoding, built in the background on load (engine.compiled.library)
     "model/recent": [],
     "model/library_folders": [],  # folders added to Your models (besides the apps' own, found by themselves)
