@@ -38,9 +38,7 @@ def context_steps(max_context: int) -> list[int]:
     return [*steps, max_context]
 
 
-def fitting_context(
-    cfg: ModelConfig, dtype: torch.dtype, device: torch.device, cap: int = DEFAULT_CONTEXT_CAP
-) -> int:
+def fitting_context(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, cap: int = DEFAULT_CONTEXT_CAP) -> int:
     """The longest of `context_steps` up to ``cap`` whose estimate fits in the memory free now; the shortest
     step when none does (loading then says how much is missing)."""
     steps = context_steps(cfg.max_seq_len)
