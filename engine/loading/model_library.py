@@ -4,9 +4,9 @@
 home folder and a platform, so tests point it at a temporary one), plus folders the user added. `scan_models`
 lists what they hold, each file described from its header alone (`engine.gguf.reader`'s bounded parser, the
 safetensors headers, `engine.loading.model_check`): its name, family, size on disk, quantization, context
-length and, when Ember cannot open it, why. No tensor data is read and torch is not imported; a header's
-parse is linear in its size (the default model's, 49k tokens of vocabulary, takes under 0.1 s). A broken or
-hostile file gives its reason, never an exception.
+length and, when Ember cannot open it, why. No tensor data is read and torch is not imported; a header that
+takes longer than `HEADER_SECONDS` to read (the default model's, 49k tokens of vocabulary, takes under
+0.1 s) is given up. A broken or hostile file gives its reason, never an exception.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ ADDED = "Added folder"
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
 JSON_LIMIT = 1 << 20  # bytes read of an Ollama manifest (a few hundred) or a config.json (a few thousand)
 WALK_DEPTH = 6  # folder levels searched below a place (LM Studio's publisher/repo/file is 2)
+HEADER_SECONDS = 5.0  # the longest a GGUF header may take to read (the default model's: under 0.1 s)
 WALK_LIMIT = 20_000  # folder entries looked at per place, so a home folder added by mistake stays quick
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 _UNQUANTIZED = {"F32", "F16", "BF16", "F64"}
@@ -116,7 +117,7 @@ def describe_model(path: Path, name: str, app: str) -> LibraryModel:
 
 def _describe_gguf(path: Path, name: str, app: str) -> LibraryModel:
     size = path.stat().st_size
-    with read_gguf(path) as gguf:
+    with read_gguf(path, time_limit=HEADER_SECONDS) as gguf:
         arch = gguf.metadata.get("general.architecture")
         family = arch if isinstance(arch, str) else ""
         declared = gguf.metadata.get(f"{family}.context_length")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import gguf
 import pytest
 
+from engine.loading import model_library
 from engine.loading.model_library import ADDED, Place, describe_model, model_places, scan_models
 from tests.engine.tiny_gguf import write_tiny_gguf
 
@@ -151,6 +153,20 @@ def test_unknown_tensor_type_is_a_reason(tmp_path: Path) -> None:
     model = describe_model(path, "iq2", ADDED)
     assert (model.family, model.quantization, model.context_length) == ("llama", "IQ2_XXS", 64)
     assert model.problem == "Ember cannot decode its IQ2_XXS tensors"
+
+
+def test_a_header_too_slow_to_read_is_given_up(tmp_path: Path, monkeypatch) -> None:
+    """A valid file with a million metadata strings, against a time limit it cannot meet."""
+    n = 1_000_000
+    path = tmp_path / "slow.gguf"
+    header = struct.pack("<4sIQQ", b"GGUF", 3, 0, 1) + struct.pack("<Q", 4) + b"many"
+    path.write_bytes(
+        header + struct.pack("<IIQ", gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING, n) + bytes(8 * n)
+    )
+    monkeypatch.setattr(model_library, "HEADER_SECONDS", 0.01)
+    model = describe_model(path, "slow", ADDED)
+    assert not model.openable and "header took longer than 0.01 s to read" in model.problem
+    assert model.size_bytes == path.stat().st_size
 
 
 def test_places_follow_the_platform_and_environment(tmp_path: Path) -> None:
