@@ -106,7 +106,8 @@ class EngineWorker(QObject):
     """Its requests (queued to its thread) and what it answers; the payload types are in `desktop.messages`.
 
     Requests:
-        requestLoad(str path, str device, str dtype, bool compile) -- path "" is the default model
+        requestLoad(str path, str device, str dtype, bool compile, int context) -- path "" is the default model,
+            context 0 the model's own
         requestGenerate(GenerateRequest)   -- through `generate`
         requestRemoteGenerate(RemoteGenerateRequest) -- through `generate_remote`
         requestInspect(PassRequest)        -- through `inspect`
@@ -134,7 +135,7 @@ class EngineWorker(QObject):
         wordOrderCompared(WordOrder) -- next-token predictions after two word orders (requestWordOrder)
     """
 
-    requestLoad = Signal(str, str, str, bool)  # path ("" = default model), device, dtype, compile
+    requestLoad = Signal(str, str, str, bool, int)  # path ("" = default model), device, dtype, compile, context
     requestGenerate = Signal(object)  # GenerateRequest
     requestRemoteGenerate = Signal(object)  # RemoteGenerateRequest
 
@@ -204,9 +205,9 @@ class EngineWorker(QObject):
         """Thread-safe: the running generation stops after the current token."""
         self.cancel_flag.set()
 
-    @Slot(str, str, str, bool)
+    @Slot(str, str, str, bool, int)
     @boundary("loadFailed", "loading the model")
-    def _on_load(self, path: str, device: str, dtype: str, compile: bool) -> None:
+    def _on_load(self, path: str, device: str, dtype: str, compile: bool, context: int) -> None:
         self.stop_compiling()  # the current model's build, if one runs
         self.loadStarted.emit(path)
         last = [-1]
@@ -217,7 +218,7 @@ class EngineWorker(QObject):
                 last[0] = percent
                 self.loadProgress.emit(percent)
 
-        lm = load_model(path or None, device=device, dtype=dtype, progress=progress)
+        lm = load_model(path or None, device=device, dtype=dtype, context_length=context or None, progress=progress)
         with self._lock:
             self._model = lm
         self.loaded.emit(model_info(lm))

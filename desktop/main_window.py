@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from desktop.engine_worker import EngineWorker
 from desktop.finetune_controller import FinetuneController
 from desktop.how_it_works_controller import HowItWorksController
 from desktop.inspector_controller import InspectorController
+from desktop.library_controller import YourModels
 from desktop.messages import ModelInfo
 from desktop.model_chip import ModelChip
 from desktop.model_watch import ModelFileWatch
@@ -127,6 +129,7 @@ class MainWindow(QMainWindow):
             self.settings.get("model/dtype"),
             self.settings.get("model/compile"),
             unavailable_reason(torch.device("cpu")),
+            self.settings.get("model/context"),
         )
         self.inspector_panel = InspectorPanel()
         self.how_panel = HowItWorksPanel()
@@ -193,6 +196,9 @@ class MainWindow(QMainWindow):
             chatting=self._chatting,
             local_name=lambda: self.model_info.name if self.model_info else None,
             show_status=show_status,
+        )
+        self.your_models = YourModels(  # the models other apps keep, scanned on a thread of its own
+            self.model_panel.library, settings=self.settings, home=Path.home(), env=os.environ
         )
         self.model_panel.serve.port.setValue(self.settings.get("server/port"))
         self.serving = LocalServer(  # the local model served to other apps
@@ -536,18 +542,19 @@ class MainWindow(QMainWindow):
 
     # The model
 
-    @Slot(str, str, str, bool)
-    def _on_load_requested(self, path: str, device: str, dtype: str, compile: bool) -> None:
+    @Slot(str, str, str, bool, int)
+    def _on_load_requested(self, path: str, device: str, dtype: str, compile: bool, context: int) -> None:
         if self.session.generating:
             self.statusBar().showMessage("Wait for the reply to finish (or stop it) before switching models.", 5000)
             return
         self.settings.set("model/device", device)
         self.settings.set("model/dtype", dtype)
         self.settings.set("model/compile", compile)
+        self.settings.set("model/context", self.model_panel.context_choice())
         self.remote.use_local()
         self.session.loading = True
         self.model_chip.show_loading(path)
-        self.worker.requestLoad.emit(path, device, dtype, compile)
+        self.worker.requestLoad.emit(path, device, dtype, compile, context)
 
     @Slot(object)
     def _on_loaded(self, info: ModelInfo) -> None:
@@ -635,6 +642,7 @@ class MainWindow(QMainWindow):
         self.thread.quit()
         self.thread.wait(30_000)
         self.remote.stop()
+        self.your_models.stop()
         # Hand what the worker sent before it stopped (the last tokens, the stopped reply) to the slots now:
         # after this the store is closed.
         QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)

@@ -8,7 +8,8 @@ thread and only read after; fields are tuples, never lists, so nothing can be ap
 Sampler settings and fine-tune configs travel as read-only mappings (the worker builds the engine's
 `SamplerSettings` / `FinetuneConfig` from them, so a bad value fails there, as a failure signal).
 The engine's own results cross as they are (`engine.inspection.inspect.Inspection` and `Candidate`,
-`engine.inspection.explain.Explanation` and `WordOrder`, `engine.finetune.probes.Recall`).
+`engine.inspection.explain.Explanation` and `WordOrder`, `engine.finetune.probes.Recall`,
+`engine.loading.model_library.Place` and `LibraryModel`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from engine.loading.model_library import LibraryModel, Place
 
 
 def frozen_map(values: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -247,3 +250,21 @@ class Compared:
     tuned: str
     scored: Scored | None  # the tuned reply scored under both; None when stopped before
     cancelled: bool
+
+
+# The model library scanner (desktop.library_worker)
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """Where to look for models (``requestScan``)."""
+
+    places: tuple[Place, ...]
+
+
+@dataclass(frozen=True)
+class FoundModels:
+    """What a scan found, in the order found (``scanned``); ``stopped`` when it ended early."""
+
+    models: tuple[LibraryModel, ...]
+    stopped: bool = False

@@ -28,8 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "model/path": "",  # "" = the default model
     "model/device": "auto",
     "model/dtype": "auto",
+    "model/context": 0,  # tokens; 0: the longest that fits, up to 8,192 (desktop.panels.model)
     "model/compile": True,  # compiled decoding, built in the background on load (engine.compiled.library)
     "model/recent": [],
+    "model/library_folders": [],  # folders added to Your models (besides the apps' own, found by themselves)
     "remote/recent": "",  # JSON [[base_url, model_id], …]; API keys live in engine.remote.KeyStore, never here
     "server/port": 8080,  # serving the local model to other apps, on 127.0.0.1
     "chat/context_policy": "drop_oldest",  # drop_oldest | stop

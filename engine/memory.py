@@ -16,15 +16,35 @@ from engine.loading.config import ModelConfig
 MiB = 1 << 20
 # Activations, the rope table and allocator slack, as a fraction of the weights.
 _OVERHEAD = 0.15
+MIN_CONTEXT = 512  # the shortest context offered, unless the model's own is shorter
+DEFAULT_CONTEXT_CAP = 8192  # the longest context chosen by default: longer ones cost memory and prefill time
+
+
+def kv_cache_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int) -> int:
+    """The KV cache for ``context`` positions: keys and values of every layer's KV heads, in ``dtype``."""
+    return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * (torch.finfo(dtype).bits // 8)
 
 
 def estimate_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int, weight_bytes: int | None = None) -> int:
     """Weights in ``dtype`` (or ``weight_bytes`` when the loader knows better: packed 4-bit weights) plus a
     KV cache for ``context`` positions plus overhead."""
-    size = torch.finfo(dtype).bits // 8
-    weights = cfg.n_params * size if weight_bytes is None else weight_bytes
-    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * size
-    return int(weights * (1 + _OVERHEAD)) + kv
+    weights = cfg.n_params * (torch.finfo(dtype).bits // 8) if weight_bytes is None else weight_bytes
+    return int(weights * (1 + _OVERHEAD)) + kv_cache_bytes(cfg, dtype, context)
+
+
+def context_steps(max_context: int) -> list[int]:
+    """The context lengths to offer: 512, 1024, 2048… below the model's ``max_context``, then it."""
+    steps = [MIN_CONTEXT << i for i in range(max(max_context, 1).bit_length()) if MIN_CONTEXT << i < max_context]
+    return [*steps, max_context]
+
+
+def fitting_context(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, cap: int = DEFAULT_CONTEXT_CAP) -> int:
+    """The longest of `context_steps` up to ``cap`` whose estimate fits in the memory free now; the shortest
+    step when none does (loading then says how much is missing)."""
+    steps = context_steps(cfg.max_seq_len)
+    free = available_bytes(device)
+    fitting = [n for n in steps if n <= cap and estimate_bytes(cfg, dtype, n) <= free]
+    return fitting[-1] if fitting else steps[0]
 
 
 def available_bytes(device: torch.device) -> int:

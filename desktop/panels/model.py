@@ -1,10 +1,16 @@
-"""The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, device and dtype,
-whether to compile the decoding step, the memory estimate before loading, a progress bar while loading,
-and the model's facts; below them the switch that serves the loaded model to other apps
+"""The model: open a GGUF file or HF folder (dialog or drag-and-drop), recent models, the models other apps
+keep (`desktop.panels.library_box`), device, dtype and context length, whether to compile the decoding step,
+the memory estimate before loading (KV cache included, for the chosen context), a progress bar while
+loading, and the model's facts; below them the switch that serves the loaded model to other apps
 (`desktop.panels.serve_box`) and a remote OpenAI-compatible server (`desktop.panels.remote_endpoint`).
 
+The context offered runs from 512 tokens up to the model's own, doubling; Auto (the default) is the longest
+that fits in the memory free now, up to 8,192 (`engine.memory.fitting_context`). It applies when a model
+loads. The model's config is read (its header only) when a model is chosen, not when the context changes.
+
 Signals:
-    loadRequested(str path, str device, str dtype, bool compile) -- path "" means the default model
+    loadRequested(str path, str device, str dtype, bool compile, int context) -- path "" means the default
+        model; context is in tokens (0 when the model could not be read: the load then says why)
 """
 
 from __future__ import annotations
@@ -29,34 +35,40 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.messages import ModelInfo
+from desktop.panels.library_box import LibraryBox
 from desktop.panels.remote_endpoint import RemoteEndpointBox
 from desktop.panels.serve_box import ServeBox
+from engine import memory
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES, resolve_device, resolve_dtype
 from engine.errors import EmberError
+from engine.loading.config import ModelConfig
 from engine.loading.loader import peek_config
-from engine.memory import MiB, available_bytes, estimate_bytes
+from engine.memory import DEFAULT_CONTEXT_CAP, MiB, context_steps, estimate_bytes, fitting_context, kv_cache_bytes
 
 MAX_RECENT = 8
+AUTO = 0  # the context choice "Auto": what fits
 
 
-def describe_estimate(path: str, device: str, dtype: str) -> str:
-    """ "~520 MiB needed, 20,000 MiB free" for the model at ``path``, read without loading weights."""
+def describe_estimate(cfg: ModelConfig, device: str, dtype: str, context: int) -> str:
+    """ "llama, 135M parameters, 4,096 tokens of context (KV cache 96 MiB): about 520 MiB needed, 20,000 MiB
+    free on cpu — fits"."""
     try:
-        cfg = peek_config(path or None)
         dev = resolve_device(device)
-        need = estimate_bytes(cfg, resolve_dtype(dtype, dev), cfg.max_seq_len)
-        free = available_bytes(dev)
+        dt = resolve_dtype(dtype, dev)
+        need, kv = estimate_bytes(cfg, dt, context), kv_cache_bytes(cfg, dt, context)
+        free = memory.available_bytes(dev)
     except (EmberError, ValueError, OSError) as e:
-        return f"Cannot read this model: {e}"
+        return f"Cannot estimate the memory needed: {e}"
     verdict = "fits" if need <= free else "does NOT fit"
     return (
-        f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters: about {need / MiB:,.0f} MiB needed, "
-        f"{free / MiB:,.0f} MiB free on {dev.type} — {verdict}"
+        f"{cfg.arch}, {cfg.n_params / 1e6:,.0f}M parameters, {context:,} tokens of context (KV cache "
+        f"{kv / MiB:,.0f} MiB): about {need / MiB:,.0f} MiB needed, {free / MiB:,.0f} MiB free on {dev.type} "
+        f"— {verdict}"
     )
 
 
 class ModelPanel(QWidget):
-    loadRequested = Signal(str, str, str, bool)
+    loadRequested = Signal(str, str, str, bool, int)
 
     def __init__(
         self,
@@ -65,13 +77,18 @@ class ModelPanel(QWidget):
         dtype: str,
         compile: bool = False,
         compile_unavailable: str | None = None,
+        context: int = AUTO,
         parent: QWidget | None = None,
     ) -> None:
         """``compile_unavailable``: why decoding cannot be compiled here (a bundled app has no C++ headers),
-        which disables the checkbox and says why in its tooltip."""
+        which disables the checkbox and says why in its tooltip. ``context``: the context chosen last (tokens,
+        or `AUTO`)."""
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.path = ""
+        self.config: ModelConfig | None = None  # the chosen model's, read when it is chosen
+        self._config_error = ""
+        self._wanted_context = context  # the user's choice; a shorter model offers its own longest instead
         self.open_file = QPushButton("Open GGUF file…", accessibleName="Open GGUF model file")
         self.open_folder = QPushButton("Open HF folder…", accessibleName="Open Hugging Face model folder")
         self.use_default = QPushButton("Default model", accessibleName="Load the default model")
@@ -92,6 +109,12 @@ class ModelPanel(QWidget):
         self.dtype.setToolTip(
             "auto: bfloat16 on CUDA, float16 on Metal; on the CPU bfloat16 with 4-bit GGUF weights kept packed "
             "(fastest). float32 computes with exactly the file's weights."
+        )
+        self.context = QComboBox(accessibleName="Context length")
+        self.context.setToolTip(
+            "How many tokens the model keeps in view (prompt, conversation and reply). Longer needs more memory "
+            f"for the KV cache. Auto: the longest that fits in the memory free now, up to {DEFAULT_CONTEXT_CAP:,}. "
+            "Applies when a model loads."
         )
         self.compile = QCheckBox("Compile for faster replies", accessibleName="Compile the decoding step")
         self.compile.setChecked(compile)
@@ -117,11 +140,14 @@ class ModelPanel(QWidget):
         form = QFormLayout()
         form.addRow("Device", self.device)
         form.addRow("Precision", self.dtype)
+        form.addRow("Context", self.context)
         form.addRow("Speed", self.compile)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addWidget(QLabel("Recent (or drop a .gguf file or model folder here):", wordWrap=True))
         layout.addWidget(self.recent)
+        self.library = LibraryBox()  # filled by desktop.library_controller
+        layout.addWidget(self.library)
         layout.addLayout(form)
         layout.addWidget(self.estimate)
         layout.addWidget(self.progress)
@@ -138,8 +164,11 @@ class ModelPanel(QWidget):
         self.open_folder.clicked.connect(self._on_open_folder)
         self.use_default.clicked.connect(lambda: self.request(""))
         self.recent.itemActivated.connect(lambda item: self.request(item.data(Qt.ItemDataRole.UserRole)))
+        self.library.openRequested.connect(self.request)
         self.device.currentTextChanged.connect(self._refresh_estimate)
         self.dtype.currentTextChanged.connect(self._refresh_estimate)
+        self.context.activated.connect(self._on_context_chosen)
+        self.context.currentIndexChanged.connect(self._refresh_estimate)
 
     def set_recent(self, paths: list[str]) -> None:
         self.recent.clear()
@@ -153,14 +182,64 @@ class ModelPanel(QWidget):
         return [self.recent.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.recent.count())]
 
     def request(self, path: str) -> None:
-        """Show the estimate, then ask for the load (the main window runs it on the worker)."""
+        """Read the model's config, offer its contexts and show the estimate, then ask for the load (the main
+        window runs it on the worker)."""
         self.path = path
+        self._read_config(path)
         self._refresh_estimate()
-        self.loadRequested.emit(path, self.device.currentText(), self.dtype.currentText(), self.compile.isChecked())
+        device, dtype = self.device.currentText(), self.dtype.currentText()
+        self.loadRequested.emit(path, device, dtype, self.compile.isChecked(), self.context_length())
+
+    def context_choice(self) -> int:
+        """What the user chose: tokens, or `AUTO`."""
+        return self._wanted_context
+
+    def context_length(self) -> int:
+        """The context the next load gets, in tokens (0 when the model could not be read)."""
+        chosen = self.context.currentData()
+        return self._auto_context() if chosen == AUTO else chosen or 0
+
+    def _read_config(self, path: str) -> None:
+        try:
+            self.config, self._config_error = peek_config(path or None), ""
+        except (EmberError, ValueError, OSError) as e:
+            self.config, self._config_error = None, str(e)
+        self.context.blockSignals(True)  # one estimate, after the list is whole
+        self.context.clear()
+        self.context.addItem("Auto", AUTO)
+        steps = context_steps(self.config.max_seq_len) if self.config else []
+        for n in steps:
+            self.context.addItem(f"{n:,} tokens" + (" (the model's longest)" if n == steps[-1] else ""), n)
+        index = 0  # Auto
+        if self._wanted_context != AUTO and steps:  # the chosen length, or this model's longest below it
+            index = self.context.findData(([n for n in steps if n <= self._wanted_context] or steps[:1])[-1])
+        self.context.setCurrentIndex(index)
+        self.context.setEnabled(self.config is not None)
+        self.context.blockSignals(False)
+
+    def _auto_context(self) -> int:
+        if self.config is None:
+            return 0
+        try:
+            dev = resolve_device(self.device.currentText())
+            return fitting_context(self.config, resolve_dtype(self.dtype.currentText(), dev), dev)
+        except (EmberError, ValueError, OSError):
+            return min(self.config.max_seq_len, DEFAULT_CONTEXT_CAP)
+
+    @Slot(int)
+    def _on_context_chosen(self, index: int) -> None:
+        self._wanted_context = self.context.itemData(index)
 
     @Slot()
     def _refresh_estimate(self) -> None:
-        self.estimate.setText(describe_estimate(self.path, self.device.currentText(), self.dtype.currentText()))
+        if self.config is None:
+            self.estimate.setText(f"Cannot read this model: {self._config_error}")
+            return
+        self.context.setItemText(0, f"Auto: {self._auto_context():,} tokens")  # free memory changes
+        context = self.context_length()
+        self.estimate.setText(
+            describe_estimate(self.config, self.device.currentText(), self.dtype.currentText(), context)
+        )
 
     @Slot()
     def choose_file(self) -> None:
@@ -190,7 +269,7 @@ class ModelPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setVisible(True)
         self.status.setText(f"Loading {Path(path).name if path else 'the default model'}…")
-        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent, self.library):
             w.setEnabled(False)
 
     @Slot(int)
@@ -216,7 +295,7 @@ class ModelPanel(QWidget):
     def _load_done(self) -> None:
         self.progress.setRange(0, 100)
         self.progress.setVisible(False)
-        for w in (self.open_file, self.open_folder, self.use_default, self.recent):
+        for w in (self.open_file, self.open_folder, self.use_default, self.recent, self.library):
             w.setEnabled(True)
 
     @Slot(object)

@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 import torch
 
-from engine.gguf.types import BLOCK_SIZES, GGMLType
+from engine.gguf.types import BLOCK_SIZES, SUPPORTED_TYPES, GGMLType
 
 CHUNK_BLOCKS = 1 << 16  # blocks decoded per step: 8 MiB of float32 output for 32-element blocks
+# The 16 non-linear levels of IQ4_NL and IQ4_XS: a 4-bit code picks one, the block's scale multiplies it.
+IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 
 def _field_f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
@@ -121,6 +123,27 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     return q.mul_((d * scales).unsqueeze(-1)).reshape(-1, 256)
 
 
+def _iq4_levels(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (uint8) -> their IQ4 levels as float32."""
+    levels = torch.tensor(IQ4_LEVELS, dtype=torch.float32, device=codes.device)
+    return levels[codes.long()]
+
+
+def _iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
+    d = _field_f16(blocks, 0)
+    q = _unpack(blocks[:, 2:], 4).reshape(-1, 32)  # (n, 2, 16) -> (n, 32)
+    return _iq4_levels(q).mul_(d)
+
+
+def _iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
+    d = _field_f16(blocks, 0)
+    high = _unpack(blocks[:, 2:4], 2).transpose(1, 2).reshape(-1, 8)  # (n, 4, 2) -> (n, 2, 4) -> (n, 8)
+    low = _unpack(blocks[:, 4:8], 4).transpose(1, 2).reshape(-1, 8)  # (n, 2, 4) -> (n, 4, 2) -> (n, 8)
+    scales = (low | (high << 4)).to(torch.float32).sub_(32)  # 6-bit scales of the 8 sub-blocks
+    q = _unpack(blocks[:, 8:].reshape(-1, 8, 16), 4).reshape(-1, 8, 32)  # (n, 8, 2, 16) -> (n, 8, 32)
+    return _iq4_levels(q).mul_((d * scales).unsqueeze(-1)).reshape(-1, 256)
+
+
 _BLOCK_KERNELS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.Q4_0: _q4_0,
     GGMLType.Q4_1: _q4_1,
@@ -132,10 +155,10 @@ _BLOCK_KERNELS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.Q4_K: _q4_k,
     GGMLType.Q5_K: _q5_k,
     GGMLType.Q6_K: _q6_k,
+    GGMLType.IQ4_NL: _iq4_nl,
+    GGMLType.IQ4_XS: _iq4_xs,
 }
-_FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-
-SUPPORTED_TYPES: frozenset[GGMLType] = frozenset((*_FLOAT_TYPES, *_BLOCK_KERNELS))
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)  # decoded by a view or a cast, no kernel
 
 
 def _view_as(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -18,6 +18,7 @@ import mmap
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -151,8 +152,10 @@ class GGUFFile:
                 pass  # views exported by tensor_bytes(); the map is unmapped when the last one is collected
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
-    """Open and validate the GGUF file at ``path``; :class:`ModelFileError` for anything wrong with it."""
+def read_gguf(path: str | os.PathLike[str], time_limit: float | None = None) -> GGUFFile:
+    """Open and validate the GGUF file at ``path``; :class:`ModelFileError` for anything wrong with it, and
+    for a header that takes longer than ``time_limit`` seconds to read (when given: a hostile file can hold
+    millions of metadata strings; a real one's header takes well under a second)."""
     path = Path(path)
     try:
         status = os.stat(path)
@@ -165,7 +168,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     except (OSError, ValueError) as error:
         raise ModelFileError(path, f"cannot open the file: {getattr(error, 'strerror', None) or error}") from None
     try:
-        return _Parser(path, buffer).parse()
+        return _Parser(path, buffer, time_limit).parse()
     except BaseException:
         buffer.close()
         raise
@@ -174,11 +177,19 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
 class _Parser:
     """A cursor over the mapped file that checks every read against the bytes left."""
 
-    def __init__(self, path: Path, buffer: mmap.mmap) -> None:
+    def __init__(self, path: Path, buffer: mmap.mmap, time_limit: float | None = None) -> None:
         self.path = path
         self.buffer = buffer
         self.size = len(buffer)
         self.pos = 0
+        self.time_limit = time_limit
+        self.deadline = math.inf if time_limit is None else time.monotonic() + time_limit
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self._fail(
+                f"its header took longer than {self.time_limit:g} s to read (stopped at offset {self.pos})"
+            )
 
     def parse(self) -> GGUFFile:
         version, tensor_count, kv_count = self._header()
@@ -253,6 +264,7 @@ class _Parser:
         metadata: dict[str, Any] = {}
         alignment = DEFAULT_ALIGNMENT
         for index in range(count):
+            self._check_time()
             key = self._string(f"metadata key #{index}")
             if key in metadata:
                 raise self._fail(f"duplicate metadata key {key!r}")
@@ -292,6 +304,7 @@ class _Parser:
         """An array value at nesting ``depth`` (1 for a top-level array): numpy for numbers, else a list."""
         if depth > MAX_ARRAY_DEPTH:
             raise self._fail(f"metadata key {key!r} has arrays nested more than {MAX_ARRAY_DEPTH} deep")
+        self._check_time()
         etype = self._value_type(f"the elements of {key!r}")
         count = self._u64(f"the array length of {key!r}")
         left = self.size - self.pos
@@ -320,7 +333,10 @@ class _Parser:
         strings: list[str] = []
         append = strings.append
         try:
-            for _ in range(count):
+            for index in range(count):
+                if not index & 0xFFFF:  # every 65,536 strings: cheap in the tight loop
+                    self.pos = pos
+                    self._check_time()
                 if size - pos < 8:
                     break
                 (length,) = unpack(buffer, pos)
@@ -344,6 +360,7 @@ class _Parser:
         infos = []
         names: set[str] = set()
         for index in range(count):
+            self._check_time()
             name = self._string(f"the name of tensor #{index}")
             if name in names:
                 raise self._fail(f"duplicate tensor name {name!r}")

@@ -83,6 +83,18 @@ BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
 }
 
 
+# The types `engine.gguf.dequant` decodes (its kernels are held to this list by a test); here, without torch,
+# so that a list of model files can say which ones Ember opens.
+SUPPORTED_TYPES: frozenset[GGMLType] = frozenset(
+    {
+        *(GGMLType.F32, GGMLType.F16, GGMLType.BF16),
+        *(GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0),
+        *(GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K),
+        *(GGMLType.IQ4_NL, GGMLType.IQ4_XS),
+    }
+)
+
+
 class GGUFValueType(IntEnum):
     """Types of GGUF metadata values, by their id in the file."""
 

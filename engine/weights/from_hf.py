@@ -22,7 +22,7 @@ INDEX_FILE = "model.safetensors.index.json"
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # Recursion: nested too deep
         raise ModelFileError(path, f"cannot read JSON: {e}") from None
     if not isinstance(data, dict):
         raise ModelFileError(path, "expected a JSON object")

@@ -72,12 +72,20 @@ def tensors(sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
 
 
 def write_tiny_gguf(
-    path: Path, metadata: dict[str, Any] | None = None, drop: tuple[str, ...] = (), sizes: dict[str, int] | None = None
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+    sizes: dict[str, int] | None = None,
+    weight_type: int | None = None,
 ) -> Path:
     """Write the tiny model to ``path`` with ``metadata`` (``key -> (value, GGUFValueType[, element type])``,
     or `DELETE`) replacing the base values, without the tensors in ``drop``, and with ``sizes`` (e.g.
-    ``head_dim``, ``rotary_dim``) replacing some of `SIZES` in both the metadata and the tensors."""
+    ``head_dim``, ``rotary_dim``) replacing some of `SIZES` in both the metadata and the tensors. With a
+    block ``weight_type`` (a ggml type id) every matrix is random blocks of that type instead (`random_blocks`;
+    its rows must be a multiple of the type's block size)."""
     import gguf
+
+    from tests.engine.gguf_blocks import random_blocks
 
     V = gguf.GGUFValueType
     values = base_metadata(gguf, sizes)
@@ -93,9 +101,18 @@ def write_tiny_gguf(
             first = value[0] if len(value) else 0
             sub = [V.STRING if isinstance(first, str) else V.INT32]
         writer.kv_data[0][key] = gguf.GGUFValue(value=value, type=vtype, sub_type=sub[0] if sub else None)
+    rng = np.random.default_rng(23)
     for name, array in tensors(sizes).items():
-        if name not in drop:
+        if name in drop:
+            continue
+        if weight_type is None or array.ndim != 2:
             writer.add_tensor(name, array)
+            continue
+        qtype = gguf.GGMLQuantizationType(weight_type)
+        block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        rows, row = array.shape
+        blocks = random_blocks(qtype, rows * row // block_size, rng, scale=0.002)
+        writer.add_tensor(name, blocks.reshape(rows, row // block_size * type_size), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -211,6 +211,22 @@ def test_arrays_nested_8_deep_are_accepted(tmp_path: Path, gguf_bytes) -> None:
     assert value.dtype == "int32" and value.shape == (0,)
 
 
+def test_a_header_too_slow_to_read_is_stopped_at_the_time_limit(tmp_path: Path, gguf_bytes) -> None:
+    """Two million empty metadata strings (16 MB, valid) take far longer than a real header; with a time
+    limit the parse stops soon after it, with a reason; without one the file reads."""
+    b, n = gguf_bytes, 2_000_000
+    path = tmp_path / "strings.gguf"
+    path.write_bytes(b.file([b.kv("many", V.ARRAY, b.array(V.STRING, n, bytes(8 * n)))]))
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=r"header took longer than 0.01 s to read \(stopped at offset \d+"):
+        read_gguf(path, time_limit=0.01)
+    stopped = time.perf_counter() - start
+    start = time.perf_counter()
+    with read_gguf(path) as whole:
+        assert len(whole.metadata["many"]) == n
+    assert stopped < (time.perf_counter() - start) / 2
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert "cannot open" in _refusal(tmp_path / "nope.gguf")
     assert "not a regular file" in _refusal(tmp_path)

@@ -211,10 +211,10 @@ def test_tensors_out_of_offset_order_are_accepted(tmp_path: Path, gguf_bytes) ->
 def test_known_but_unsupported_type_is_refused_on_load(tmp_path: Path, gguf_bytes) -> None:
     b = gguf_bytes
     path = tmp_path / "iq.gguf"
-    path.write_bytes(b.file([], [b.tensor_info("w", [32, 2], GGMLType.IQ4_NL, 0)], bytes(36)))
+    path.write_bytes(b.file([], [b.tensor_info("w", [256, 2], GGMLType.IQ2_XXS, 0)], bytes(132)))
     with read_gguf(path) as ours:
-        assert ours.tensors["w"].ggml_type == GGMLType.IQ4_NL and ours.tensors["w"].nbytes == 36
-        with pytest.raises(ModelFileError, match="'w' has type IQ4_NL, which Ember cannot dequantize"):
+        assert ours.tensors["w"].ggml_type == GGMLType.IQ2_XXS and ours.tensors["w"].nbytes == 132
+        with pytest.raises(ModelFileError, match="'w' has type IQ2_XXS, which Ember cannot dequantize"):
             ours.load_tensor("w")
 
 
