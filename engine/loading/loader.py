@@ -23,6 +23,7 @@ from engine.loading.default_model import default_model_path
 from engine.loading.model_file import model_format, open_gguf, open_hf_folder, peek_config
 from engine.memory import check_fits, return_freed_memory
 from engine.model import Transformer
+from engine.model.decode_attention import choose as choose_decode_attention
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
 from engine.text.chat_template import ChatTemplate
@@ -30,7 +31,7 @@ from engine.text.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
 from engine.weights.from_gguf import gguf_state_dict
 from engine.weights.from_hf import SafetensorsSource, hf_state_dict, read_json
-from engine.weights.pack_cache import PackCache, file_key
+from engine.weights.pack_cache import PackCache, default_cache_dir, file_key
 
 __all__ = ["LoadedModel", "load_model", "peek_config"]  # peek_config: engine.loading.model_file's, torch-free
 PACKED_MODE = "cpu-bf16-int4-int8head"  # the only mode whose weights are cached: repacking is what costs time
@@ -255,5 +256,10 @@ def load_model(
     else:
         lm = _load_gguf(path, dev, dt, fits, progress, Path(cache_dir) if cache_dir else None, pack)
     lm.context_length = min(context_length or lm.config.max_seq_len, lm.config.max_seq_len)
+    cfg, cache = lm.config, Path(cache_dir) if cache_dir else default_cache_dir()
+    choice = choose_decode_attention(
+        cfg.n_head, cfg.n_kv_head, cfg.head_dim, lm.model.dtype, dev, cache / "decode_attention.json"
+    )
+    lm.model.set_decode_attention(choice)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.loading.config import ModelConfig
+from engine.model.decode_attention import DecodeAttention, attend
 from engine.model.kv_cache import KVCache
 from engine.model.linear import Linear
 from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
@@ -66,6 +67,7 @@ class Attention(nn.Module):
         self.wo = Linear(q_dim, cfg.n_embd, bias=cfg.linear_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.decode_kernel = "sdpa"  # see engine.model.decode_attention
 
     def project(self, x: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, nh, T, hd), keys and values (B, nkv, T, hd), normed and rotated."""
@@ -92,10 +94,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, nkv, start+T, hd)
         gqa = self.n_head != self.n_kv_head
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        # One query, and training's backward, run the kernel this machine chose (`set_decode_attention`);
+        # a prompt's many queries the fused kernel in the cache's dtype (as fast as any measured).
+        kernel = self.decode_kernel if q.shape[2] == 1 or torch.is_grad_enabled() else "sdpa"
+        y = attend(kernel, q, k, v, mask=mask, is_causal=mask is None and q.shape[2] > 1, gqa=gqa)
         return self.output(y)
 
 
@@ -151,6 +153,13 @@ class Transformer(nn.Module):
         self.cached_ids: list[int] = []  # the tokens at positions 0.. whose keys and values the cache holds
         self._cache_weights: list = []  # (weak reference, version) of each weight those were computed with
         self.compiled_step = None  # decoding steps compiled ahead of time, see engine.compiled.step
+        self.decode_attention = DecodeAttention("sdpa")  # the loader times the kernels (set_decode_attention)
+
+    def set_decode_attention(self, choice: DecodeAttention) -> None:
+        """One-query attention by ``choice.kernel`` in every layer (`engine.model.decode_attention`)."""
+        self.decode_attention = choice
+        for layer in self.layers:
+            layer.attn.decode_kernel = choice.kernel
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they

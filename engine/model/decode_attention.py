@@ -1,0 +1,134 @@
+"""One-query attention (each decoding step) by the kernel this machine runs fastest, found by timing.
+
+On an AMD EPYC (Zen 4, AVX-512 bf16), 2 threads, SmolLM2's shape (9 query heads over 3 KV heads, head
+dim 64), the fused SDPA kernel over a bf16 cache took 64, 378 and 983 µs a layer at 100, 570 and 1500
+keys; the same kernel over the cache cast to float32 took 33, 79 and 159 µs. Another CPU may order them
+the other way, so each machine times both the first time a shape decodes and keeps the answer in a small
+JSON file, keyed by the CPU's model and flags, the thread count and torch's version.
+
+Both candidates are at least as exact as the cache's own dtype (float32 is the exact mode's), so the
+choice cannot lower quality. A float32 cache and GPUs use the fused kernel as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = ("sdpa", "sdpa_f32")
+KEYS = 512  # the cache length timed: a conversation a few turns in
+ROUNDS, CALLS = 5, 20
+MAX_FILE_BYTES = 1 << 20  # a cache file larger than this is not ours to read
+
+
+@dataclass(frozen=True)
+class DecodeAttention:
+    kernel: str  # one of KERNELS
+    micros: dict[str, float] = field(default_factory=dict)  # each candidate's best time a call, µs
+    source: str = "default"  # "measured", "cached" (read from the file) or "default" (nothing to choose)
+
+    def describe(self) -> str:
+        times = ", ".join(f"{k} {v:.0f} µs" for k, v in self.micros.items())
+        return f"{self.kernel} ({self.source}{': ' + times if times else ''})"
+
+
+def attend(kernel: str, q, k, v, *, mask=None, is_causal: bool = False, gqa: bool = False, scale=None):
+    """``F.scaled_dot_product_attention`` as ``kernel`` runs it; the result in ``q``'s dtype."""
+    if kernel == "sdpa_f32" and q.dtype != torch.float32:
+        y = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, enable_gqa=gqa, scale=scale
+        )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa, scale=scale)
+
+
+def _cpu_name_and_flags() -> str:
+    try:
+        info = open("/proc/cpuinfo").read().split("\n\n")[0]  # noqa: SIM115 (a read of a small pseudo-file)
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [
+        line
+        for line in info.splitlines()
+        if line.split(":")[0].strip() in ("model name", "cpu family", "model", "flags")
+    ]
+    return "\n".join(keep)
+
+
+def machine_key() -> str:
+    """What a timing depends on: the CPU (model, family, flags), the threads and torch's version."""
+    cpu = hashlib.sha256(_cpu_name_and_flags().encode()).hexdigest()[:16]
+    return f"{cpu}|threads={torch.get_num_threads()}|cores={os.cpu_count()}|torch={torch.__version__}"
+
+
+def _time(kernel: str, q, k, v, gqa: bool) -> float:
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        attend(kernel, q, k, v, gqa=gqa)
+    return (time.perf_counter() - start) / CALLS * 1e6
+
+
+def measure(n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> dict[str, float]:
+    """Each kernel's best time (µs) for one query over `KEYS` keys, the kernels taking turns."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, n_head, 1, head_dim, generator=gen).to(dtype)
+    k = torch.randn(1, n_kv_head, KEYS, head_dim, generator=gen).to(dtype)
+    v = torch.randn(1, n_kv_head, KEYS, head_dim, generator=gen).to(dtype)
+    gqa = n_head != n_kv_head
+    best = {kernel: float("inf") for kernel in KERNELS}
+    with torch.inference_mode():
+        for r in range(ROUNDS + 1):
+            for kernel in KERNELS:
+                t = _time(kernel, q, k, v, gqa)
+                if r:  # round 0 warms each kernel up
+                    best[kernel] = min(best[kernel], t)
+    return best
+
+
+def _read(path: Path) -> dict:
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only or full disk: measured again next time
+
+
+def choose(
+    n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, device, file: Path | None
+) -> DecodeAttention:
+    """The decode kernel for this shape on this machine: from ``file`` when it was timed before, else timed
+    now (~0.1 s) and kept there (``file`` None: timed, not kept)."""
+    if torch.device(device).type != "cpu" or dtype == torch.float32:
+        return DecodeAttention("sdpa")
+    key = f"{machine_key()}|{n_head}x{n_kv_head}x{head_dim}|{str(dtype).removeprefix('torch.')}"
+    known = _read(file) if file is not None else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("kernel") in KERNELS and isinstance(entry.get("micros"), dict):
+        micros = {k: float(v) for k, v in entry["micros"].items() if k in KERNELS and isinstance(v, (int, float))}
+        return DecodeAttention(entry["kernel"], micros, "cached")
+    micros = measure(n_head, n_kv_head, head_dim, dtype)
+    kernel = min(micros, key=micros.get)
+    if file is not None:
+        known[key] = {"kernel": kernel, "micros": {k: round(v, 1) for k, v in micros.items()}}
+        _write(file, known)
+    return DecodeAttention(kernel, micros, "measured")

@@ -1,0 +1,83 @@
+"""The decode attention kernel: each candidate computes the same attention, the faster one is chosen on this
+machine, and the choice is kept per machine and shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.model import decode_attention as da
+
+
+def _qkv(dtype, keys=40):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 1, 16, generator=gen)
+    k, v = torch.randn(1, 2, keys, 16, generator=gen), torch.randn(1, 2, keys, 16, generator=gen)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def test_every_kernel_computes_the_same_attention():
+    q, k, v = _qkv(torch.bfloat16)
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+    for kernel in da.KERNELS:
+        y = da.attend(kernel, q, k, v, gqa=True)
+        assert y.dtype == torch.bfloat16 and y.shape == exact.shape
+        assert (y.float() - exact).abs().max() < 0.02, kernel  # bf16 rounding of the inputs and output only
+    f32 = da.attend("sdpa_f32", q, k, v, gqa=True)
+    assert torch.equal(f32, exact.to(torch.bfloat16))  # float32 inside, rounded once at the end
+
+
+def test_the_faster_kernel_is_chosen_and_kept(tmp_path, monkeypatch):
+    file = tmp_path / "decode_attention.json"
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 380.0, "sdpa_f32": 79.0})
+    first = da.choose(9, 3, 64, torch.bfloat16, "cpu", file)
+    assert (first.kernel, first.source) == ("sdpa_f32", "measured") and first.micros["sdpa"] == 380.0
+
+    def no_timing(*a):
+        raise AssertionError("timed again although this machine's choice was kept")
+
+    monkeypatch.setattr(da, "measure", no_timing)
+    again = da.choose(9, 3, 64, torch.bfloat16, "cpu", file)
+    assert (again.kernel, again.source) == ("sdpa_f32", "cached") and again.micros == first.micros
+    assert "sdpa_f32 (cached: sdpa 380 µs, sdpa_f32 79 µs)" == again.describe()
+
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 50.0, "sdpa_f32": 70.0})
+    other_shape = da.choose(16, 16, 64, torch.bfloat16, "cpu", file)  # another shape is timed for itself
+    assert (other_shape.kernel, other_shape.source) == ("sdpa", "measured")
+    monkeypatch.setattr(da, "machine_key", lambda: "another CPU")
+    assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).source == "measured"  # another machine too
+
+
+def test_nothing_to_choose_in_float32_and_a_damaged_file_is_timed_again(tmp_path, monkeypatch):
+    assert da.choose(9, 3, 64, torch.float32, "cpu", None) == da.DecodeAttention("sdpa")
+    file = tmp_path / "decode_attention.json"
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 10.0, "sdpa_f32": 20.0})
+    for junk in (b"\x00not json", b"[1, 2]", b'{"x": {"kernel": "rm -rf", "micros": {}}}'):
+        file.write_bytes(junk)
+        assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).source == "measured"
+    file.unlink()
+    file.mkdir()  # cannot be written: measured, and no error
+    assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).kernel == "sdpa"
+
+
+def test_the_real_measurement_times_both_kernels():
+    micros = da.measure(4, 2, 16, torch.bfloat16)
+    assert set(micros) == set(da.KERNELS) and all(0 < t < 1e6 for t in micros.values())
+
+
+@pytest.mark.parametrize("kernel", da.KERNELS)
+def test_decoding_with_each_kernel_matches_the_full_pass(kernel):
+    from engine.loading.loader import load_model
+
+    lm = load_model(dtype="bfloat16", pack=False)
+    model = lm.model
+    model.set_decode_attention(da.DecodeAttention(kernel))
+    ids = torch.tensor([lm.encode_prompt("The lighthouse keeper wrote in her log that the")])
+    with torch.inference_mode():
+        full = model(ids)[0, -1].float()
+        model.setup_cache(ids.shape[1] + 4)
+        model(ids[:, :-1], 0)
+        step = model(ids[:, -1:], ids.shape[1] - 1)[0, -1].float()
+    assert full.argmax() == step.argmax()
+    assert (full - step).abs().max() < 0.5  # bf16: logits of 16-32 round to steps of 0.125
