@@ -74,6 +74,18 @@ RULES: dict[str, Rule] = {
     "low_freq_factor": Rule(float, 0.0, 1024.0, low_open=True),
     "high_freq_factor": Rule(float, 0.0, 1024.0, low_open=True),
     "original_max_position_embeddings": Rule(int, 1, MAX_CONTEXT),
+    # the families' own (engine.loading.families): Granite's multipliers are about 0.008..220 in
+    # published models, Gemma's caps 30 and 50, its query scalars 144..256
+    "embedding_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "attention_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "residual_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "logits_scaling": Rule(float, 0.0, 1e4, low_open=True),
+    "attn_softcap": Rule(float, 0.0, 1e6, low_open=True),
+    "final_softcap": Rule(float, 0.0, 1e6, low_open=True),
+    "query_pre_attn_scalar": Rule(float, 0.0, 1e8, low_open=True),
+    "rope_local_theta": Rule(float, 1.0, 1e12),
+    "no_rope_layer_interval": Rule(int, 1, 1024),
+    "sliding_window_pattern": Rule(int, 1, 1024),
 }
 LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -188,7 +200,7 @@ class TensorNames:
     embed: str
     output: str
     positions: str
-    attn: dict[str, str]  # q, k, v, qkv, o, q_norm, k_norm, attn_norm, mlp_norm
+    attn: dict[str, str]  # q, k, v, qkv, o, q_norm, k_norm, attn_norm, mlp_norm, attn_post_norm, mlp_post_norm
     mlp: dict[str, str]  # gate, up, gate_up, down
     transposed: bool = False  # layers' projections stored (in, out): GPT-2's Conv1D in Hugging Face files
 
@@ -208,6 +220,8 @@ GGUF_NAMES = TensorNames(
         "k_norm": "blk.{i}.attn_k_norm.weight",
         "attn_norm": "blk.{i}.attn_norm.weight",
         "mlp_norm": "blk.{i}.ffn_norm.weight",
+        "attn_post_norm": "blk.{i}.post_attention_norm.weight",
+        "mlp_post_norm": "blk.{i}.post_ffw_norm.weight",
     },
     mlp={"gate": "blk.{i}.ffn_gate.weight", "up": "blk.{i}.ffn_up.weight", "down": "blk.{i}.ffn_down.weight"},
 )
@@ -236,8 +250,24 @@ HF_NAMES = TensorNames(
 )
 
 
+# The norms of the families with post-norms: OLMo 2 has only those (its post_attention_layernorm is what
+# follows attention, not the MLP's pre-norm as in Llama); Gemma has both.
+_HF_POST_NORMS = {
+    "attn_post_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "mlp_post_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+}
+HF_POST_NORM_NAMES = {
+    "olmo2": {"attn_norm": "", "mlp_norm": "", **_HF_POST_NORMS},
+    "gemma": {"mlp_norm": "model.layers.{i}.pre_feedforward_layernorm.weight", **_HF_POST_NORMS},
+}
+
+
 def hf_names(arch: str, tensor_names: Collection[str]) -> TensorNames:
     """Where a Hugging Face folder of ``arch`` keeps each weight; GPT-2's names may lack ``transformer.``."""
+    family = "gemma" if arch.startswith("gemma") else arch
+    if family in HF_POST_NORM_NAMES:
+        attn = {k: v for k, v in {**HF_NAMES.attn, **HF_POST_NORM_NAMES[family]}.items() if v}
+        return TensorNames(HF_NAMES.layer, HF_NAMES.embed, HF_NAMES.output, "", attn, HF_NAMES.mlp)
     if arch != "gpt2":
         return HF_NAMES
     prefix = "transformer." if "transformer.wte.weight" in tensor_names else ""
@@ -267,6 +297,9 @@ def check_tensors(
         raise ConfigError(f"{key('n_layer')} does not match the file, which has {layers}")
     d, hd, ff = cfg.n_embd, cfg.head_dim, cfg.intermediate_size
     q, kv = cfg.n_head * hd, cfg.n_kv_head * hd
+    q_norm, k_norm = ((q,), ("n_head", "head_dim")), ((kv,), ("n_kv_head", "head_dim"))
+    if not cfg.qk_norm_whole:  # one norm for every head
+        q_norm = k_norm = ((hd,), ("head_dim",))
     heads, width, mlp = ("n_head", "head_dim", "n_embd"), ("n_embd",), ("intermediate_size", "n_embd")
     fused_gate = cfg.gated_mlp and names.mlp.get("gate", "").format(i=0) not in shapes  # Phi-3's GGUF ffn_up
     up_rows = 2 * ff if fused_gate else ff
@@ -276,10 +309,12 @@ def check_tensors(
         "v": ((kv, d), ("n_kv_head", "head_dim", "n_embd")),
         "qkv": ((q + 2 * kv, d), ("n_head", "n_kv_head", "head_dim", "n_embd")),
         "o": ((d, q), heads),
-        "q_norm": ((hd,), ("head_dim",)),
-        "k_norm": ((hd,), ("head_dim",)),
+        "q_norm": q_norm,
+        "k_norm": k_norm,
         "attn_norm": ((d,), width),
         "mlp_norm": ((d,), width),
+        "attn_post_norm": ((d,), width),
+        "mlp_post_norm": ((d,), width),
         "gate": ((ff, d), mlp),
         "up": ((up_rows, d), mlp),
         "gate_up": ((2 * ff, d), mlp),

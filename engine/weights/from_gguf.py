@@ -11,13 +11,9 @@ from collections.abc import Callable
 import torch
 
 from engine.gguf.int4_groups import Int4Groups
-from engine.loading.config import ModelConfig
+from engine.loading.config import PERMUTED_QK_ARCHS, ModelConfig
 
 Weight = torch.Tensor | Int4Groups
-
-# llama.cpp permutes Llama q/k rows so that rope can rotate adjacent pairs (interleaved layout);
-# NeoX-style archs (Qwen, Phi-3) are stored as Hugging Face has them.
-PERMUTED_QK_ARCHS = ("llama", "mistral")
 
 
 def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -57,8 +53,12 @@ def gguf_state_dict(
     for i in range(cfg.n_layer):
         p, o = f"blk.{i}.", f"layers.{i}."
         for suffix in ("weight", "bias") if cfg.layer_norm else ("weight",):
-            yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
-            yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
+            if cfg.pre_norms:
+                yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
+                yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
+        if cfg.post_norms:  # Gemma's norms are stored as 1 + w already: the converter adds the 1
+            yield o + "attn_post_norm.weight", get(p + "post_attention_norm.weight")
+            yield o + "mlp_post_norm.weight", get(p + "post_ffw_norm.weight")
         for suffix in ("weight", "bias") if cfg.qkv_bias or cfg.linear_bias else ("weight",):
             load = get_linear if suffix == "weight" else get
             if p + f"attn_qkv.{suffix}" in names:
