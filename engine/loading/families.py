@@ -19,8 +19,8 @@ GEMMA = ("gemma2", "gemma3")
 # five local layers to one global (transformers' defaults; llama.cpp's set_swa_pattern).
 SLIDING_PERIOD = {"gemma2": 2, "gemma3": 6}
 NOPE_PERIOD = 4  # SmolLM3: every 4th layer has no rope (HF's no_rope_layer_interval; llama.cpp hard-codes 4)
-# llama.cpp scales the 27B Gemmas' queries by n_embd / n_head instead of the head size, and knows them by
-# their layer count (its LLM_TYPE_27B); their config.json says so in query_pre_attn_scalar.
+# GGUF has no key for Gemma's query_pre_attn_scalar: llama.cpp scales queries by the head size, except for
+# the 27B models' n_embd / n_head, which it knows by their layer count (its LLM_TYPE_27B).
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 
@@ -107,7 +107,7 @@ def gguf_family_values(arch: str, d: Declared, n_layer: int, n_embd: int, n_head
         values["sliding_layers"] = every(SLIDING_PERIOD[arch], n_layer, last=False)
         query_scalar = n_embd / n_head if n_layer == _GEMMA_27B_LAYERS[arch] else head_dim
         values.update(
-            attention_scale=d("attention_scale", None) or query_scalar**-0.5,
+            attention_scale=query_scalar**-0.5,
             attn_softcap=d("attn_softcap", 50.0 if arch == "gemma2" else None),
             final_softcap=d("final_softcap", 30.0 if arch == "gemma2" else None),
         )

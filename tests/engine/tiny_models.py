@@ -58,7 +58,7 @@ def _family_configs():
     gemma = dict(COMMON, num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=24, **ids)
     gemma3_rope = {
         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
-        "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
     }
     return {
         "smollm3": SmolLM3Config(**dict(COMMON, num_hidden_layers=4), num_key_value_heads=2, **ids),
