@@ -83,7 +83,7 @@ def hf_family_values(arch: str, cfg: Mapping[str, Any], d: Declared, n_layer: in
         values["final_softcap"] = _capping(d, "final_softcap", 30.0 if arch == "gemma2" else None)
     if arch == "gemma3":
         values["rope_local_theta"] = (
-            Declared({"theta": local_theta}, {"rope_local_theta": "theta"}, "rope_parameters.sliding_attention.")(
+            Declared({"rope_theta": local_theta}, {"rope_local_theta": "rope_theta"}, "rope_parameters.sliding_attention.")(
                 "rope_local_theta", None
             )
             or d("rope_local_theta", 10000.0)
