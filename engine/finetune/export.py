@@ -189,14 +189,21 @@ def to_hf_names(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
             if cfg.post_norms:
                 out[p + "post_attention_layernorm.weight"] = state[o + "attn_post_norm.weight"] - shift
                 out[p + "post_feedforward_layernorm.weight"] = state[o + "mlp_post_norm.weight"] - shift
-            wqkv, gate_up = state[o + "attn.wqkv.weight"], state[o + "mlp.w_gate_up.weight"]
+            wqkv, gate_up = state[o + "attn.wqkv.weight"], state.get(o + "mlp.w_gate_up.weight")
+            if o + "mlp.router.weight" in state:  # a mixture of experts, each expert's projections
+                out[p + "mlp.gate.weight"] = state[o + "mlp.router.weight"]
+                for j, (ej, dj) in enumerate(zip(state[o + "mlp.w_gate_up"], state[o + "mlp.w_down"], strict=True)):
+                    e = f"{p}mlp.experts.{j}."
+                    out[e + "gate_proj.weight"], out[e + "up_proj.weight"] = ej.split([cfg.expert_size] * 2)
+                    out[e + "down_proj.weight"] = dj
             if cfg.arch == "phi3":
                 out[a + "qkv_proj.weight"] = wqkv
                 out[p + "mlp.gate_up_proj.weight"] = gate_up
             else:
                 for x, t in zip("qkv", wqkv.split([q, kv, kv]), strict=True):
                     out[a + f"{x}_proj.weight"] = t
-                out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate_up.split([inter, inter])
+                if gate_up is not None:
+                    out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate_up.split([inter, inter])
             if cfg.qkv_bias:
                 for x, t in zip("qkv", state[o + "attn.wqkv.bias"].split([q, kv, kv]), strict=True):
                     out[a + f"{x}_proj.bias"] = t
@@ -204,7 +211,8 @@ def to_hf_names(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
                 out[a + "q_norm.weight"] = state[o + "attn.q_norm.weight"] - shift
                 out[a + "k_norm.weight"] = state[o + "attn.k_norm.weight"] - shift
             out[a + "o_proj.weight"] = state[o + "attn.wo.weight"]
-            out[p + "mlp.down_proj.weight"] = state[o + "mlp.w_down.weight"]
+            if gate_up is not None:
+                out[p + "mlp.down_proj.weight"] = state[o + "mlp.w_down.weight"]
         out["model.norm.weight"] = state["norm.weight"] - shift
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
@@ -239,9 +247,10 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         "olmo2": "Olmo2ForCausalLM",
         "gemma2": "Gemma2ForCausalLM",
         "gemma3": "Gemma3ForCausalLM",
+        "qwen3moe": "Qwen3MoeForCausalLM",
     }
     out = {
-        "model_type": "gemma3_text" if cfg.arch == "gemma3" else cfg.arch,
+        "model_type": {"gemma3": "gemma3_text", "qwen3moe": "qwen3_moe"}.get(cfg.arch, cfg.arch),
         "architectures": [names[cfg.arch]],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
@@ -272,9 +281,18 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype) -> dict:
 def _family_config(cfg: ModelConfig) -> dict:
     """The ``config.json`` keys of the families added after the first six (engine.loading.families)."""
     out: dict = {}
-    if cfg.arch in ("smollm3", "granite", "olmo2", *GEMMA):
+    if cfg.arch in ("smollm3", "granite", "olmo2", "qwen3moe", *GEMMA):
         out["layer_types"] = ["sliding_attention" if cfg.window(i) else "full_attention" for i in range(cfg.n_layer)]
         out["use_sliding_window"] = cfg.sliding_window is not None
+    if cfg.n_expert:
+        out.update(
+            num_experts=cfg.n_expert,
+            num_experts_per_tok=cfg.n_expert_used,
+            moe_intermediate_size=cfg.expert_size,
+            norm_topk_prob=cfg.norm_topk,
+            decoder_sparse_step=1,
+            mlp_only_layers=list(cfg.dense_layers),
+        )
     if cfg.arch == "smollm3":
         out["no_rope_layers"] = [int(i not in cfg.nope_layers) for i in range(cfg.n_layer)]
     if cfg.arch == "granite":

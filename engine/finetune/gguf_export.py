@@ -84,6 +84,13 @@ def gguf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Iterator[t
             yield b + "ffn_up.weight", state[o + "mlp.w_up.weight"]
             yield b + "ffn_up.bias", state[o + "mlp.w_up.bias"]
             yield b + "ffn_down.bias", state[o + "mlp.w_down.bias"]
+        elif o + "mlp.router.weight" in state:  # a mixture of experts
+            yield b + "ffn_gate_inp.weight", state[o + "mlp.router.weight"]
+            gate, up = state[o + "mlp.w_gate_up"].split([cfg.expert_size] * 2, dim=1)
+            yield b + "ffn_gate_exps.weight", gate
+            yield b + "ffn_up_exps.weight", up
+            yield b + "ffn_down_exps.weight", state[o + "mlp.w_down"]
+            continue
         elif fused:  # Phi-3: gate and up fused, gate first
             yield b + "ffn_up.weight", state[o + "mlp.w_gate_up.weight"]
         else:

@@ -25,12 +25,15 @@ from engine.loading.model_check import (
     describe,
 )
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "smollm3", "granite", "olmo2", "gemma2", "gemma3")
+ARCHITECTURES = (
+    *("llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3"),
+    *("smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe"),
+)
 # llama.cpp permutes these families' q/k rows so that rope can rotate adjacent pairs (interleaved layout);
 # NeoX-style archs (Qwen, Phi-3, OLMo 2, Gemma) are stored as Hugging Face has them.
 PERMUTED_QK_ARCHS = ("llama", "mistral", "smollm3", "granite")
 # The families added after the first six: they read HF's per-layer ``layer_types`` (engine.loading.families).
-_LAYER_TYPED = ("smollm3", "granite", "olmo2", "gemma2", "gemma3")
+_LAYER_TYPED = ("smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe")
 
 _HF_MODEL_TYPES = {
     "llama": "llama",
@@ -44,6 +47,7 @@ _HF_MODEL_TYPES = {
     "olmo2": "olmo2",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "qwen3_moe": "qwen3moe",
 }
 
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -69,6 +73,9 @@ _GGUF_KEYS = {
     "attn_softcap": "attn_logit_softcapping",
     "final_softcap": "final_logit_softcapping",
     "rope_local_theta": "rope.freq_base_swa",
+    "n_expert": "expert_count",
+    "n_expert_used": "expert_used_count",
+    "expert_size": "expert_feed_forward_length",
 }
 _HF_KEYS = {
     "vocab_size": "vocab_size",
@@ -94,6 +101,10 @@ _HF_KEYS = {
     "no_rope_layer_interval": "no_rope_layer_interval",
     "sliding_window_pattern": "sliding_window_pattern",
     "rope_local_theta": "rope_local_base_freq",
+    "n_expert": "num_experts",
+    "n_expert_used": "num_experts_per_tok",
+    "expert_size": "moe_intermediate_size",
+    "decoder_sparse_step": "decoder_sparse_step",
 }
 _HF_GPT2_KEYS = {
     "vocab_size": "vocab_size",
@@ -135,6 +146,11 @@ class ModelConfig:
     logits_scaling: float = 1.0  # the logits divided by this (Granite)
     attn_softcap: float | None = None  # attention scores as cap * tanh(score / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the logits
+    n_expert: int = 0  # a mixture of experts in place of the MLP (Qwen3-MoE); 0: none
+    n_expert_used: int = 0  # the experts each token goes to
+    expert_size: int = 0  # an expert's intermediate size
+    norm_topk: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
+    dense_layers: tuple[int, ...] = ()  # layers that keep the plain MLP (HF's mlp_only_layers, sparse step)
     # Derived from `arch` in __post_init__:
     layer_norm: bool = field(init=False)  # LayerNorm with bias (GPT-2) instead of RMSNorm
     learned_positions: bool = field(init=False)  # GPT-2's position table instead of RoPE
@@ -162,7 +178,11 @@ class ModelConfig:
             )
         self.layer_norm = self.learned_positions = self.linear_bias = self.arch == "gpt2"
         self.gated_mlp = self.arch != "gpt2"
-        self.qk_norm = self.arch in ("qwen3", "olmo2", "gemma3")
+        self.nope_layers, self.dense_layers = tuple(self.nope_layers), tuple(self.dense_layers)  # tuples whatever
+        # came in (a JSON list, say): a config's
+        if self.sliding_layers is not None:  # repr keys the compiled step (engine.compiled.step.structure_key)
+            self.sliding_layers = tuple(self.sliding_layers)
+        self.qk_norm = self.arch in ("qwen3", "olmo2", "gemma3", "qwen3moe")
         self.qk_norm_whole = self.arch == "olmo2"
         self.pre_norms = self.arch != "olmo2"
         self.post_norms = self.arch in ("olmo2", *GEMMA)
@@ -192,6 +212,9 @@ class ModelConfig:
         norms = 2 * d * (self.pre_norms + self.post_norms)
         qk_norms = (qkv - self.n_kv_head * hd * d) // d if self.qk_norm_whole else 2 * hd * self.qk_norm
         per_layer = attn + mlp + norms + qk_norms
+        if self.n_expert:  # the MoE layers' experts and router instead of the MLP
+            moe = self.n_expert * (3 * d * self.expert_size + d)
+            per_layer += (moe - mlp) * (self.n_layer - len(self.dense_layers)) // self.n_layer
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         pos = self.max_seq_len * d if self.learned_positions else 0
         return self.n_layer * per_layer + emb + pos + d

@@ -1,6 +1,6 @@
 """What the families beyond Llama's shape declare besides their sizes, read as transformers and llama.cpp
 read it: which layers use the sliding window (Gemma 2 and 3), which have no rope (SmolLM3), Gemma 3's
-local rope base, Granite's multipliers, Gemma's attention scale and soft-caps.
+local rope base, Granite's multipliers, Gemma's attention scale and soft-caps, Qwen3-MoE's experts.
 
 A ``config.json`` lists the layers (``layer_types``, ``no_rope_layers``) or gives their period; GGUF has no
 key for either, so the periods llama.cpp hard-codes are used. Every value is checked through `Declared`
@@ -39,6 +39,14 @@ def _per_layer(cfg: Mapping[str, Any], key: str, n_layer: int, allowed: tuple) -
         choices = " or ".join(map(repr, allowed))
         raise ConfigError(f"{key} is {describe(value)}; expected a list of {n_layer} values, each {choices}")
     return value
+
+
+def _per_layer_indices(cfg: Mapping[str, Any], key: str, n_layer: int) -> set[int]:
+    """A ``config.json`` list of layer indices (empty when absent)."""
+    value = cfg.get(key) or []
+    if not isinstance(value, list) or any(type(i) is not int or not 0 <= i < n_layer for i in value):
+        raise ConfigError(f"{key} is {describe(value)}; expected a list of layer indices in 0..{n_layer - 1}")
+    return set(value)
 
 
 def _capping(d: Declared, field: str, default: float | None) -> float | None:
@@ -81,6 +89,21 @@ def hf_family_values(arch: str, cfg: Mapping[str, Any], d: Declared, n_layer: in
         values["attention_scale"] = d("query_pre_attn_scalar", 256) ** -0.5
         values["attn_softcap"] = _capping(d, "attn_softcap", 50.0 if arch == "gemma2" else None)
         values["final_softcap"] = _capping(d, "final_softcap", 30.0 if arch == "gemma2" else None)
+    if arch == "qwen3moe":  # a layer is dense when listed in mlp_only_layers or off the sparse step
+        only = _per_layer_indices(cfg, "mlp_only_layers", n_layer)
+        step = d("decoder_sparse_step", 1)
+        # transformers 5 writes num_local_experts; the published configs say num_experts
+        experts = Declared(cfg, {"n_expert": "num_experts" if "num_experts" in cfg else "num_local_experts"})
+        n_expert, used = experts("n_expert"), d("n_expert_used")
+        if used > n_expert:
+            raise ConfigError(f"{d.keys['n_expert_used']} is {used}; expected at most {experts.keys['n_expert']} {n_expert}")
+        values.update(
+            n_expert=n_expert,
+            n_expert_used=used,
+            expert_size=d("expert_size"),
+            norm_topk=d.flag("norm_topk_prob", False),
+            dense_layers=tuple(i for i in range(n_layer) if i in only or (i + 1) % step),
+        )
     if arch == "gemma3":
         values["rope_local_theta"] = (
             Declared({"rope_theta": local_theta}, {"rope_local_theta": "rope_theta"}, "rope_parameters.sliding_attention.")(
@@ -113,4 +136,8 @@ def gguf_family_values(arch: str, d: Declared, n_layer: int, n_embd: int, n_head
         )
     if arch == "gemma3":
         values["rope_local_theta"] = d("rope_local_theta", 10000.0)
+    if arch == "qwen3moe":  # llama.cpp: every layer a mixture, the chosen experts' weights renormalised
+        values.update(
+            n_expert=d("n_expert"), n_expert_used=d("n_expert_used"), expert_size=d("expert_size"), norm_topk=True
+        )
     return values

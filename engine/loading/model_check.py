@@ -86,6 +86,10 @@ RULES: dict[str, Rule] = {
     "rope_local_theta": Rule(float, 1.0, 1e12),
     "no_rope_layer_interval": Rule(int, 1, 1024),
     "sliding_window_pattern": Rule(int, 1, 1024),
+    "n_expert": Rule(int, 1, 4096),  # 512 in the largest published (Qwen3-Next)
+    "n_expert_used": Rule(int, 1, 4096),
+    "expert_size": Rule(int, 1, 1 << 20),
+    "decoder_sparse_step": Rule(int, 1, 1024),
 }
 LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -165,6 +169,11 @@ def check_values(values: Mapping[str, Any], keys: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{key('n_head')} is {n_head}; expected {RULES['n_head']} and a divisor of {key('n_embd')} {n_embd}"
         )
+    if values.get("n_expert_used", 0) > values.get("n_expert", 0):
+        raise ConfigError(
+            f"{key('n_expert_used')} is {values['n_expert_used']}; expected at most {key('n_expert')} "
+            f"{values['n_expert']}"
+        )
     if n_head % n_kv_head:
         raise ConfigError(
             f"{key('n_kv_head')} is {n_kv_head}; expected {RULES['n_kv_head']} and a divisor of "
@@ -223,7 +232,15 @@ GGUF_NAMES = TensorNames(
         "attn_post_norm": "blk.{i}.post_attention_norm.weight",
         "mlp_post_norm": "blk.{i}.post_ffw_norm.weight",
     },
-    mlp={"gate": "blk.{i}.ffn_gate.weight", "up": "blk.{i}.ffn_up.weight", "down": "blk.{i}.ffn_down.weight"},
+    mlp={
+        "gate": "blk.{i}.ffn_gate.weight",
+        "up": "blk.{i}.ffn_up.weight",
+        "down": "blk.{i}.ffn_down.weight",
+        "router": "blk.{i}.ffn_gate_inp.weight",
+        "gate_exps": "blk.{i}.ffn_gate_exps.weight",
+        "up_exps": "blk.{i}.ffn_up_exps.weight",
+        "down_exps": "blk.{i}.ffn_down_exps.weight",
+    },
 )
 HF_NAMES = TensorNames(
     layer=re.compile(r"model\.layers\.(\d+)\."),
@@ -246,6 +263,10 @@ HF_NAMES = TensorNames(
         "up": "model.layers.{i}.mlp.up_proj.weight",
         "gate_up": "model.layers.{i}.mlp.gate_up_proj.weight",
         "down": "model.layers.{i}.mlp.down_proj.weight",
+        "router": "model.layers.{i}.mlp.gate.weight",
+        "gate_exp": "model.layers.{i}.mlp.experts.0.gate_proj.weight",
+        "up_exp": "model.layers.{i}.mlp.experts.0.up_proj.weight",
+        "down_exp": "model.layers.{i}.mlp.experts.0.down_proj.weight",
     },
 )
 
@@ -319,6 +340,13 @@ def check_tensors(
         "up": ((up_rows, d), mlp),
         "gate_up": ((2 * ff, d), mlp),
         "down": ((d, ff), mlp),
+        "router": ((cfg.n_expert, d), ("n_expert", "n_embd")),
+        "gate_exps": ((cfg.n_expert, cfg.expert_size, d), ("n_expert", "expert_size", "n_embd")),
+        "up_exps": ((cfg.n_expert, cfg.expert_size, d), ("n_expert", "expert_size", "n_embd")),
+        "down_exps": ((cfg.n_expert, d, cfg.expert_size), ("n_expert", "n_embd", "expert_size")),
+        "gate_exp": ((cfg.expert_size, d), ("expert_size", "n_embd")),
+        "up_exp": ((cfg.expert_size, d), ("expert_size", "n_embd")),
+        "down_exp": ((d, cfg.expert_size), ("n_embd", "expert_size")),
     }
     expected = [
         (names.embed, (cfg.vocab_size, d), ("vocab_size", "n_embd")),

@@ -1,5 +1,5 @@
 """A decoder-only transformer covering Llama, Mistral, Qwen2, Qwen3, Phi-3, GPT-2, SmolLM3, Granite, OLMo 2,
-Gemma 2 and Gemma 3 (each family's differences are `ModelConfig` fields, read per layer by `Block`).
+Gemma 2, Gemma 3 and Qwen3-MoE (each family's differences are `ModelConfig` fields, read per layer by `Block`).
 
 Weights use our own names (see `engine.weights.names`): fused ``wqkv`` and ``w_gate_up`` projections,
 ``attn_norm``/``mlp_norm`` per block, ``tok_emb``, ``norm`` and ``lm_head`` at the ends.
@@ -146,6 +146,37 @@ class MLP(nn.Module):
         return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
 
 
+class Experts(nn.Module):
+    """A mixture of experts in place of the MLP (Qwen3-MoE): the router's softmax over ``n_expert`` experts
+    picks each token's top ``n_expert_used`` (renormalised to sum to 1 with ``norm_topk``), and the token's
+    output is their SwiGLU outputs weighted by those probabilities. Each expert's gate and up rows are
+    stacked like `MLP`'s: ``w_gate_up`` (n_expert, 2 expert_size, n_embd), ``w_down`` (n_expert, n_embd,
+    expert_size). Only the chosen experts run, on their tokens."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.router = Linear(cfg.n_embd, cfg.n_expert, bias=False)
+        self.w_gate_up = nn.Parameter(torch.empty(cfg.n_expert, 2 * cfg.expert_size, cfg.n_embd))
+        self.w_down = nn.Parameter(torch.empty(cfg.n_expert, cfg.n_embd, cfg.expert_size))
+        self.used, self.norm_topk = cfg.n_expert_used, cfg.norm_topk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(self.w_down.dtype)  # (N, n_embd)
+        probs = torch.softmax(self.router(flat).float(), dim=-1)  # (N, n_expert)
+        weights, chosen = probs.topk(self.used, dim=-1)  # (N, used)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(flat.dtype)
+        out = torch.zeros_like(flat)
+        for e in chosen.unique().tolist():
+            rows, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens sent to expert e
+            gate, up = F.linear(flat[rows], self.w_gate_up[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.w_down[e])  # (n, n_embd)
+            out.index_add_(0, rows, y * weights[rows, slot, None])
+        return out.view(shape)
+
+
 class Block(nn.Module):
     """One layer: attention then the MLP, each added to the residual stream. Norms before each (``attn_norm``,
     ``mlp_norm``; all but OLMo 2), on each one's output (``attn_post_norm``, ``mlp_post_norm``; OLMo 2 and
@@ -157,7 +188,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.attn_post_norm = make_norm(cfg, cfg.n_embd) if cfg.post_norms else None
         self.mlp_norm = make_norm(cfg, cfg.n_embd) if cfg.pre_norms else None
-        self.mlp = MLP(cfg)
+        self.mlp = Experts(cfg) if cfg.n_expert and i not in cfg.dense_layers else MLP(cfg)
         self.mlp_post_norm = make_norm(cfg, cfg.n_embd) if cfg.post_norms else None
         self.residual_scale = cfg.residual_scale
         self.window = cfg.window(i)  # None: every earlier position

@@ -77,6 +77,11 @@ def gguf_state_dict(
             yield o + "mlp.w_up.weight", get_linear(p + "ffn_up.weight")
             yield o + "mlp.w_up.bias", get(p + "ffn_up.bias")
             yield o + "mlp.w_down.bias", get(p + "ffn_down.bias")
+        elif p + "ffn_gate_inp.weight" in names:  # a mixture of experts: (n_expert, rows, cols) each
+            yield o + "mlp.router.weight", get(p + "ffn_gate_inp.weight")
+            yield o + "mlp.w_gate_up", torch.cat([get(p + "ffn_gate_exps.weight"), get(p + "ffn_up_exps.weight")], 1)
+            yield o + "mlp.w_down", get(p + "ffn_down_exps.weight")
+            continue
         elif p + "ffn_gate.weight" in names:
             gate_up = [get_linear(p + "ffn_gate.weight"), get_linear(p + "ffn_up.weight")]
             yield o + "mlp.w_gate_up.weight", cat_rows(gate_up)

@@ -151,6 +151,13 @@ def hf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.
             yield o + "mlp.w_gate_up.weight", get(p + "mlp.gate_up_proj.weight")
         else:
             yield o + "attn.wqkv.weight", cat([get(a + f"{x}_proj.weight") for x in "qkv"])
+        if p + "mlp.gate.weight" in names:  # a mixture of experts: the router and each expert's projections
+            yield o + "mlp.router.weight", get(p + "mlp.gate.weight")
+            e = [f"{p}mlp.experts.{j}." for j in range(cfg.n_expert)]
+            gate_up = [cat([get(x + "gate_proj.weight"), get(x + "up_proj.weight")]) for x in e]
+            yield o + "mlp.w_gate_up", torch.stack(gate_up)
+            yield o + "mlp.w_down", torch.stack([get(x + "down_proj.weight") for x in e])
+        elif cfg.arch != "phi3":
             yield o + "mlp.w_gate_up.weight", cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
         if cfg.qkv_bias:
             yield o + "attn.wqkv.bias", cat([get(a + f"{x}_proj.bias") for x in "qkv"])
@@ -158,7 +165,8 @@ def hf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.
             yield o + "attn.q_norm.weight", norm(a + "q_norm.weight")
             yield o + "attn.k_norm.weight", norm(a + "k_norm.weight")
         yield o + "attn.wo.weight", get(a + "o_proj.weight")
-        yield o + "mlp.w_down.weight", get(p + "mlp.down_proj.weight")
+        if p + "mlp.gate.weight" not in names:
+            yield o + "mlp.w_down.weight", get(p + "mlp.down_proj.weight")
     yield "norm.weight", norm("model.norm.weight")
     if not cfg.tie_embeddings:
         yield "lm_head.weight", get("lm_head.weight")

@@ -51,11 +51,20 @@ def _family_configs():
     """The families added after the first six, each small but with what sets it apart: SmolLM3's rope-less
     4th layer, Granite's four multipliers, OLMo 2's post-norms, Gemma's soft-caps and local layers with an
     8-token window (tests run longer prompts), Gemma 3's five local layers to one global with their own
-    rope base, the global ones' scaled."""
-    from transformers import Gemma2Config, Gemma3TextConfig, GraniteConfig, Olmo2Config, SmolLM3Config
+    rope base, the global ones' scaled; Qwen3-MoE's router over four experts, two per token (every layer a
+    mixture as llama.cpp has it, or one layer dense)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GraniteConfig,
+        Olmo2Config,
+        Qwen3MoeConfig,
+        SmolLM3Config,
+    )
 
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     gemma = dict(COMMON, num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=24, **ids)
+    moe = dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
     gemma3_rope = {
         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
@@ -73,11 +82,13 @@ def _family_configs():
         "olmo2": Olmo2Config(**COMMON, num_key_value_heads=2, **ids),
         "gemma2": Gemma2Config(**gemma, attn_logit_softcapping=5.0, final_logit_softcapping=10.0),
         "gemma3": Gemma3TextConfig(**dict(gemma, num_hidden_layers=7), rope_parameters=gemma3_rope),
+        "qwen3moe": Qwen3MoeConfig(**COMMON, **moe, **ids),
+        "qwen3moe-dense-layer": Qwen3MoeConfig(**dict(COMMON, num_hidden_layers=3), **moe, mlp_only_layers=[1], **ids),
     }
 
 
 ARCHS = list(_configs())  # the first six families and their variants
-FAMILIES = list(_family_configs())
+FAMILIES = ["smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe"]
 
 
 def write_tiny_tokenizer(folder: Path) -> None:

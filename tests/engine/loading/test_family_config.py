@@ -35,6 +35,11 @@ def hf(arch: str, **edits) -> dict:
         ("smollm3", dict(no_rope_layers=[1, 1, 1, 2]), "no_rope_layers is list .* each 0 or 1"),
         ("smollm3", dict(no_rope_layers=[True, True, True, False]), "no_rope_layers is list"),
         ("smollm3", dict(no_rope_layers=None, no_rope_layer_interval=0), "no_rope_layer_interval is 0"),
+        ("qwen3moe", dict(num_experts_per_tok=5), "num_experts_per_tok is 5; expected at most num_local_experts 4"),
+        ("qwen3moe", dict(num_local_experts=0), "num_local_experts is 0"),
+        ("qwen3moe", dict(moe_intermediate_size=-1), "moe_intermediate_size is -1"),
+        ("qwen3moe", dict(decoder_sparse_step=0), "decoder_sparse_step is 0"),
+        ("qwen3moe", dict(mlp_only_layers=[2]), "mlp_only_layers is list \\[2\\]; expected a list of layer indices in 0..1"),
         (
             "gemma3",
             dict(rope_parameters={"sliding_attention": {"rope_theta": 0}, "full_attention": {"rope_theta": 1e6}}),
@@ -59,6 +64,8 @@ def test_defaults_where_a_file_says_nothing():
     granite = {k: v for k, v in hf("granite").items() if not k.endswith(("multiplier", "scaling"))}
     cfg = ModelConfig.from_hf(granite)
     assert (cfg.embedding_scale, cfg.attention_scale, cfg.residual_scale, cfg.logits_scaling) == (1, 1, 1, 1)
+    moe = ModelConfig.from_hf(hf("qwen3moe", num_hidden_layers=6, layer_types=None, decoder_sparse_step=2))
+    assert moe.dense_layers == (0, 2, 4) and moe.n_expert == 4 and moe.norm_topk
 
 
 def test_gguf_gemma_takes_llama_cpps_attention_scale():

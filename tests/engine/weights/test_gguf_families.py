@@ -45,10 +45,16 @@ def gguf_tensors(arch: str, cfg, sd: dict[str, torch.Tensor]):
             if arch in ("smollm3", "granite") and x != "v":
                 t = permute(t, cfg.num_attention_heads if x == "q" else cfg.num_key_value_heads)
             yield b + f"attn_{x}.weight", t
-        if arch in ("olmo2", "gemma3"):
+        if arch in ("olmo2", "gemma3", "qwen3moe"):
             yield b + "attn_q_norm.weight", sd[p + "self_attn.q_norm.weight"] + shift
             yield b + "attn_k_norm.weight", sd[p + "self_attn.k_norm.weight"] + shift
         yield b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"]
+        if arch == "qwen3moe":  # the experts stacked, (n_expert, rows, cols)
+            yield b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"]
+            gate, up = sd[p + "mlp.experts.gate_up_proj"].chunk(2, dim=1)
+            yield from ((b + "ffn_gate_exps.weight", gate), (b + "ffn_up_exps.weight", up))
+            yield b + "ffn_down_exps.weight", sd[p + "mlp.experts.down_proj"]
+            continue
         for x in ("gate", "up", "down"):
             yield b + f"ffn_{x}.weight", sd[p + f"mlp.{x}_proj.weight"]
     yield "output_norm.weight", sd["model.norm.weight"] + shift
@@ -82,6 +88,12 @@ def write_gguf(arch: str, reference, path) -> None:
             w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     else:
         w.add_rope_dimension_count(head_dim)
+    if arch == "qwen3moe":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_expert_count(cfg.num_experts)
+        w.add_expert_used_count(cfg.num_experts_per_tok)
+        w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     if arch == "granite":
         w.add_attention_scale(cfg.attention_multiplier)
         w.add_embedding_scale(cfg.embedding_multiplier)
