@@ -178,9 +178,10 @@ class ModelConfig:
             )
         self.layer_norm = self.learned_positions = self.linear_bias = self.arch == "gpt2"
         self.gated_mlp = self.arch != "gpt2"
-        self.nope_layers, self.dense_layers = tuple(self.nope_layers), tuple(self.dense_layers)  # tuples whatever
-        # came in (a JSON list, say): a config's
-        if self.sliding_layers is not None:  # repr keys the compiled step (engine.compiled.step.structure_key)
+        # Layer lists as tuples whatever came in (a JSON list, say): a config's repr keys the compiled step
+        # (engine.compiled.step.structure_key).
+        self.nope_layers, self.dense_layers = tuple(self.nope_layers), tuple(self.dense_layers)
+        if self.sliding_layers is not None:
             self.sliding_layers = tuple(self.sliding_layers)
         self.qk_norm = self.arch in ("qwen3", "olmo2", "gemma3", "qwen3moe")
         self.qk_norm_whole = self.arch == "olmo2"
@@ -212,12 +213,11 @@ class ModelConfig:
         norms = 2 * d * (self.pre_norms + self.post_norms)
         qk_norms = (qkv - self.n_kv_head * hd * d) // d if self.qk_norm_whole else 2 * hd * self.qk_norm
         per_layer = attn + mlp + norms + qk_norms
-        if self.n_expert:  # the MoE layers' experts and router instead of the MLP
-            moe = self.n_expert * (3 * d * self.expert_size + d)
-            per_layer += (moe - mlp) * (self.n_layer - len(self.dense_layers)) // self.n_layer
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         pos = self.max_seq_len * d if self.learned_positions else 0
-        return self.n_layer * per_layer + emb + pos + d
+        # A mixture of experts' layers hold the experts and their router instead of the MLP.
+        moe = (self.n_expert * (3 * d * self.expert_size + d) - mlp) * (self.n_layer - len(self.dense_layers))
+        return self.n_layer * per_layer + (moe if self.n_expert else 0) + emb + pos + d
 
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any]) -> ModelConfig:

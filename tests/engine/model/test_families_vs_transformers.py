@@ -23,6 +23,7 @@ def test_logits_match_transformers(arch, tiny_models):
     folder, reference = tiny_models(arch)
     ours = load_ours(folder)
     assert ours.cfg.arch == arch.split("-")[0]
+    assert ours.cfg.n_params == sum(p.numel() for p in reference.parameters())  # what memory estimates use
     tokens = torch.randint(0, VOCAB, (2, PROMPT), generator=torch.Generator().manual_seed(1))
     assert _max_diff(ours, reference, tokens) <= 1e-4
 
