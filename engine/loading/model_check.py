@@ -322,7 +322,8 @@ def check_tensors(
     if not cfg.qk_norm_whole:  # one norm for every head
         q_norm = k_norm = ((hd,), ("head_dim",))
     heads, width, mlp = ("n_head", "head_dim", "n_embd"), ("n_embd",), ("intermediate_size", "n_embd")
-    fused_gate = cfg.gated_mlp and names.mlp.get("gate", "").format(i=0) not in shapes  # Phi-3's GGUF ffn_up
+    # Phi-3's GGUF ffn_up holds gate and up (a mixture of experts' layer 0 has no gate of its own either)
+    fused_gate = cfg.gated_mlp and not cfg.n_expert and names.mlp.get("gate", "").format(i=0) not in shapes
     up_rows = 2 * ff if fused_gate else ff
     per_layer = {
         "q": ((q, d), heads),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.finetune.estimate import lora_params
 from engine.finetune.export import save_merged_hf
 from engine.finetune.gguf_export import save_merged_gguf
-from engine.finetune.lora import add_lora, lora_layers
+from engine.finetune.lora import ALL_TARGETS, add_lora, lora_layers
 from engine.loading.loader import load_model
 from tests.engine.tiny_models import FAMILIES, VOCAB
 from tests.engine.weights.test_gguf_families import gguf_reference, write_gguf
@@ -52,3 +53,18 @@ def test_the_merged_folder_reads_back_in_transformers(arch, source, tiny_models,
         assert back.config == lm.config
         with torch.no_grad():
             assert (back.model(TOKENS) - ours).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "qwen3moe-dense-layer"])
+def test_lora_on_a_mixture_of_experts_adapts_attention_and_dense_layers(arch, tiny_models):
+    """The experts' stacked weights stay as they are; the estimate counts what LoRA really adds."""
+    model = load_model(tiny_models(arch)[0], device="cpu", dtype="float32").model
+    add_lora(model, rank=4, targets=ALL_TARGETS)
+    adapted = {name.split(".", 2)[2] for name, _ in lora_layers(model)}
+    dense = set(model.cfg.dense_layers)
+    assert {name for name, _ in lora_layers(model) if ".mlp." in name} == {
+        f"layers.{i}.mlp.{w}" for i in dense for w in ("w_gate_up", "w_down")
+    }
+    assert {"attn.wqkv", "attn.wo"} <= adapted
+    actual = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert lora_params(model.cfg, 4, ALL_TARGETS) == actual
