@@ -96,7 +96,9 @@ def hf_family_values(arch: str, cfg: Mapping[str, Any], d: Declared, n_layer: in
         experts = Declared(cfg, {"n_expert": "num_experts" if "num_experts" in cfg else "num_local_experts"})
         n_expert, used = experts("n_expert"), d("n_expert_used")
         if used > n_expert:
-            raise ConfigError(f"{d.keys['n_expert_used']} is {used}; expected at most {experts.keys['n_expert']} {n_expert}")
+            raise ConfigError(
+                f"{d.keys['n_expert_used']} is {used}; expected at most {experts.keys['n_expert']} {n_expert}"
+            )
         values.update(
             n_expert=n_expert,
             n_expert_used=used,
@@ -104,13 +106,11 @@ def hf_family_values(arch: str, cfg: Mapping[str, Any], d: Declared, n_layer: in
             norm_topk=d.flag("norm_topk_prob", False),
             dense_layers=tuple(i for i in range(n_layer) if i in only or (i + 1) % step),
         )
-    if arch == "gemma3":
-        values["rope_local_theta"] = (
-            Declared({"rope_theta": local_theta}, {"rope_local_theta": "rope_theta"}, "rope_parameters.sliding_attention.")(
-                "rope_local_theta", None
-            )
-            or d("rope_local_theta", 10000.0)
+    if arch == "gemma3":  # transformers 5 says rope_parameters.sliding_attention.rope_theta, 4.x rope_local_base_freq
+        local = Declared(
+            {"rope_theta": local_theta}, {"rope_local_theta": "rope_theta"}, "rope_parameters.sliding_attention."
         )
+        values["rope_local_theta"] = local("rope_local_theta", None) or d("rope_local_theta", 10000.0)
     return values
 
 

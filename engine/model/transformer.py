@@ -115,8 +115,9 @@ class Attention(nn.Module):
             group = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, start+T, hd)
             scores = self.scores(q, k)
-            if mask is None and q.shape[2] > 1:  # plain causal
-                mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])
+            Tq, Tk = q.shape[2], k.shape[2]
+            if mask is None and Tq > 1:  # plain causal: query i, at position Tk - Tq + i, sees the keys up to it
+                mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             y = torch.softmax(scores, dim=-1).to(v.dtype) @ v

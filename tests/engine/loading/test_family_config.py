@@ -22,7 +22,11 @@ def hf(arch: str, **edits) -> dict:
 @pytest.mark.parametrize(
     ("arch", "edits", "message"),
     [
-        ("granite", dict(embedding_multiplier=-1.0), "embedding_multiplier is -1.0; expected a number in \\(0, 10000\\]"),
+        (
+            "granite",
+            dict(embedding_multiplier=-1.0),
+            "embedding_multiplier is -1.0; expected a number in \\(0, 10000\\]",
+        ),
         ("granite", dict(attention_multiplier=0), "attention_multiplier is 0"),
         ("granite", dict(residual_multiplier="0.5"), "residual_multiplier is str '0.5'"),
         ("granite", dict(logits_scaling=math.nan), "logits_scaling is nan"),
@@ -39,7 +43,11 @@ def hf(arch: str, **edits) -> dict:
         ("qwen3moe", dict(num_local_experts=0), "num_local_experts is 0"),
         ("qwen3moe", dict(moe_intermediate_size=-1), "moe_intermediate_size is -1"),
         ("qwen3moe", dict(decoder_sparse_step=0), "decoder_sparse_step is 0"),
-        ("qwen3moe", dict(mlp_only_layers=[2]), "mlp_only_layers is list \\[2\\]; expected a list of layer indices in 0..1"),
+        (
+            "qwen3moe",
+            dict(mlp_only_layers=[2]),
+            "mlp_only_layers is list \\[2\\]; expected a list of layer indices in 0..1",
+        ),
         (
             "gemma3",
             dict(rope_parameters={"sliding_attention": {"rope_theta": 0}, "full_attention": {"rope_theta": 1e6}}),
