@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-from engine.compiled.step import CompiledDecoding, build, structure_key, unavailable_reason, weight_specs
+from engine.compiled.step import (
+    CompiledDecoding,
+    build,
+    structure_key,
+    unavailable_reason,
+    unsupported_reason,
+    weight_specs,
+)
 from engine.errors import CompileUnavailableError
 from engine.loading.config import ModelConfig
 from engine.model_lock import hold
@@ -53,7 +60,7 @@ def compile_decoding(
     t0 = time.perf_counter()
     model = lm.model
     stop = should_stop or (lambda: False)
-    reason = unavailable_reason(model.device)
+    reason = unavailable_reason(model.device) or unsupported_reason(model)
     if reason:
         raise CompileUnavailableError(reason)
     path = package_path(model, cache_dir)

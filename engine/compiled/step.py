@@ -69,6 +69,17 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def unsupported_reason(model: Transformer) -> str | None:
+    """Why this model's decoding step cannot be compiled, or None when it can: the step takes one rope
+    table's rows, and Gemma 3's local layers rotate by a second one; a mixture of experts runs the experts
+    its tokens chose, a shape that export cannot keep symbolic."""
+    if model.cfg.n_expert:
+        return f"compiled decoding does not support {model.cfg.arch} (a mixture of experts)"
+    if model.rotary_local is not None:
+        return f"compiled decoding does not support {model.cfg.arch} (its local layers have their own rope base)"
+    return None
+
+
 def weights(model: Transformer) -> dict[str, torch.Tensor]:
     """Every parameter and buffer, in a fixed order: the compiled step's weight inputs."""
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}

@@ -73,8 +73,10 @@ def lora_params(cfg: ModelConfig, rank: int, targets: list[str] | tuple[str, ...
         "up_proj": (d, inter),
         "down_proj": (inter, d),
     }
-    per_layer = sum(rank * (i + o) for name, (i, o) in shapes.items() if name in targets)
-    return per_layer * cfg.n_layer
+    attn = sum(rank * (i + o) for name, (i, o) in shapes.items() if name in targets and name[0] in "qkvo")
+    mlp = sum(rank * (i + o) for name, (i, o) in shapes.items() if name in targets and name[0] not in "qkvo")
+    mlp_layers = len(cfg.dense_layers) if cfg.n_expert else cfg.n_layer  # LoRA leaves experts as they are
+    return attn * cfg.n_layer + mlp * mlp_layers
 
 
 def measure_matmul_rate(seconds: float = 0.2, n: int = 512, dtype: torch.dtype = torch.float32) -> float:

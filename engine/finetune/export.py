@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from engine.errors import ModelFileError
 from engine.finetune.lora import LoRALinear, add_lora, hf_layer_prefix, lora_layers
 from engine.loading.config import ModelConfig
+from engine.loading.families import GEMMA
 
 PEFT_PREFIX = "base_model.model."
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -186,29 +187,44 @@ def to_hf_names(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
                 out[f"transformer.h.{i}.{theirs}.bias"] = state[f"layers.{i}.{ours}.bias"]
         out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = state["norm.weight"], state["norm.bias"]
     else:
+        gemma = cfg.arch in GEMMA
+        shift = 1.0 if gemma else 0.0  # Gemma's RMSNorm multiplies by 1 + w: ours holds the 1 + w
         out["model.embed_tokens.weight"] = state["tok_emb.weight"]
         for i in range(cfg.n_layer):
             o, p = f"layers.{i}.", f"model.layers.{i}."
             a = p + "self_attn."
-            out[p + "input_layernorm.weight"] = state[o + "attn_norm.weight"]
-            out[p + "post_attention_layernorm.weight"] = state[o + "mlp_norm.weight"]
-            wqkv, gate_up = state[o + "attn.wqkv.weight"], state[o + "mlp.w_gate_up.weight"]
+            if cfg.pre_norms:
+                out[p + "input_layernorm.weight"] = state[o + "attn_norm.weight"] - shift
+                mlp_norm = "pre_feedforward_layernorm" if gemma else "post_attention_layernorm"
+                out[p + mlp_norm + ".weight"] = state[o + "mlp_norm.weight"] - shift
+            if cfg.post_norms:
+                out[p + "post_attention_layernorm.weight"] = state[o + "attn_post_norm.weight"] - shift
+                out[p + "post_feedforward_layernorm.weight"] = state[o + "mlp_post_norm.weight"] - shift
+            wqkv, gate_up = state[o + "attn.wqkv.weight"], state.get(o + "mlp.w_gate_up.weight")
+            if o + "mlp.router.weight" in state:  # a mixture of experts, each expert's projections
+                out[p + "mlp.gate.weight"] = state[o + "mlp.router.weight"]
+                for j, (ej, dj) in enumerate(zip(state[o + "mlp.w_gate_up"], state[o + "mlp.w_down"], strict=True)):
+                    e = f"{p}mlp.experts.{j}."
+                    out[e + "gate_proj.weight"], out[e + "up_proj.weight"] = ej.split([cfg.expert_size] * 2)
+                    out[e + "down_proj.weight"] = dj
             if cfg.arch == "phi3":
                 out[a + "qkv_proj.weight"] = wqkv
                 out[p + "mlp.gate_up_proj.weight"] = gate_up
             else:
                 for x, t in zip("qkv", wqkv.split([q, kv, kv]), strict=True):
                     out[a + f"{x}_proj.weight"] = t
-                out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate_up.split([inter, inter])
+                if gate_up is not None:
+                    out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate_up.split([inter, inter])
             if cfg.qkv_bias:
                 for x, t in zip("qkv", state[o + "attn.wqkv.bias"].split([q, kv, kv]), strict=True):
                     out[a + f"{x}_proj.bias"] = t
             if cfg.qk_norm:
-                out[a + "q_norm.weight"] = state[o + "attn.q_norm.weight"]
-                out[a + "k_norm.weight"] = state[o + "attn.k_norm.weight"]
+                out[a + "q_norm.weight"] = state[o + "attn.q_norm.weight"] - shift
+                out[a + "k_norm.weight"] = state[o + "attn.k_norm.weight"] - shift
             out[a + "o_proj.weight"] = state[o + "attn.wo.weight"]
-            out[p + "mlp.down_proj.weight"] = state[o + "mlp.w_down.weight"]
-        out["model.norm.weight"] = state["norm.weight"]
+            if gate_up is not None:
+                out[p + "mlp.down_proj.weight"] = state[o + "mlp.w_down.weight"]
+        out["model.norm.weight"] = state["norm.weight"] - shift
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
     return {k: v.contiguous().clone() for k, v in out.items()}
@@ -237,9 +253,15 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         "qwen2": "Qwen2ForCausalLM",
         "qwen3": "Qwen3ForCausalLM",
         "phi3": "Phi3ForCausalLM",
+        "smollm3": "SmolLM3ForCausalLM",
+        "granite": "GraniteForCausalLM",
+        "olmo2": "Olmo2ForCausalLM",
+        "gemma2": "Gemma2ForCausalLM",
+        "gemma3": "Gemma3ForCausalLM",
+        "qwen3moe": "Qwen3MoeForCausalLM",
     }
     out = {
-        "model_type": cfg.arch,
+        "model_type": {"gemma3": "gemma3_text", "qwen3moe": "qwen3_moe"}.get(cfg.arch, cfg.arch),
         "architectures": [names[cfg.arch]],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
@@ -261,6 +283,49 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         out["partial_rotary_factor"] = cfg.partial_rotary_factor
     if cfg.sliding_window is not None:
         out["sliding_window"] = cfg.sliding_window
+    out.update(_family_config(cfg))
+    if "rope_parameters" in out:  # Gemma 3: a rope per kind of layer instead
+        del out["rope_theta"], out["rope_scaling"]
+    return out
+
+
+def _family_config(cfg: ModelConfig) -> dict:
+    """The ``config.json`` keys of the families added after the first six (engine.loading.families)."""
+    out: dict = {}
+    if cfg.arch in ("smollm3", "granite", "olmo2", "qwen3moe", *GEMMA):
+        out["layer_types"] = ["sliding_attention" if cfg.window(i) else "full_attention" for i in range(cfg.n_layer)]
+        out["use_sliding_window"] = cfg.sliding_window is not None
+    if cfg.n_expert:
+        out.update(
+            num_experts=cfg.n_expert,
+            num_experts_per_tok=cfg.n_expert_used,
+            moe_intermediate_size=cfg.expert_size,
+            norm_topk_prob=cfg.norm_topk,
+            decoder_sparse_step=1,
+            mlp_only_layers=list(cfg.dense_layers),
+        )
+    if cfg.arch == "smollm3":
+        out["no_rope_layers"] = [int(i not in cfg.nope_layers) for i in range(cfg.n_layer)]
+    if cfg.arch == "granite":
+        out.update(
+            embedding_multiplier=cfg.embedding_scale,
+            attention_multiplier=cfg.attention_scale or cfg.head_dim**-0.5,
+            residual_multiplier=cfg.residual_scale,
+            logits_scaling=cfg.logits_scaling,
+        )
+    if cfg.arch in GEMMA:
+        out.update(
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=round((cfg.attention_scale or cfg.head_dim**-0.5) ** -2),  # an int in transformers
+            attn_logit_softcapping=cfg.attn_softcap,
+            final_logit_softcapping=cfg.final_softcap,
+        )
+    if cfg.arch == "gemma3":  # transformers 5's spelling: a rope per kind of layer
+        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+        out["rope_parameters"] = {
+            "full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})},
+            "sliding_attention": local,
+        }
     return out
 
 
@@ -278,8 +343,12 @@ def save_merged_hf(lm, folder: str | Path) -> Path:
             if (src / name).is_file():
                 shutil.copyfile(src / name, folder / name)
         return folder
-    (folder / "config.json").write_text(json.dumps(hf_config(cfg, lm.model.dtype), indent=2))
     tok = lm.tokenizer
+    config = hf_config(cfg, lm.model.dtype)
+    # The tokenizer's ids, not the family's defaults (SmolLM3's 128000.. would not fit another vocabulary).
+    eos = tok.inner.token_to_id(tok.eos_token) if tok.eos_token is not None else None
+    config.update(bos_token_id=tok.bos_id, eos_token_id=eos, pad_token_id=None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
     tok.inner.save(str(folder / "tokenizer.json"))
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -58,8 +58,12 @@ def gguf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Iterator[t
     for i in range(cfg.n_layer):
         o, b = f"layers.{i}.", f"blk.{i}."
         for suffix in ("weight", "bias") if cfg.layer_norm else ("weight",):
-            yield b + f"attn_norm.{suffix}", state[o + f"attn_norm.{suffix}"]
-            yield b + f"ffn_norm.{suffix}", state[o + f"mlp_norm.{suffix}"]
+            if cfg.pre_norms:
+                yield b + f"attn_norm.{suffix}", state[o + f"attn_norm.{suffix}"]
+                yield b + f"ffn_norm.{suffix}", state[o + f"mlp_norm.{suffix}"]
+        if cfg.post_norms:  # Gemma's as 1 + w, as llama.cpp has them and our model holds them
+            yield b + "post_attention_norm.weight", state[o + "attn_post_norm.weight"]
+            yield b + "post_ffw_norm.weight", state[o + "mlp_post_norm.weight"]
         for suffix in ("weight", "bias") if cfg.qkv_bias or cfg.linear_bias else ("weight",):
             wqkv = state[o + f"attn.wqkv.{suffix}"]
             if fused:
@@ -80,6 +84,13 @@ def gguf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Iterator[t
             yield b + "ffn_up.weight", state[o + "mlp.w_up.weight"]
             yield b + "ffn_up.bias", state[o + "mlp.w_up.bias"]
             yield b + "ffn_down.bias", state[o + "mlp.w_down.bias"]
+        elif o + "mlp.router.weight" in state:  # a mixture of experts
+            yield b + "ffn_gate_inp.weight", state[o + "mlp.router.weight"]
+            gate, up = state[o + "mlp.w_gate_up"].split([cfg.expert_size] * 2, dim=1)
+            yield b + "ffn_gate_exps.weight", gate
+            yield b + "ffn_up_exps.weight", up
+            yield b + "ffn_down_exps.weight", state[o + "mlp.w_down"]
+            continue
         elif fused:  # Phi-3: gate and up fused, gate first
             yield b + "ffn_up.weight", state[o + "mlp.w_gate_up.weight"]
         else:

@@ -211,6 +211,8 @@ def add_lora(
             parent_name, attr = rel.split(".")
             parent = getattr(block, parent_name)
             base = getattr(parent, attr)
+            if isinstance(base, nn.Parameter):  # a mixture of experts' stacked weights: LoRA adapts attention
+                continue
             if isinstance(base, LoRALinear):
                 raise ValueError("the model already has LoRA layers")
             layer = LoRALinear(base, chosen, rank, alpha, dropout)

@@ -12,7 +12,6 @@ row per layer and position would be ``n_layer x T x vocab`` floats and minutes o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -98,20 +97,20 @@ def inspect(
         raise ValueError(f"layers must be in [0, {cfg.n_layer - 1}], got {sorted(keep)}")
     tokens = torch.tensor([list(ids)], device=model.device)
     x = model.embed(tokens, 0)  # (1, T, n_embd)
-    rotary = None if model.rotary is None else model.rotary.get(0, T, x.device, model.dtype)
-    allowed = model.allowed_keys(0, T)  # (T, T)
+    rotations = model.rotations(0, T)
+    allowed = {layer.window: model.allowed_keys(0, T, layer.window) for layer in model.layers}  # (T, T) each
     group = cfg.n_head // cfg.n_kv_head
     result_attention: dict[int, torch.Tensor] = {}
     residuals = torch.empty(cfg.n_layer, T, cfg.n_embd, dtype=x.dtype)
     for i, layer in enumerate(model.layers):
         if is_stopped(should_stop):
             raise InspectionCancelled("the inspection was cancelled")
-        q, k, v = layer.attn.project(layer.attn_norm(x), rotary)  # (1, nh, T, hd), (1, nkv, T, hd)
+        q, k, v = layer.attn.project(layer.attn_input(x), rotations[layer.rope])  # (1, nh|nkv, T, hd)
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (1, nh, T, hd)
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(cfg.head_dim)  # (1, nh, T, T)
-        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        x = x + layer.attn.output(weights.to(v.dtype) @ v)  # (1, T, n_embd)
-        x = x + layer.mlp(layer.mlp_norm(x))
+        scores = layer.attn.scores(q, k)  # (1, nh, T, T)
+        weights = torch.softmax(scores.masked_fill(~allowed[layer.window], float("-inf")), dim=-1)
+        x = layer.add(x, layer.attn.output(weights.to(v.dtype) @ v), layer.attn_post_norm)  # (1, T, n_embd)
+        x = layer.add_mlp(x)
         if i in keep:
             result_attention[i] = weights[0].to(torch.float16).cpu()
         residuals[i] = x[0].cpu()

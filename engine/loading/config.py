@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.loading.families import GEMMA, gguf_family_values, hf_family_values, hf_rope_parameters
 from engine.loading.model_check import (
     GGUF_NAMES,
     LLAMA3_SCALING,
@@ -24,7 +25,15 @@ from engine.loading.model_check import (
     describe,
 )
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3")
+ARCHITECTURES = (
+    *("llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3"),
+    *("smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe"),
+)
+# llama.cpp permutes these families' q/k rows so that rope can rotate adjacent pairs (interleaved layout);
+# NeoX-style archs (Qwen, Phi-3, OLMo 2, Gemma) are stored as Hugging Face has them.
+PERMUTED_QK_ARCHS = ("llama", "mistral", "smollm3", "granite")
+# The families added after the first six: they read HF's per-layer ``layer_types`` (engine.loading.families).
+_LAYER_TYPED = ("smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe")
 
 _HF_MODEL_TYPES = {
     "llama": "llama",
@@ -33,6 +42,12 @@ _HF_MODEL_TYPES = {
     "qwen3": "qwen3",
     "gpt2": "gpt2",
     "phi3": "phi3",
+    "smollm3": "smollm3",
+    "granite": "granite",
+    "olmo2": "olmo2",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "qwen3_moe": "qwen3moe",
 }
 
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -51,6 +66,16 @@ _GGUF_KEYS = {
     "rope_theta": "rope.freq_base",
     "factor": "rope.scaling.factor",
     "sliding_window": "attention.sliding_window",
+    "embedding_scale": "embedding_scale",
+    "attention_scale": "attention.scale",
+    "residual_scale": "residual_scale",
+    "logits_scaling": "logit_scale",
+    "attn_softcap": "attn_logit_softcapping",
+    "final_softcap": "final_logit_softcapping",
+    "rope_local_theta": "rope.freq_base_swa",
+    "n_expert": "expert_count",
+    "n_expert_used": "expert_used_count",
+    "expert_size": "expert_feed_forward_length",
 }
 _HF_KEYS = {
     "vocab_size": "vocab_size",
@@ -66,6 +91,20 @@ _HF_KEYS = {
     "partial_rotary_factor": "partial_rotary_factor",
     "sliding_window": "sliding_window",
     "qkv_bias": "attention_bias",  # read as a flag; here for messages
+    "embedding_scale": "embedding_multiplier",
+    "attention_scale": "attention_multiplier",
+    "residual_scale": "residual_multiplier",
+    "logits_scaling": "logits_scaling",
+    "attn_softcap": "attn_logit_softcapping",
+    "final_softcap": "final_logit_softcapping",
+    "query_pre_attn_scalar": "query_pre_attn_scalar",
+    "no_rope_layer_interval": "no_rope_layer_interval",
+    "sliding_window_pattern": "sliding_window_pattern",
+    "rope_local_theta": "rope_local_base_freq",
+    "n_expert": "num_experts",
+    "n_expert_used": "num_experts_per_tok",
+    "expert_size": "moe_intermediate_size",
+    "decoder_sparse_step": "decoder_sparse_step",
 }
 _HF_GPT2_KEYS = {
     "vocab_size": "vocab_size",
@@ -98,12 +137,30 @@ class ModelConfig:
     partial_rotary_factor: float = 1.0
     rotary_dim: int = 0  # 0: int(head_dim * partial_rotary_factor), as transformers has it; GGUF declares it whole
     sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None  # the layers the window applies to; None: every layer
+    nope_layers: tuple[int, ...] = ()  # layers without rope (SmolLM3)
+    rope_local_theta: float | None = None  # the sliding layers' own rope base (Gemma 3's local layers)
+    embedding_scale: float = 1.0  # the embeddings times this (Granite; Gemma: sqrt(n_embd), set here)
+    attention_scale: float = 0.0  # the query-key product times this; 0: 1 / sqrt(head_dim)
+    residual_scale: float = 1.0  # each block's outputs times this before they join the residual (Granite)
+    logits_scaling: float = 1.0  # the logits divided by this (Granite)
+    attn_softcap: float | None = None  # attention scores as cap * tanh(score / cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the logits
+    n_expert: int = 0  # a mixture of experts in place of the MLP (Qwen3-MoE); 0: none
+    n_expert_used: int = 0  # the experts each token goes to
+    expert_size: int = 0  # an expert's intermediate size
+    norm_topk: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
+    dense_layers: tuple[int, ...] = ()  # layers that keep the plain MLP (HF's mlp_only_layers, sparse step)
     # Derived from `arch` in __post_init__:
     layer_norm: bool = field(init=False)  # LayerNorm with bias (GPT-2) instead of RMSNorm
     learned_positions: bool = field(init=False)  # GPT-2's position table instead of RoPE
     gated_mlp: bool = field(init=False)  # SwiGLU (gate, up, down) instead of GELU (fc, proj)
-    qk_norm: bool = field(init=False)  # RMSNorm on each head's q and k (Qwen3)
+    qk_norm: bool = field(init=False)  # RMSNorm on q and k (Qwen3, Gemma 3: each head's; OLMo 2: the whole)
+    qk_norm_whole: bool = field(init=False)  # that norm over the whole projection, all heads at once (OLMo 2)
     linear_bias: bool = field(init=False)  # every linear layer has a bias (GPT-2)
+    pre_norms: bool = field(init=False)  # a norm before attention and before the MLP (all but OLMo 2)
+    post_norms: bool = field(init=False)  # a norm on attention's and the MLP's outputs (OLMo 2, Gemma)
+    gelu_gate: bool = field(init=False)  # the gated MLP's gate through GELU (tanh) instead of SiLU (Gemma)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -121,9 +178,30 @@ class ModelConfig:
             )
         self.layer_norm = self.learned_positions = self.linear_bias = self.arch == "gpt2"
         self.gated_mlp = self.arch != "gpt2"
-        self.qk_norm = self.arch == "qwen3"
+        # Layer lists as tuples whatever came in (a JSON list, say): a config's repr keys the compiled step
+        # (engine.compiled.step.structure_key).
+        self.nope_layers, self.dense_layers = tuple(self.nope_layers), tuple(self.dense_layers)
+        if self.sliding_layers is not None:
+            self.sliding_layers = tuple(self.sliding_layers)
+        self.qk_norm = self.arch in ("qwen3", "olmo2", "gemma3", "qwen3moe")
+        self.qk_norm_whole = self.arch == "olmo2"
+        self.pre_norms = self.arch != "olmo2"
+        self.post_norms = self.arch in ("olmo2", *GEMMA)
+        self.gelu_gate = self.arch in GEMMA
+        if self.arch in GEMMA:  # Gemma scales its embeddings by the square root of their width
+            self.embedding_scale = math.sqrt(self.n_embd)
         if self.arch == "qwen2":
             self.qkv_bias = True
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of ``layer``, None when it attends to every earlier position."""
+        if self.sliding_window is None or (self.sliding_layers is not None and layer not in self.sliding_layers):
+            return None
+        return self.sliding_window
+
+    def local_rope(self, layer: int) -> bool:
+        """Whether ``layer`` rotates by the local rope base (`rope_local_theta`) instead of `rope_theta`."""
+        return self.rope_local_theta is not None and self.window(layer) is not None
 
     @property
     def n_params(self) -> int:
@@ -132,10 +210,14 @@ class ModelConfig:
         qkv = d * hd * (self.n_head + 2 * self.n_kv_head)
         attn = qkv + self.n_head * hd * d
         mlp = (3 if self.gated_mlp else 2) * d * self.intermediate_size
-        per_layer = attn + mlp + 2 * d
+        norms = 2 * d * (self.pre_norms + self.post_norms)
+        qk_norms = (qkv - self.n_kv_head * hd * d) // d if self.qk_norm_whole else 2 * hd * self.qk_norm
+        per_layer = attn + mlp + norms + qk_norms
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         pos = self.max_seq_len * d if self.learned_positions else 0
-        return self.n_layer * per_layer + emb + pos + d
+        # A mixture of experts' layers hold the experts and their router instead of the MLP.
+        moe = (self.n_expert * (3 * d * self.expert_size + d) - mlp) * (self.n_layer - len(self.dense_layers))
+        return self.n_layer * per_layer + (moe if self.n_expert else 0) + emb + pos + d
 
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -146,6 +228,7 @@ class ModelConfig:
             raise ConfigError(f"model_type is {describe(model_type)}; supported: {', '.join(_HF_MODEL_TYPES)}")
         arch = _HF_MODEL_TYPES[model_type]
         keys = hf_keys(arch)
+        cfg, local_theta = hf_rope_parameters(arch, cfg)
         d = Declared(cfg, keys)
         n_head, n_embd = d("n_head"), d("n_embd")
         values: dict[str, Any] = dict(arch=arch, vocab_size=d("vocab_size"), n_layer=d("n_layer"), n_head=n_head)
@@ -182,6 +265,8 @@ class ModelConfig:
             partial_rotary_factor=in_rope("partial_rotary_factor", None) or d("partial_rotary_factor", 1.0),
             sliding_window=d("sliding_window", None) if d.flag("use_sliding_window", True) else None,
         )
+        if arch in _LAYER_TYPED:
+            values.update(hf_family_values(arch, cfg, d, values["n_layer"], local_theta))
         check_values(values, keys)
         return cls(**values)
 
@@ -214,7 +299,7 @@ class ModelConfig:
         )
         if arch != "gpt2":  # GPT-2 has learned positions, no rope
             head_dim = values["head_dim"] or n_embd // n_head  # 0 only when check_values refuses the heads
-            if arch in ("llama", "mistral") and head_dim % 2:  # engine.weights.from_gguf.PERMUTED_QK_ARCHS
+            if arch in PERMUTED_QK_ARCHS and head_dim % 2:
                 said = (
                     f"{keys['head_dim']} {head_dim}"
                     if values["head_dim"]
@@ -235,6 +320,7 @@ class ModelConfig:
                 partial_rotary_factor=_rotary_factor(rotary_dim, head_dim) if rotary_dim and head_dim else 1.0,
                 sliding_window=d("sliding_window", None),
             )
+            values.update(gguf_family_values(arch, d, values["n_layer"], n_embd, n_head, head_dim))
         check_values(values, keys)
         cfg = cls(**values)
         check_tensors(cfg, tensor_shapes, keys, GGUF_NAMES)

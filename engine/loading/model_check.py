@@ -74,6 +74,22 @@ RULES: dict[str, Rule] = {
     "low_freq_factor": Rule(float, 0.0, 1024.0, low_open=True),
     "high_freq_factor": Rule(float, 0.0, 1024.0, low_open=True),
     "original_max_position_embeddings": Rule(int, 1, MAX_CONTEXT),
+    # the families' own (engine.loading.families): Granite's multipliers are about 0.008..220 in
+    # published models, Gemma's caps 30 and 50, its query scalars 144..256
+    "embedding_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "attention_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "residual_scale": Rule(float, 0.0, 1e4, low_open=True),
+    "logits_scaling": Rule(float, 0.0, 1e4, low_open=True),
+    "attn_softcap": Rule(float, 0.0, 1e6, low_open=True),
+    "final_softcap": Rule(float, 0.0, 1e6, low_open=True),
+    "query_pre_attn_scalar": Rule(float, 0.0, 1e8, low_open=True),
+    "rope_local_theta": Rule(float, 1.0, 1e12),
+    "no_rope_layer_interval": Rule(int, 1, 1024),
+    "sliding_window_pattern": Rule(int, 1, 1024),
+    "n_expert": Rule(int, 1, 4096),  # 512 in the largest published (Qwen3-Next)
+    "n_expert_used": Rule(int, 1, 4096),
+    "expert_size": Rule(int, 1, 1 << 20),
+    "decoder_sparse_step": Rule(int, 1, 1024),
 }
 LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -153,6 +169,11 @@ def check_values(values: Mapping[str, Any], keys: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{key('n_head')} is {n_head}; expected {RULES['n_head']} and a divisor of {key('n_embd')} {n_embd}"
         )
+    if values.get("n_expert_used", 0) > values.get("n_expert", 0):
+        raise ConfigError(
+            f"{key('n_expert_used')} is {values['n_expert_used']}; expected at most {key('n_expert')} "
+            f"{values['n_expert']}"
+        )
     if n_head % n_kv_head:
         raise ConfigError(
             f"{key('n_kv_head')} is {n_kv_head}; expected {RULES['n_kv_head']} and a divisor of "
@@ -188,7 +209,7 @@ class TensorNames:
     embed: str
     output: str
     positions: str
-    attn: dict[str, str]  # q, k, v, qkv, o, q_norm, k_norm, attn_norm, mlp_norm
+    attn: dict[str, str]  # q, k, v, qkv, o, q_norm, k_norm, attn_norm, mlp_norm, attn_post_norm, mlp_post_norm
     mlp: dict[str, str]  # gate, up, gate_up, down
     transposed: bool = False  # layers' projections stored (in, out): GPT-2's Conv1D in Hugging Face files
 
@@ -208,8 +229,18 @@ GGUF_NAMES = TensorNames(
         "k_norm": "blk.{i}.attn_k_norm.weight",
         "attn_norm": "blk.{i}.attn_norm.weight",
         "mlp_norm": "blk.{i}.ffn_norm.weight",
+        "attn_post_norm": "blk.{i}.post_attention_norm.weight",
+        "mlp_post_norm": "blk.{i}.post_ffw_norm.weight",
     },
-    mlp={"gate": "blk.{i}.ffn_gate.weight", "up": "blk.{i}.ffn_up.weight", "down": "blk.{i}.ffn_down.weight"},
+    mlp={
+        "gate": "blk.{i}.ffn_gate.weight",
+        "up": "blk.{i}.ffn_up.weight",
+        "down": "blk.{i}.ffn_down.weight",
+        "router": "blk.{i}.ffn_gate_inp.weight",
+        "gate_exps": "blk.{i}.ffn_gate_exps.weight",
+        "up_exps": "blk.{i}.ffn_up_exps.weight",
+        "down_exps": "blk.{i}.ffn_down_exps.weight",
+    },
 )
 HF_NAMES = TensorNames(
     layer=re.compile(r"model\.layers\.(\d+)\."),
@@ -232,12 +263,32 @@ HF_NAMES = TensorNames(
         "up": "model.layers.{i}.mlp.up_proj.weight",
         "gate_up": "model.layers.{i}.mlp.gate_up_proj.weight",
         "down": "model.layers.{i}.mlp.down_proj.weight",
+        "router": "model.layers.{i}.mlp.gate.weight",
+        "gate_exp": "model.layers.{i}.mlp.experts.0.gate_proj.weight",
+        "up_exp": "model.layers.{i}.mlp.experts.0.up_proj.weight",
+        "down_exp": "model.layers.{i}.mlp.experts.0.down_proj.weight",
     },
 )
 
 
+# The norms of the families with post-norms: OLMo 2 has only those (its post_attention_layernorm is what
+# follows attention, not the MLP's pre-norm as in Llama); Gemma has both.
+_HF_POST_NORMS = {
+    "attn_post_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "mlp_post_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+}
+HF_POST_NORM_NAMES = {
+    "olmo2": {"attn_norm": "", "mlp_norm": "", **_HF_POST_NORMS},
+    "gemma": {"mlp_norm": "model.layers.{i}.pre_feedforward_layernorm.weight", **_HF_POST_NORMS},
+}
+
+
 def hf_names(arch: str, tensor_names: Collection[str]) -> TensorNames:
     """Where a Hugging Face folder of ``arch`` keeps each weight; GPT-2's names may lack ``transformer.``."""
+    family = "gemma" if arch.startswith("gemma") else arch
+    if family in HF_POST_NORM_NAMES:
+        attn = {k: v for k, v in {**HF_NAMES.attn, **HF_POST_NORM_NAMES[family]}.items() if v}
+        return TensorNames(HF_NAMES.layer, HF_NAMES.embed, HF_NAMES.output, "", attn, HF_NAMES.mlp)
     if arch != "gpt2":
         return HF_NAMES
     prefix = "transformer." if "transformer.wte.weight" in tensor_names else ""
@@ -267,8 +318,12 @@ def check_tensors(
         raise ConfigError(f"{key('n_layer')} does not match the file, which has {layers}")
     d, hd, ff = cfg.n_embd, cfg.head_dim, cfg.intermediate_size
     q, kv = cfg.n_head * hd, cfg.n_kv_head * hd
+    q_norm, k_norm = ((q,), ("n_head", "head_dim")), ((kv,), ("n_kv_head", "head_dim"))
+    if not cfg.qk_norm_whole:  # one norm for every head
+        q_norm = k_norm = ((hd,), ("head_dim",))
     heads, width, mlp = ("n_head", "head_dim", "n_embd"), ("n_embd",), ("intermediate_size", "n_embd")
-    fused_gate = cfg.gated_mlp and names.mlp.get("gate", "").format(i=0) not in shapes  # Phi-3's GGUF ffn_up
+    # Phi-3's GGUF ffn_up holds gate and up (a mixture of experts' layer 0 has no gate of its own either)
+    fused_gate = cfg.gated_mlp and not cfg.n_expert and names.mlp.get("gate", "").format(i=0) not in shapes
     up_rows = 2 * ff if fused_gate else ff
     per_layer = {
         "q": ((q, d), heads),
@@ -276,14 +331,23 @@ def check_tensors(
         "v": ((kv, d), ("n_kv_head", "head_dim", "n_embd")),
         "qkv": ((q + 2 * kv, d), ("n_head", "n_kv_head", "head_dim", "n_embd")),
         "o": ((d, q), heads),
-        "q_norm": ((hd,), ("head_dim",)),
-        "k_norm": ((hd,), ("head_dim",)),
+        "q_norm": q_norm,
+        "k_norm": k_norm,
         "attn_norm": ((d,), width),
         "mlp_norm": ((d,), width),
+        "attn_post_norm": ((d,), width),
+        "mlp_post_norm": ((d,), width),
         "gate": ((ff, d), mlp),
         "up": ((up_rows, d), mlp),
         "gate_up": ((2 * ff, d), mlp),
         "down": ((d, ff), mlp),
+        "router": ((cfg.n_expert, d), ("n_expert", "n_embd")),
+        "gate_exps": ((cfg.n_expert, cfg.expert_size, d), ("n_expert", "expert_size", "n_embd")),
+        "up_exps": ((cfg.n_expert, cfg.expert_size, d), ("n_expert", "expert_size", "n_embd")),
+        "down_exps": ((cfg.n_expert, d, cfg.expert_size), ("n_expert", "n_embd", "expert_size")),
+        "gate_exp": ((cfg.expert_size, d), ("expert_size", "n_embd")),
+        "up_exp": ((cfg.expert_size, d), ("expert_size", "n_embd")),
+        "down_exp": ((d, cfg.expert_size), ("n_embd", "expert_size")),
     }
     expected = [
         (names.embed, (cfg.vocab_size, d), ("vocab_size", "n_embd")),

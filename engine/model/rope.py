@@ -9,11 +9,13 @@ import torch
 from engine.loading.config import ModelConfig
 
 
-def inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
-    """The rotary frequencies, ``(rotary_dim // 2,)`` float32, with the config's scaling applied."""
+def inverse_frequencies(cfg: ModelConfig, local: bool = False) -> torch.Tensor:
+    """The rotary frequencies, ``(rotary_dim // 2,)`` float32, with the config's scaling applied; ``local``:
+    those of the sliding layers that have their own base (`ModelConfig.rope_local_theta`), never scaled."""
     dim = cfg.rotary_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
-    scaling = cfg.rope_scaling or {}
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    scaling = {} if local else (cfg.rope_scaling or {})
     kind = scaling.get("rope_type", "default")
     if kind == "linear":
         return inv_freq / scaling["factor"]

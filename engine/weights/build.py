@@ -90,7 +90,10 @@ def build_model(
             total += 1  # one weight became two buffers
         else:
             t = t.dequantize() if isinstance(t, Int4Groups) else t
-            state[name] = t.to(device=device, dtype=dtype, copy=True)
+            # Norm weights stay float32 (`Transformer.keep_norms_float32`), never rounded to ``dtype`` on the
+            # way: Gemma's are 1 + w, which bf16 would round.
+            norm = name.rsplit(".", 2)[-2].endswith("norm")
+            state[name] = t.to(device=device, dtype=torch.float32 if norm else dtype, copy=True)
         if progress is not None:
             progress(min(len(state) / total, 1.0))
     return _assign(model, state, path)

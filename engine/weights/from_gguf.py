@@ -11,13 +11,9 @@ from collections.abc import Callable
 import torch
 
 from engine.gguf.int4_groups import Int4Groups
-from engine.loading.config import ModelConfig
+from engine.loading.config import PERMUTED_QK_ARCHS, ModelConfig
 
 Weight = torch.Tensor | Int4Groups
-
-# llama.cpp permutes Llama q/k rows so that rope can rotate adjacent pairs (interleaved layout);
-# NeoX-style archs (Qwen, Phi-3) are stored as Hugging Face has them.
-PERMUTED_QK_ARCHS = ("llama", "mistral")
 
 
 def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -57,8 +53,12 @@ def gguf_state_dict(
     for i in range(cfg.n_layer):
         p, o = f"blk.{i}.", f"layers.{i}."
         for suffix in ("weight", "bias") if cfg.layer_norm else ("weight",):
-            yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
-            yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
+            if cfg.pre_norms:
+                yield o + f"attn_norm.{suffix}", get(p + f"attn_norm.{suffix}")
+                yield o + f"mlp_norm.{suffix}", get(p + f"ffn_norm.{suffix}")
+        if cfg.post_norms:  # Gemma's norms are stored as 1 + w already: the converter adds the 1
+            yield o + "attn_post_norm.weight", get(p + "post_attention_norm.weight")
+            yield o + "mlp_post_norm.weight", get(p + "post_ffw_norm.weight")
         for suffix in ("weight", "bias") if cfg.qkv_bias or cfg.linear_bias else ("weight",):
             load = get_linear if suffix == "weight" else get
             if p + f"attn_qkv.{suffix}" in names:
@@ -77,6 +77,11 @@ def gguf_state_dict(
             yield o + "mlp.w_up.weight", get_linear(p + "ffn_up.weight")
             yield o + "mlp.w_up.bias", get(p + "ffn_up.bias")
             yield o + "mlp.w_down.bias", get(p + "ffn_down.bias")
+        elif p + "ffn_gate_inp.weight" in names:  # a mixture of experts: (n_expert, rows, cols) each
+            yield o + "mlp.router.weight", get(p + "ffn_gate_inp.weight")
+            yield o + "mlp.w_gate_up", torch.cat([get(p + "ffn_gate_exps.weight"), get(p + "ffn_up_exps.weight")], 1)
+            yield o + "mlp.w_down", get(p + "ffn_down_exps.weight")
+            continue
         elif p + "ffn_gate.weight" in names:
             gate_up = [get_linear(p + "ffn_gate.weight"), get_linear(p + "ffn_up.weight")]
             yield o + "mlp.w_gate_up.weight", cat_rows(gate_up)

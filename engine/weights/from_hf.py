@@ -11,6 +11,7 @@ from safetensors import SafetensorError, safe_open
 
 from engine.errors import ModelFileError
 from engine.loading.config import ModelConfig
+from engine.loading.families import GEMMA
 
 if TYPE_CHECKING:  # imported where tensors are made: reading a folder's config and shapes needs no torch
     import torch
@@ -128,26 +129,45 @@ def hf_state_dict(cfg: ModelConfig, names: set[str], get: Callable[[str], torch.
     import torch
 
     cat = torch.cat
+    gemma = cfg.arch in GEMMA
+
+    def norm(name: str) -> torch.Tensor:
+        """Gemma's RMSNorm multiplies by 1 + w (as llama.cpp's converter writes it): ours by the weight."""
+        return get(name).float() + 1.0 if gemma else get(name)
+
     yield "tok_emb.weight", get("model.embed_tokens.weight")
     for i in range(cfg.n_layer):
         p, o = f"model.layers.{i}.", f"layers.{i}."
-        yield o + "attn_norm.weight", get(p + "input_layernorm.weight")
-        yield o + "mlp_norm.weight", get(p + "post_attention_layernorm.weight")
+        if cfg.pre_norms:
+            yield o + "attn_norm.weight", norm(p + "input_layernorm.weight")
+            mlp_norm = "pre_feedforward_layernorm" if gemma else "post_attention_layernorm"
+            yield o + "mlp_norm.weight", norm(p + mlp_norm + ".weight")
+        if cfg.post_norms:  # OLMo 2's and Gemma's post_attention_layernorm follows attention
+            yield o + "attn_post_norm.weight", norm(p + "post_attention_layernorm.weight")
+            yield o + "mlp_post_norm.weight", norm(p + "post_feedforward_layernorm.weight")
         a = p + "self_attn."
         if cfg.arch == "phi3":
             yield o + "attn.wqkv.weight", get(a + "qkv_proj.weight")
             yield o + "mlp.w_gate_up.weight", get(p + "mlp.gate_up_proj.weight")
         else:
             yield o + "attn.wqkv.weight", cat([get(a + f"{x}_proj.weight") for x in "qkv"])
+        if p + "mlp.gate.weight" in names:  # a mixture of experts: the router and each expert's projections
+            yield o + "mlp.router.weight", get(p + "mlp.gate.weight")
+            e = [f"{p}mlp.experts.{j}." for j in range(cfg.n_expert)]
+            gate_up = [cat([get(x + "gate_proj.weight"), get(x + "up_proj.weight")]) for x in e]
+            yield o + "mlp.w_gate_up", torch.stack(gate_up)
+            yield o + "mlp.w_down", torch.stack([get(x + "down_proj.weight") for x in e])
+        elif cfg.arch != "phi3":
             yield o + "mlp.w_gate_up.weight", cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
         if cfg.qkv_bias:
             yield o + "attn.wqkv.bias", cat([get(a + f"{x}_proj.bias") for x in "qkv"])
         if cfg.qk_norm:
-            yield o + "attn.q_norm.weight", get(a + "q_norm.weight")
-            yield o + "attn.k_norm.weight", get(a + "k_norm.weight")
+            yield o + "attn.q_norm.weight", norm(a + "q_norm.weight")
+            yield o + "attn.k_norm.weight", norm(a + "k_norm.weight")
         yield o + "attn.wo.weight", get(a + "o_proj.weight")
-        yield o + "mlp.w_down.weight", get(p + "mlp.down_proj.weight")
-    yield "norm.weight", get("model.norm.weight")
+        if p + "mlp.gate.weight" not in names:
+            yield o + "mlp.w_down.weight", get(p + "mlp.down_proj.weight")
+    yield "norm.weight", norm("model.norm.weight")
     if not cfg.tie_embeddings:
         yield "lm_head.weight", get("lm_head.weight")
 

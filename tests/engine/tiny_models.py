@@ -47,7 +47,50 @@ def _configs():
     }
 
 
-ARCHS = list(_configs())
+def _family_configs():
+    """The families added after the first six, each small but with what sets it apart: SmolLM3's rope-less
+    4th layer, Granite's four multipliers, OLMo 2's post-norms, Gemma's soft-caps and local layers with an
+    8-token window (tests run longer prompts), Gemma 3's five local layers to one global with their own
+    rope base, the global ones' scaled; Qwen3-MoE's router over four experts, two per token (every layer a
+    mixture as llama.cpp has it, or one layer dense)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GraniteConfig,
+        Olmo2Config,
+        Qwen3MoeConfig,
+        SmolLM3Config,
+    )
+
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    gemma = dict(COMMON, num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=24, **ids)
+    moe = dict(
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True
+    )
+    gemma3_rope = {
+        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+    return {
+        "smollm3": SmolLM3Config(**dict(COMMON, num_hidden_layers=4), num_key_value_heads=2, **ids),
+        "granite": GraniteConfig(
+            **COMMON,
+            num_key_value_heads=2,
+            embedding_multiplier=3.0,
+            attention_multiplier=0.05,
+            residual_multiplier=0.5,
+            logits_scaling=4.0,
+        ),
+        "olmo2": Olmo2Config(**COMMON, num_key_value_heads=2, **ids),
+        "gemma2": Gemma2Config(**gemma, attn_logit_softcapping=5.0, final_logit_softcapping=10.0),
+        "gemma3": Gemma3TextConfig(**dict(gemma, num_hidden_layers=7), rope_parameters=gemma3_rope),
+        "qwen3moe": Qwen3MoeConfig(**COMMON, **moe, **ids),
+        "qwen3moe-dense-layer": Qwen3MoeConfig(**dict(COMMON, num_hidden_layers=3), **moe, mlp_only_layers=[1], **ids),
+    }
+
+
+ARCHS = list(_configs())  # the first six families and their variants
+FAMILIES = ["smollm3", "granite", "olmo2", "gemma2", "gemma3", "qwen3moe"]
 
 
 def write_tiny_tokenizer(folder: Path) -> None:
@@ -67,7 +110,8 @@ def make_tiny_model(arch: str, folder: Path, **save_kwargs):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(sum(map(ord, arch)))
-    model = AutoModelForCausalLM.from_config(_configs()[arch], attn_implementation="eager").eval()
+    config = {**_configs(), **_family_configs()}[arch]
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)

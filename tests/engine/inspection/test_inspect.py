@@ -10,10 +10,10 @@ import torch
 from engine.generation.sampling import SamplerSettings, apply_penalties, filter_logits
 from engine.inspection.inspect import InspectionCancelled, inspect, logit_lens
 from engine.loading.loader import load_model
-from tests.engine.tiny_models import VOCAB
+from tests.engine.tiny_models import FAMILIES, VOCAB
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2", "mistral-sliding", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2", "mistral-sliding", "phi3", *FAMILIES])
 def test_same_logits_as_fast_path_and_attention_as_transformers(arch, tiny_models):
     folder, reference = tiny_models(arch)
     lm = load_model(folder, device="cpu", dtype="float32")
