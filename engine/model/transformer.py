@@ -125,7 +125,7 @@ class Attention(nn.Module):
             y = torch.softmax(scores, dim=-1).to(v.dtype) @ v
         else:
             # One query, and training's backward, run the kernel this machine chose (`set_decode_attention`);
-            # a prompt's many queries the fused kernel in the cache's dtype (as fast as any measured).
+            # a prompt's many queries the fused kernel in the cache's dtype (bf16 was the faster there).
             kernel = self.decode_kernel if q.shape[2] == 1 or torch.is_grad_enabled() else "sdpa"
             causal = mask is None and q.shape[2] > 1
             y = attend(kernel, q, k, v, mask=mask, is_causal=causal, gqa=gqa, scale=self.scale)

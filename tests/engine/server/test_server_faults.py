@@ -73,7 +73,10 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def lm(one_torch_thread):
-    return load_model()
+    """float32: a clean reply must be the same text whatever the KV cache held before it. In bf16 the logits
+    depend on how a prompt splits into cached and new tokens (other kernels, other rounding), and "Name three
+    colours." sits on a near-tie that flips with the split (" This" or " The" as the fifth token)."""
+    return load_model(dtype="float32")
 
 
 @pytest.fixture(scope="module")
