@@ -12,6 +12,7 @@ from engine.inspection.explain import (
     embedding_map,
     explain,
     nearest_neighbours,
+    next_token_distribution,
     pca_2d,
     rotary_angles,
     sampler_steps,
@@ -21,6 +22,7 @@ from engine.inspection.explain import (
     word_order_demo,
 )
 from engine.loading.loader import load_model
+from tests.engine.tiny_models import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +157,18 @@ def test_explain_on_tiny_models(tiny_models, arch):
     assert e.word_order is not None and e.word_order.swapped_text == "w6 w2 w3 w4 w5 w1"
     assert 0.0 < e.word_order.difference <= 1.0
     assert e.steps and e.steps[-1].kept_after >= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_walk_covers_every_new_family(tiny_models, family):
+    """How it works on each family added later (rope-free layers, local and global rope, post-norms, experts):
+    every step computed, its next-token distribution the model's own."""
+    folder, _ = tiny_models(family)
+    tiny = load_model(folder, dtype="float32")
+    ids = [5, 9, 20, 33, 40, 7]
+    walk = explain(tiny.model, tiny.tokenizer, ids, SamplerSettings(seed=3))
+    with torch.inference_mode():
+        want = torch.log_softmax(tiny.model(torch.tensor([ids]))[0, -1].float(), dim=-1)
+    assert torch.allclose(next_token_distribution(tiny.model, ids), want, atol=1e-5)
+    assert len(walk.tokens) == len(ids) and 0 <= walk.sampled_id < tiny.config.vocab_size
+    assert len(walk.lens) == tiny.config.n_layer and len(walk.sharpening) == tiny.config.n_layer
