@@ -185,7 +185,7 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_finetuning_runs(qtbot, window, dialogs, injector, tmp_path, default_model):
+def test_finetuning_runs(qtbot, window, dialogs, injector, tmp_path, default_model, fresh_prefill):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "harbour.md").write_text(
