@@ -3,6 +3,8 @@ machine, and the choice is kept per machine and shape."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,8 @@ def test_the_faster_kernel_is_chosen_and_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 50.0, "sdpa_f32": 70.0})
     other_shape = da.choose(16, 16, 64, torch.bfloat16, "cpu", file)  # another shape is timed for itself
     assert (other_shape.kernel, other_shape.source) == ("sdpa", "measured")
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 60.0, "sdpa_f32": 40.0})
+    assert da.choose(4, 2, 16, torch.bfloat16, "cpu", file).kernel == "sdpa"  # 1.5x: not worth a second rounding
     monkeypatch.setattr(da, "machine_key", lambda: "another CPU")
     assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).source == "measured"  # another machine too
 
@@ -53,7 +57,9 @@ def test_nothing_to_choose_in_float32_and_a_damaged_file_is_timed_again(tmp_path
     assert da.choose(9, 3, 64, torch.float32, "cpu", None) == da.DecodeAttention("sdpa")
     file = tmp_path / "decode_attention.json"
     monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 10.0, "sdpa_f32": 20.0})
-    for junk in (b"\x00not json", b"[1, 2]", b'{"x": {"kernel": "rm -rf", "micros": {}}}'):
+    key = f"{da.machine_key()}|9x3x64|bfloat16"
+    entries = ({"micros": {"sdpa": "rm -rf", "sdpa_f32": 1}}, {"micros": {"sdpa": -1, "sdpa_f32": 0}}, {"micros": 3})
+    for junk in (b"\x00not json", b"[1, 2]", *(json.dumps({key: e}).encode() for e in entries)):
         file.write_bytes(junk)
         assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).source == "measured"
     file.unlink()
