@@ -12,6 +12,7 @@ import torch
 
 from engine.errors import OutOfMemoryError
 from engine.loading.config import ModelConfig
+from engine.model.decode_attention import widest_cache_dtype
 
 MiB = 1 << 20
 # Activations, the rope table and allocator slack, as a fraction of the weights.
@@ -25,11 +26,13 @@ def kv_cache_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int) -> int:
     return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * (torch.finfo(dtype).bits // 8)
 
 
-def estimate_bytes(cfg: ModelConfig, dtype: torch.dtype, context: int, weight_bytes: int | None = None) -> int:
+def estimate_bytes(
+    cfg: ModelConfig, dtype: torch.dtype, device: torch.device, context: int, weight_bytes: int | None = None
+) -> int:
     """Weights in ``dtype`` (or ``weight_bytes`` when the loader knows better: packed 4-bit weights) plus a
-    KV cache for ``context`` positions plus overhead."""
+    KV cache for ``context`` positions in the widest dtype it may get on ``device`` plus overhead."""
     weights = cfg.n_params * (torch.finfo(dtype).bits // 8) if weight_bytes is None else weight_bytes
-    return int(weights * (1 + _OVERHEAD)) + kv_cache_bytes(cfg, dtype, context)
+    return int(weights * (1 + _OVERHEAD)) + kv_cache_bytes(cfg, widest_cache_dtype(dtype, device), context)
 
 
 def context_steps(max_context: int) -> list[int]:
@@ -43,7 +46,7 @@ def fitting_context(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, 
     step when none does (loading then says how much is missing)."""
     steps = context_steps(cfg.max_seq_len)
     free = available_bytes(device)
-    fitting = [n for n in steps if n <= cap and estimate_bytes(cfg, dtype, n) <= free]
+    fitting = [n for n in steps if n <= cap and estimate_bytes(cfg, dtype, device, n) <= free]
     return fitting[-1] if fitting else steps[0]
 
 
@@ -59,7 +62,7 @@ def check_fits(
     cfg: ModelConfig, dtype: torch.dtype, device: torch.device, context: int, name: str, weight_bytes: int | None = None
 ) -> int:
     """Return the estimate, or raise `OutOfMemoryError` saying how much is needed and free."""
-    need = estimate_bytes(cfg, dtype, context, weight_bytes)
+    need = estimate_bytes(cfg, dtype, device, context, weight_bytes)
     free = available_bytes(device)
     if need > free:
         raise OutOfMemoryError(

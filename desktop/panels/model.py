@@ -44,6 +44,7 @@ from engine.errors import EmberError
 from engine.loading.config import ModelConfig
 from engine.loading.loader import peek_config
 from engine.memory import DEFAULT_CONTEXT_CAP, MiB, context_steps, estimate_bytes, fitting_context, kv_cache_bytes
+from engine.model.decode_attention import widest_cache_dtype
 
 MAX_RECENT = 8
 AUTO = 0  # the context choice "Auto": what fits
@@ -55,7 +56,7 @@ def describe_estimate(cfg: ModelConfig, device: str, dtype: str, context: int) -
     try:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        need, kv = estimate_bytes(cfg, dt, context), kv_cache_bytes(cfg, dt, context)
+        need, kv = estimate_bytes(cfg, dt, dev, context), kv_cache_bytes(cfg, widest_cache_dtype(dt, dev), context)
         free = memory.available_bytes(dev)
     except (EmberError, ValueError, OSError) as e:
         return f"Cannot estimate the memory needed: {e}"

@@ -2,10 +2,10 @@
 
 `compile_decoding` loads the library for a loaded model, building it first when the cache lacks it (or
 holds one that does not load). The building runs in a child process (``python -m engine.compiled.library
-SPEC OUT``) given only the model's shapes: it builds the model with uninitialised weights (export needs no
-values, and untouched memory is not resident), so neither the compiler's memory (a few hundred MB) nor
-a second copy of the weights lands in the caller, a compiler crash cannot take the app down, and a stop
-request kills the child and its compiler processes at once.
+SPEC OUT``) given only the model's shapes and its decode attention kernel: it builds the model with
+uninitialised weights (export needs no values, and untouched memory is not resident), so neither the
+compiler's memory (a few hundred MB) nor a second copy of the weights lands in the caller, a compiler
+crash cannot take the app down, and a stop request kills the child and its compiler processes at once.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def compile_decoding(
 def _build_in_child(model, path: Path, cache_dir, stop: Callable[[], bool]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = path.with_name(f"{path.stem}.{os.getpid()}.spec.json")
-    spec.write_text(json.dumps({"config": _config_fields(model.cfg), "weights": weight_specs(model)}))
+    kernel = model.decode_attention.kernel
+    spec.write_text(json.dumps({"config": _config_fields(model.cfg), "weights": weight_specs(model), "kernel": kernel}))
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir or default_cache_dir()) / "inductor"))
     root = Path(__file__).resolve().parents[2]  # so that `engine` imports in the child as here
@@ -133,14 +134,19 @@ def _config_fields(cfg: ModelConfig) -> dict:
 
 
 def _model_from_spec(spec: dict):
-    """The model the caller described, its weights uninitialised."""
+    """The model the caller described, its weights uninitialised, decoding with the caller's attention kernel."""
+    from engine.model.decode_attention import KERNELS, DecodeAttention
     from engine.weights.build import model_from_state
 
     state = {
         name: torch.empty_strided(shape, stride, dtype=getattr(torch, dtype.removeprefix("torch.")), device=device)
         for name, device, dtype, shape, stride in spec["weights"]
     }
-    return model_from_state(ModelConfig(**spec["config"]), state, "the model to compile")
+    model = model_from_state(ModelConfig(**spec["config"]), state, "the model to compile")
+    if spec.get("kernel") not in KERNELS:
+        raise ValueError(f"unknown decode attention kernel {spec.get('kernel')!r}")
+    model.set_decode_attention(DecodeAttention(spec["kernel"]))
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,9 @@
 
 Eager torch spends about half a decode step on the ~50 small ops per layer around the matmuls and on the
 Python that issues them. Here the one-token step is exported once (`torch.export`) and compiled by
-AOTInductor into a shared library: the small ops are fused into C++ loops, attention uses Inductor's
-fused CPU kernel, and the whole step runs without returning to Python. Measured on the 2-core test
+AOTInductor into a shared library: the small ops are fused into C++ loops, attention runs the kernel
+this machine chose for one query (`engine.model.decode_attention`; the library is built for that
+choice), and the whole step runs without returning to Python. Measured on the 2-core test
 machine with the default model (bf16, packed int4), a step at position ~150: 13.2 ms eager, 6.7 ms
 compiled.
 
@@ -103,9 +104,11 @@ def max_positions(model: Transformer) -> int:
 
 def structure_key(model: Transformer) -> str:
     """What a compiled library depends on: torch, the CPU and its core count (the generated loops are
-    parallel for that many threads), the model code, the config and every weight's name, dtype, shape and
-    strides (not its values: the weights are inputs)."""
-    h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{os.cpu_count()}|{model.cfg!r}".encode())
+    parallel for that many threads), the model code, the config, the decode attention kernel this machine
+    chose (`engine.model.decode_attention`) and every weight's name, dtype, shape and strides (not its
+    values: the weights are inputs)."""
+    kernel = model.decode_attention.kernel
+    h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{os.cpu_count()}|{model.cfg!r}|{kernel}".encode())
     h.update(source_digest(SOURCES).encode())
     h.update(repr(weight_specs(model)).encode())
     return h.hexdigest()[:32]
@@ -283,7 +286,7 @@ class CompiledDecoding:
         current = weights(model)
         if _specs(current) != self.specs or len(caches) != model.cfg.n_layer:
             return False
-        if any(c.k.dtype != model.dtype or not (c.k.is_contiguous() and c.v.is_contiguous()) for c in caches):
+        if any(c.k.dtype != model.cache_dtype or not (c.k.is_contiguous() and c.v.is_contiguous()) for c in caches):
             return False
         self.weights = list(current.values())
         self._checked_cache = weakref.ref(caches[0])

@@ -1,14 +1,22 @@
-"""One-query attention (each decoding step) by the kernel this machine runs fastest, found by timing.
+"""Attention by the kernel this machine runs a decoding step fastest with, found by timing.
 
-On an AMD EPYC (Zen 4, AVX-512 bf16), 2 threads, SmolLM2's shape (9 query heads over 3 KV heads, head
-dim 64), the fused SDPA kernel over a bf16 cache took 64, 378 and 983 µs a layer at 100, 570 and 1500
-keys; the same kernel over the cache cast to float32 took 33, 79 and 159 µs. Another CPU may order them
-the other way, so each machine times both the first time a shape decodes and keeps the answer in a small
-JSON file, keyed by the CPU's model and flags, the thread count and torch's version.
+Two candidates: ``sdpa``, the fused SDPA kernel over the KV cache in the model's dtype (bf16), and
+``sdpa_f32``, the same kernel in float32 over a cache kept in float32. The float32 cache holds the very
+values the bf16 one would (keys and values come out of bf16 projections, and float32 holds every bf16
+number), at twice the memory. The choice is timed on one query (a decoding step), where the kernels
+differ most, and then holds for every pass: a prompt's many queries attend in the same dtype as the
+steps that follow it, so cached decoding computes what recomputing the whole sequence would. On an AMD
+EPYC (Zen 4, AVX-512 bf16), 2 threads, SmolLM2's shape (9 query heads over 3 KV heads, head dim 64), one
+query over 512 keys took 290-470 µs a layer in bf16 and 41-89 µs in float32 over a float32 cache (71-205
+µs when a bf16 cache was cast each step: the casts' allocations made it slow and noisy); 512 queries over
+512 keys took 5.3 ms in bf16 and 4.7 ms in float32, over 3000 keys 32 and 35 ms. Another CPU may order
+them the other way, so each machine times both the first time a shape decodes and keeps the answer in a
+small JSON file, keyed by the CPU's model and flags, the thread count and torch's version.
 
 Both candidates are at least as exact as the cache's own dtype (float32 is the exact mode's), so the
-choice cannot lower quality. The cast must at least halve the time (`MIN_GAIN`): a choice near a tie would
-be decided by timing noise, and the two round differently. A float32 cache and GPUs use the fused kernel as it is.
+choice cannot lower quality. Float32 must at least halve the time (`MIN_GAIN`): a choice near a tie would
+be decided by timing noise, and the two round differently; a gain near that margin is timed again (the
+best of three) before it is kept. A float32 model and GPUs use the fused kernel as it is.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ MAX_FILE_BYTES = 1 << 20  # a cache file larger than this is not ours to read
 # The cast is taken only when it at least halves the time: real shapes gain 3-7x here (SmolLM2 280 vs 72 µs,
 # Gemma 3 270M 1171 vs 373 µs), tiny ones 1-1.6x, where timing noise would decide between two roundings.
 MIN_GAIN = 2.0
+UNSURE = (1.4, 3.0)  # gains timed again before they are kept: noise on a busy machine moves them across MIN_GAIN
+RETRIES = 2
 
 
 @dataclass(frozen=True)
 class DecodeAttention:
-    kernel: str  # one of KERNELS
+    kernel: str  # one of KERNELS: every attention pass runs it, see the module docstring
     micros: dict[str, float] = field(default_factory=dict)  # each candidate's best time a call, µs
     source: str = "default"  # "measured", "cached" (read from the file) or "default" (nothing to choose)
 
@@ -44,8 +54,20 @@ class DecodeAttention:
         return f"{self.kernel} ({self.source}{': ' + times if times else ''})"
 
 
+def cache_dtype(kernel: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype for a model in ``dtype`` decoding with ``kernel``."""
+    return torch.float32 if kernel == "sdpa_f32" else dtype
+
+
+def widest_cache_dtype(dtype: torch.dtype, device) -> torch.dtype:
+    """The widest KV cache a model in ``dtype`` on ``device`` may get (for memory estimates made before the
+    kernel is chosen): float32 on the CPU, the model's dtype elsewhere."""
+    return torch.float32 if torch.device(device).type == "cpu" and dtype.itemsize < 4 else dtype
+
+
 def attend(kernel: str, q, k, v, *, mask=None, is_causal: bool = False, gqa: bool = False, scale=None):
-    """``F.scaled_dot_product_attention`` as ``kernel`` runs it; the result in ``q``'s dtype."""
+    """``F.scaled_dot_product_attention`` as ``kernel`` runs it (keys and values in the cache's dtype, or
+    any for ``sdpa_f32``); the result in ``q``'s dtype."""
     if kernel == "sdpa_f32" and q.dtype != torch.float32:
         y = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, enable_gqa=gqa, scale=scale
@@ -81,19 +103,32 @@ def _time(kernel: str, q, k, v, gqa: bool) -> float:
 
 
 def measure(n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> dict[str, float]:
-    """Each kernel's best time (µs) for one query over `KEYS` keys, the kernels taking turns."""
+    """Each kernel's best time (µs) for one query over `KEYS` keys in its cache's dtype, the kernels taking
+    turns."""
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, n_head, 1, head_dim, generator=gen).to(dtype)
     k = torch.randn(1, n_kv_head, KEYS, head_dim, generator=gen).to(dtype)
     v = torch.randn(1, n_kv_head, KEYS, head_dim, generator=gen).to(dtype)
+    caches = {kernel: (k.to(cache_dtype(kernel, dtype)), v.to(cache_dtype(kernel, dtype))) for kernel in KERNELS}
     gqa = n_head != n_kv_head
     best = {kernel: float("inf") for kernel in KERNELS}
     with torch.inference_mode():
         for r in range(ROUNDS + 1):
             for kernel in KERNELS:
-                t = _time(kernel, q, k, v, gqa)
+                t = _time(kernel, q, *caches[kernel], gqa)
                 if r:  # round 0 warms each kernel up
                     best[kernel] = min(best[kernel], t)
+    return best
+
+
+def _measure_surely(n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> dict[str, float]:
+    """`measure`, repeated while the gain is `UNSURE` (each kernel's best over the tries)."""
+    best = measure(n_head, n_kv_head, head_dim, dtype)
+    for _ in range(RETRIES):
+        if not UNSURE[0] <= best["sdpa"] / best["sdpa_f32"] <= UNSURE[1]:
+            break
+        again = measure(n_head, n_kv_head, head_dim, dtype)
+        best = {kernel: min(best[kernel], again[kernel]) for kernel in KERNELS}
     return best
 
 
@@ -121,7 +156,7 @@ def choose(
     n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, device, file: Path | None
 ) -> DecodeAttention:
     """The decode kernel for this shape on this machine: from ``file`` when it was timed before, else timed
-    now (~0.1 s) and kept there (``file`` None: timed, not kept)."""
+    now (~0.1 s, up to three times that near a tie) and kept there (``file`` None: timed, not kept)."""
     if torch.device(device).type != "cpu" or dtype == torch.float32:
         return DecodeAttention("sdpa")
     key = f"{machine_key()}|{n_head}x{n_kv_head}x{head_dim}|{str(dtype).removeprefix('torch.')}"
@@ -131,7 +166,7 @@ def choose(
         micros = {k: float(v) for k, v in entry["micros"].items() if k in KERNELS and isinstance(v, (int, float))}
         if set(micros) == set(KERNELS) and all(v > 0 for v in micros.values()):
             return DecodeAttention(_faster(micros), micros, "cached")
-    micros = measure(n_head, n_kv_head, head_dim, dtype)
+    micros = _measure_surely(n_head, n_kv_head, head_dim, dtype)
     if file is not None:
         known[key] = {"micros": {k: round(v, 1) for k, v in micros.items()}}
         _write(file, known)

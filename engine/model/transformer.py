@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.loading.config import ModelConfig
-from engine.model.decode_attention import DecodeAttention, attend
+from engine.model.decode_attention import DecodeAttention, attend, cache_dtype
 from engine.model.kv_cache import KVCache
 from engine.model.linear import Linear
 from engine.model.rope import RotaryTable, apply_rotary, inverse_frequencies
@@ -122,13 +122,11 @@ class Attention(nn.Module):
                 mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            y = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+            y = (torch.softmax(scores, dim=-1).to(v.dtype) @ v).to(q.dtype)
         else:
-            # One query, and training's backward, run the kernel this machine chose (`set_decode_attention`);
-            # a prompt's many queries the fused kernel in the cache's dtype (bf16 was the faster there).
-            kernel = self.decode_kernel if q.shape[2] == 1 or torch.is_grad_enabled() else "sdpa"
+            # The kernel this machine chose (`set_decode_attention`), for prompts and training's backward too.
             causal = mask is None and q.shape[2] > 1
-            y = attend(kernel, q, k, v, mask=mask, is_causal=causal, gqa=gqa, scale=self.scale)
+            y = attend(self.decode_kernel, q, k, v, mask=mask, is_causal=causal, gqa=gqa, scale=self.scale)
         return self.output(y)
 
 
@@ -243,10 +241,18 @@ class Transformer(nn.Module):
         self.decode_attention = DecodeAttention("sdpa")  # the loader times the kernels (set_decode_attention)
 
     def set_decode_attention(self, choice: DecodeAttention) -> None:
-        """One-query attention by ``choice.kernel`` in every layer (`engine.model.decode_attention`)."""
+        """Attention by ``choice.kernel`` in every layer, over a cache in its dtype
+        (`engine.model.decode_attention`); a cache of another dtype is dropped."""
+        if self.caches and self.caches[0].k.dtype != cache_dtype(choice.kernel, self.dtype):
+            self.drop_cache()
         self.decode_attention = choice
         for layer in self.layers:
             layer.attn.decode_kernel = choice.kernel
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: the model's, or float32 where this machine decodes faster over that."""
+        return cache_dtype(self.decode_attention.kernel, self.dtype)
 
     def keep_norms_float32(self) -> Transformer:
         """Norm weights in float32 whatever the model dtype: they are tiny, and the residual stream they
@@ -274,14 +280,14 @@ class Transformer(nn.Module):
             raise ValueError(f"cache capacity {capacity} exceeds the context length {self.cfg.max_seq_len}")
         cfg = self.cfg
         self.caches = [
-            KVCache(batch, cfg.n_kv_head, capacity, cfg.head_dim, device=self.device, dtype=self.dtype)
+            KVCache(batch, cfg.n_kv_head, capacity, cfg.head_dim, device=self.device, dtype=self.cache_dtype)
             for _ in range(cfg.n_layer)
         ]
         self.cached_ids = []
 
     def grow_cache(self, capacity: int) -> None:
         """A batch-1 cache of at least ``capacity`` positions that keeps what the cache holds now."""
-        same = self.caches and (self.caches[0].k.dtype, self.caches[0].k.device) == (self.dtype, self.device)
+        same = self.caches and (self.caches[0].k.dtype, self.caches[0].k.device) == (self.cache_dtype, self.device)
         if not same:  # none yet, or the model moved to another dtype or device since
             self.setup_cache(capacity)
             return

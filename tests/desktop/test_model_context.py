@@ -16,6 +16,7 @@ from tests.desktop.helpers import open_panel
 from tests.engine.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.gui
+CPU = torch.device("cpu")
 LOAD_TIMEOUT_MS = 30_000
 
 
@@ -42,7 +43,7 @@ def needed_and_kv(text: str) -> tuple[int, int]:
 
 def test_auto_loads_a_model_too_long_for_memory_with_what_fits(qtbot, window, long_model, monkeypatch):
     cfg = peek_config(long_model)
-    free = (estimate_bytes(cfg, torch.bfloat16, 4096) + estimate_bytes(cfg, torch.bfloat16, 8192)) // 2
+    free = (estimate_bytes(cfg, torch.bfloat16, CPU, 4096) + estimate_bytes(cfg, torch.bfloat16, CPU, 8192)) // 2
     monkeypatch.setattr("engine.memory.available_bytes", lambda device: free)  # the memory probe
     open_panel(qtbot, window, "model")
     load(qtbot, window, long_model)

@@ -21,6 +21,7 @@ from engine.finetune.lora import add_lora
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.loading.loader import load_model
+from engine.model.decode_attention import DecodeAttention
 from tests.engine.tiny_models import ARCHS, VOCAB
 from tests.engine.weights.test_gguf_architectures import write_gguf
 
@@ -199,6 +200,32 @@ def test_the_key_follows_shapes_and_types_not_weight_values(tiny_models, tmp_pat
     other = tmp_path / "qwen2.gguf"
     write_gguf("qwen2", tiny_models("qwen2")[1], other)
     assert structure_key(a) != structure_key(load_model(other, device="cpu", dtype="float32").model)
+    c, d = (load_model(path, device="cpu", dtype="bfloat16").model for _ in range(2))
+    for model, kernel in ((c, "sdpa"), (d, "sdpa_f32")):
+        model.set_decode_attention(DecodeAttention(kernel))
+    assert structure_key(c) != structure_key(d)  # a library is built for the decode kernel it runs
+
+
+@needs_compiler
+def test_the_compiled_step_decodes_over_a_float32_cache_as_eager(tiny_q4, tmp_path):
+    """Where this machine chose float32 decode attention (engine.model.decode_attention) the cache is float32,
+    and the step is built for it: the same reply, logits and cache rows as the eager model with that choice."""
+    pair = [load_model(tiny_q4, device="cpu", cache_dir=tmp_path) for _ in range(2)]
+    for lm in pair:
+        lm.model.set_decode_attention(DecodeAttention("sdpa_f32"))
+    eager, compiled = pair
+    compile_decoding(compiled, cache_dir=tmp_path)
+    calls, _ = _counting(compiled.model)
+    prompt = torch.randint(3, VOCAB, (24,), generator=torch.Generator().manual_seed(5)).tolist()
+    replies = [_reply(lm, prompt) for lm in pair]
+    assert replies[0] == replies[1] and calls == list(range(24, 24 + 19))
+    assert {c.k.dtype for lm in pair for c in lm.model.caches} == {torch.float32}
+    with torch.inference_mode():
+        a, b = (lm.model(torch.tensor([[replies[0][-1]]]), 24 + 19)[0, -1] for lm in pair)
+    for ce, cc in zip(eager.model.caches, compiled.model.caches, strict=True):
+        assert torch.allclose(ce.k[:, :, :44], cc.k[:, :, :44], atol=0.02)
+        assert torch.allclose(ce.v[:, :, :44], cc.v[:, :, :44], atol=0.02)
+    assert (a - b).abs().max() <= 0.02 * a.abs().max()
 
 
 def _running_in_session(sid: int) -> list[int]:

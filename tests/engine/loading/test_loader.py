@@ -69,9 +69,10 @@ def test_model_too_big_is_refused_before_loading(monkeypatch, tiny_models):
 
 def test_memory_estimate_scales_with_dtype_and_context(tiny_models):
     lm_cfg = load_model(tiny_models("llama")[0], device="cpu").config
-    fp32 = estimate_bytes(lm_cfg, torch.float32, 128)
-    assert estimate_bytes(lm_cfg, torch.bfloat16, 128) * 2 == pytest.approx(fp32, rel=0.01)
-    assert estimate_bytes(lm_cfg, torch.float32, 256) > fp32
+    gpu = torch.device("cuda")  # where the cache keeps the model's dtype (only named: nothing is allocated)
+    fp32 = estimate_bytes(lm_cfg, torch.float32, gpu, 128)
+    assert estimate_bytes(lm_cfg, torch.bfloat16, gpu, 128) * 2 == pytest.approx(fp32, rel=0.01)
+    assert estimate_bytes(lm_cfg, torch.float32, gpu, 256) > fp32
     assert fp32 > lm_cfg.n_params * 4
 
 
