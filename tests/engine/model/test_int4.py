@@ -80,6 +80,20 @@ def test_the_int8_head_computes_the_projection_within_a_row_step():
     assert (head(x).float() - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
+def test_the_int8_heads_largest_logits_are_computed_in_float32():
+    # The kernel's bf16 output steps by 1/8 near 25: near-ties would come out equal and greedy would take the
+    # lower id. The largest logits of every row are recomputed in float32 from the same int8 rows.
+    gen = torch.Generator().manual_seed(5)
+    head = Int8Linear.from_weight(torch.randn(4096, 64, generator=gen))
+    x = torch.randn(300, 64, generator=gen)  # more rows than one refining block
+    exact = x @ (head.qweight.float() * head.row_scale.float()[:, None]).T
+    got = head(x)
+    assert got.dtype == torch.float32
+    top = exact.topk(4, dim=-1).indices
+    torch.testing.assert_close(got.gather(-1, top), exact.gather(-1, top), rtol=1e-5, atol=1e-4)
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+
+
 @pytest.mark.parametrize(
     ("arch", "qtype"),
     [("llama", Q.Q4_0), ("llama", Q.Q4_1), ("qwen2", Q.Q4_0), ("qwen3", Q.Q4_1), ("phi3", Q.Q4_0), ("gpt2", Q.Q4_1)],
