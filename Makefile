@@ -45,6 +45,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_multiturn.py
 
 # The benchmark's and the remote tests' independent peer: llama.cpp built for this CPU (15-20 minutes)
 bench-peers: $(STAMP)
@@ -66,9 +67,11 @@ $(PKG_STAMP): pyproject.toml
 package-env: $(PKG_STAMP)
 
 package: $(PKG_STAMP)
-	$(PKG_PY) -m PyInstaller --noconfirm --clean --distpath $(DISTDIR) --workpath $(WORKDIR) build.spec
+	# the default model's compiled decoding steps, for each CPU level and attention kernel (the bundle has no headers to compile them)
+	$(PKG_PY) -m engine.compiled.prebuilt $(WORKDIR)-compiled
+	EMBER_PREBUILT=$(WORKDIR)-compiled $(PKG_PY) -m PyInstaller --noconfirm --clean --distpath $(DISTDIR) --workpath $(WORKDIR) build.spec
 	if [ "$$(uname -s)" = Linux ]; then cp scripts/install-desktop-entry.sh $(DISTDIR)/Ember/; fi
 	@du -sh $(DISTDIR)/Ember
 
 clean:
-	rm -rf $(VENV) $(PKG_VENV) build dist
+	rm -rf $(VENV) $(PKG_VENV) build build-compiled dist

@@ -1,23 +1,36 @@
 """Ember's engine against llama.cpp and `transformers` on the same GGUF, the same token ids, the same lengths.
 
-    python bench/bench_engine.py [--model PATH] [--prompt-tokens 500] [--gen-tokens 256] [--threads 2] [--rounds 5]
+    python bench/bench_engine.py [--model PATH] [--prompt-tokens 50,500,3000] [--gen-tokens 128] [--threads 2]
+                                 [--rounds 3]
 
-Engines (each run in its own subprocess, so peak RSS is its own, interleaved over the rounds):
-- ``ember``: the default CPU mode (bf16, 4-bit weights packed), loaded from its weight cache;
-  ``ember-first-load`` times the load with an empty cache (packing from the GGUF and writing the cache).
-- ``ember-compiled``: ``ember`` with its decoding step compiled ahead of time (``--compile``; needs a C++
-  compiler), timed apart from the load: the first round builds it, later rounds load the built one.
-- ``ember-exact``: float32 dequantized weights, the reference for the quality columns.
+Prints the CPU (model, family, the flags the kernels dispatch on), torch's and llama-cpp-python's versions
+and the threads with the figures. Every engine runs in its own subprocess (so peak RSS is its own) once a
+round, the engines taking turns; each loads once, warms up, then for each prompt length prefills it on an
+empty cache and decodes ``--gen-tokens`` greedy tokens. Medians over the rounds.
+
+- ``ember``: the default CPU mode (bf16, 4-bit weights packed), loaded from its weight cache, uncompiled:
+  what ``ember-cli generate`` runs until a compiled step is built; ``ember-first-load`` times the load
+  with an empty cache (packing from the GGUF and writing the cache).
+- ``ember-compiled``: ``ember`` with its decoding step compiled for this machine, what the app runs (it
+  builds the step in the background on load) and ``ember-cli generate`` once ``--compile`` built it. The
+  first round builds it, later rounds load it; the build is timed apart.
+- ``ember-shipped``: the step a bundle ships for this CPU's instruction-set level
+  (`engine.compiled.prebuilt`: portable code, no VNNI or bf16 instructions), built before the rounds;
+  the default model only.
+- ``ember-exact``: float32 dequantized weights, the quality reference (the first round only).
 - ``transformers-bf16``: transformers from the same GGUF in bf16.
-- ``llama.cpp``: llama-cpp-python, when installed (``make bench-peers`` builds it, 15-20 minutes).
+- ``llama.cpp``: llama-cpp-python, when installed (``make bench-peers`` builds it for this CPU), with
+  llama.cpp's default batches (2048, micro-batch 512) and without ``logits_all``, which would compute the
+  head at every prompt position; its quality logits come from a second instance after the timing.
 
 Quality, against ``ember-exact``: the largest logit difference over the first 128 prompt positions,
-and the index of the first generated token where greedy output departs from it.
+and the index of the first generated token where greedy output departs from it after the middle prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -39,6 +52,7 @@ PARAGRAPH = (
     "people could think about bigger problems. "
 )
 LOGIT_POSITIONS = 128
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
 def make_prompt(tokenizer_encode, n_tokens: int) -> list[int]:
@@ -55,8 +69,19 @@ def cpu_name() -> str:
     except (OSError, ValueError):
         return platform.processor() or "unknown CPU"
     info = {k.strip(): v.strip() for k, v in info.items()}
-    bf16 = "AVX-512 bf16" if "avx512_bf16" in info.get("flags", "").split() else "no AVX-512 bf16"
-    return f"{info.get('model name')} (family {info.get('cpu family')}, model {info.get('model')}, {bf16})"
+    flags = set(info.get("flags", "").split())
+    has = " ".join(f for f in KERNEL_FLAGS if f in flags) or "none of " + " ".join(KERNEL_FLAGS)
+    return f"{info.get('model name')} (family {info.get('cpu family')}, model {info.get('model')}; flags: {has})"
+
+
+def versions() -> str:
+    import torch
+
+    try:
+        llama = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        llama = "not installed"
+    return f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), llama-cpp-python {llama}"
 
 
 def peak_rss_mib() -> float:
@@ -70,7 +95,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _ember(args, dtype: str, compile: bool = False) -> dict:
+def _prompts(args) -> dict[int, list[int]]:
+    return {n: args.prompt[:n] for n in args.lengths}
+
+
+def _ember(args, dtype: str, step: str | None = None, quality_only: bool = False) -> dict:
     import torch
 
     from engine.generation.generate import Generation
@@ -80,30 +109,28 @@ def _ember(args, dtype: str, compile: bool = False) -> dict:
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", dtype=dtype, cache_dir=args.cache_dir)
     load = time.perf_counter() - t0
-    compile_s = {}
-    if compile:
+    extra = {}
+    if step is not None:
         from engine.compiled.library import compile_decoding
 
-        # its own cache, kept over the rounds: round 1 builds the compiled step, later rounds load it
-        compile_s["compile_s"] = compile_decoding(lm, cache_dir=Path(args.out_dir) / "compiled-cache")
-    prompt = args.prompt
+        if step == "native":  # its own cache, kept over the rounds: round 1 builds the step, later rounds load it
+            extra["compile_s"] = compile_decoding(lm, cache_dir=Path(args.out_dir) / "compiled-cache")
+        else:
+            compile_decoding(lm, build=False, prebuilt_dir=Path(args.out_dir) / "shipped")
     with torch.inference_mode():
-        logits = lm.model(torch.tensor([prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
+        logits = lm.model(torch.tensor([args.prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
     greedy = SamplerSettings(temperature=0.0)
-    list(Generation(lm.model, lm.tokenizer, prompt[:16], greedy, max_tokens=4))  # warm-up, as llama-bench does
-    gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=args.gen_tokens, ignore_eos=True)
-    events = list(gen)
-    s = gen.stats
-    return {
-        "load_s": load,
-        **compile_s,
-        "from_cache": lm.from_cache,
-        "prefill_tps": s.prefill_tokens_per_second,
-        "decode_tps": s.decode_tokens_per_second,
-        "peak_rss_mib": peak_rss_mib(),
-        "ids": [e.id for e in events],
-        "logits": logits,
-    }
+    list(Generation(lm.model, lm.tokenizer, args.prompt[:16], greedy, max_tokens=4))  # warm-up, as llama-bench does
+    rows, ids = {}, {}
+    for n, prompt in _prompts(args).items():
+        if quality_only and n != args.middle:
+            continue
+        lm.model.drop_cache()
+        gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=args.gen_tokens, ignore_eos=True)
+        ids[n] = [e.id for e in gen]
+        rows[n] = {"prefill_tps": gen.stats.prefill_tokens_per_second, "decode_tps": gen.stats.decode_tokens_per_second}
+    rss = peak_rss_mib()
+    return {"load_s": load, **extra, "rss_mib": rss, "rows": {} if quality_only else rows, "ids": ids, "logits": logits}
 
 
 def run_ember(args) -> dict:
@@ -111,11 +138,15 @@ def run_ember(args) -> dict:
 
 
 def run_ember_compiled(args) -> dict:
-    return _ember(args, "auto", compile=True)
+    return _ember(args, "auto", step="native")
+
+
+def run_ember_shipped(args) -> dict:
+    return _ember(args, "auto", step="shipped")
 
 
 def run_ember_exact(args) -> dict:
-    return _ember(args, "float32")
+    return _ember(args, "float32", quality_only=True)
 
 
 def run_ember_first_load(args) -> dict:
@@ -124,7 +155,7 @@ def run_ember_first_load(args) -> dict:
     t0 = time.perf_counter()
     lm = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     assert not lm.from_cache
-    return {"load_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}
+    return {"load_s": time.perf_counter() - t0, "rss_mib": peak_rss_mib()}
 
 
 def run_transformers_bf16(args) -> dict:
@@ -135,76 +166,75 @@ def run_transformers_bf16(args) -> dict:
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16).eval()
     load = time.perf_counter() - t0
-    ids = torch.tensor([args.prompt])
+    rows, ids = {}, {}
     with torch.inference_mode():
-        logits = model(ids[:, :LOGIT_POSITIONS]).logits[0].float().numpy()
-        model.generate(ids[:, :16], max_new_tokens=4, do_sample=False)  # warm-up
-        t0 = time.perf_counter()
-        model(ids, use_cache=True)
-        prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens, do_sample=False)
-        total = time.perf_counter() - t0
-    generated = out[0, ids.shape[1] :].tolist()
-    return {
-        "load_s": load,
-        "prefill_tps": len(args.prompt) / prefill,
-        "decode_tps": (len(generated) - 1) / max(total - prefill, 1e-9),
-        "peak_rss_mib": peak_rss_mib(),
-        "ids": generated,
-        "logits": logits,
-    }
+        logits = model(torch.tensor([args.prompt[:LOGIT_POSITIONS]])).logits[0].float().numpy()
+        model.generate(torch.tensor([args.prompt[:16]]), max_new_tokens=4, do_sample=False)  # warm-up
+        for n, prompt in _prompts(args).items():
+            x = torch.tensor([prompt])
+            t0 = time.perf_counter()
+            model(x, use_cache=True)
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(x, max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens, do_sample=False)
+            total = time.perf_counter() - t0
+            ids[n] = out[0, x.shape[1] :].tolist()
+            rows[n] = {"prefill_tps": n / prefill, "decode_tps": (len(ids[n]) - 1) / max(total - prefill, 1e-9)}
+    return {"load_s": load, "rss_mib": peak_rss_mib(), "rows": rows, "ids": ids, "logits": logits}
 
 
 def run_llama_cpp(args) -> dict:
     from llama_cpp import Llama
 
+    def last_logits(llm) -> np.ndarray:
+        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+
     t0 = time.perf_counter()
     llm = Llama(
         args.model,
-        n_ctx=len(args.prompt) + args.gen_tokens + 16,
-        n_batch=512,
+        n_ctx=max(args.lengths) + args.gen_tokens + 16,
+        n_batch=2048,
+        n_ubatch=512,
         n_threads=args.threads,
         n_threads_batch=args.threads,
-        logits_all=True,
         verbose=False,
     )
     load = time.perf_counter() - t0
-    head = args.prompt[:LOGIT_POSITIONS]
-    llm.eval(head)
-    logits = np.array(llm.scores[: len(head)], dtype=np.float32)
-    llm.reset()
     llm.eval(args.prompt[:16])  # warm-up
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(args.prompt)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    prefill = time.perf_counter() - t0
-    ids = [token]
-    t0 = time.perf_counter()
-    while len(ids) < args.gen_tokens:
-        llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        ids.append(token)
-    decode = time.perf_counter() - t0
-    return {
-        "load_s": load,
-        "prefill_tps": len(args.prompt) / prefill,
-        "decode_tps": (len(ids) - 1) / decode,
-        "peak_rss_mib": peak_rss_mib(),
-        "ids": ids,
-        "logits": logits,
-    }
+    rows, ids = {}, {}
+    for n, prompt in _prompts(args).items():
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        token = int(np.argmax(last_logits(llm)))
+        prefill = time.perf_counter() - t0
+        out = [token]
+        t0 = time.perf_counter()
+        while len(out) < args.gen_tokens:
+            llm.eval([token])
+            token = int(np.argmax(last_logits(llm)))
+            out.append(token)
+        ids[n] = out
+        rows[n] = {"prefill_tps": n / prefill, "decode_tps": (len(out) - 1) / (time.perf_counter() - t0)}
+    rss = peak_rss_mib()
+    del llm
+    # quality in a separate pass: logits for every prompt position need logits_all
+    check = Llama(args.model, n_ctx=LOGIT_POSITIONS + 16, n_threads=args.threads, logits_all=True, verbose=False)
+    check.eval(args.prompt[:LOGIT_POSITIONS])
+    logits = np.array(check.scores[:LOGIT_POSITIONS], dtype=np.float32)
+    return {"load_s": load, "rss_mib": rss, "rows": rows, "ids": ids, "logits": logits}
 
 
 ENGINES = {
     "ember-first-load": run_ember_first_load,
     "ember": run_ember,
     "ember-compiled": run_ember_compiled,
+    "ember-shipped": run_ember_shipped,
     "ember-exact": run_ember_exact,
     "transformers-bf16": run_transformers_bf16,
     "llama.cpp": run_llama_cpp,
 }
+ONCE = {"ember-exact"}  # the reference: its output does not change between rounds
 
 
 def _child(args) -> None:
@@ -224,18 +254,81 @@ def _departure(ids: list[int], reference: list[int]) -> int | None:
     return next((i for i, (a, b) in enumerate(zip(ids, reference, strict=False)) if a != b), None)
 
 
+def _engines(args) -> list[str]:
+    import torch
+
+    from engine.compiled.step import unavailable_reason
+    from engine.loading.default_model import default_model_path
+
+    skip = {"llama.cpp"} if importlib.util.find_spec("llama_cpp") is None else set()
+    if unavailable_reason(torch.device("cpu")):
+        skip |= {"ember-compiled", "ember-shipped"}
+    if Path(args.model).resolve() != default_model_path().resolve():
+        skip.add("ember-shipped")  # a bundle ships the default model's step only
+    return [e for e in ENGINES if e not in skip]
+
+
+def _median(runs: list[dict]) -> dict:
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith(("_s", "_mib"))}
+    for n in runs[0].get("rows", {}):
+        for k in ("prefill_tps", "decode_tps"):
+            out[f"{k}@{n}"] = statistics.median(r["rows"][n][k] for r in runs)
+    return out
+
+
+def _report(args, engines, runs, quality) -> None:
+    print(f"CPU: {cpu_name()}, {args.threads} threads; {versions()}")
+    print(
+        f"model {args.model}\nprompts of {', '.join(map(str, args.lengths))} tokens, {args.gen_tokens} greedy tokens "
+        f"after each, medians of {args.rounds} interleaved rounds\n"
+    )
+    med = {e: _median(runs[e]) for e in engines}
+    lens = args.lengths
+    head = f"{'engine':<19}{'load s':>7}{'RSS MiB':>8}{'|dlogit|':>9}{'departs':>8}"
+    head += "".join(f"{'prefill@' + str(n):>14}" for n in lens) + "".join(f"{'decode@' + str(n):>13}" for n in lens)
+    print(head + "   (tok/s)")
+    for name in engines:
+        r = med[name]
+        diff, dep = quality.get(name, (None, None))
+        cols = f"{name:<19}{r['load_s']:>7.2f}{r['rss_mib']:>8.0f}"
+        cols += f"{diff:>9.3f}{'never' if dep is None else dep:>8}" if diff is not None else f"{'':>17}"
+        for k, width in (("prefill_tps", 14), ("decode_tps", 13)):
+            cols += "".join(f"{r[f'{k}@{n}']:>{width}.1f}" if f"{k}@{n}" in r else f"{'':>{width}}" for n in lens)
+        print(cols)
+    peer = "llama.cpp" if "llama.cpp" in med else "transformers-bf16"
+    b = med[peer]
+    print(f"\nagainst {peer} (x faster), prompts of {', '.join(map(str, lens))} tokens:")
+    for name in ("ember", "ember-compiled", "ember-shipped"):
+        if name in med:
+            a = med[name]
+            pre = " ".join(f"{a[f'prefill_tps@{n}'] / b[f'prefill_tps@{n}']:.2f}" for n in lens)
+            dec = " ".join(f"{a[f'decode_tps@{n}'] / b[f'decode_tps@{n}']:.2f}" for n in lens)
+            print(f"  {name:<16} prefill {pre}   decode {dec}")
+    a = med["ember"]
+    print(
+        f"  load: ember {a['load_s']:.2f} s from its cache, {med['ember-first-load']['load_s']:.2f} s the first time, "
+        f"{peer} {b['load_s']:.2f} s; peak RSS ember {a['rss_mib']:.0f} MiB, {peer} {b['rss_mib']:.0f} MiB"
+    )
+    if "ember-compiled" in runs:
+        builds = [r["compile_s"] for r in runs["ember-compiled"]]
+        later = f", loading it a median {statistics.median(builds[1:]):.2f} s later" if len(builds) > 1 else ""
+        print(f"  ember-compiled: building the step took {builds[0]:.1f} s in round 1{later}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--prompt-tokens", type=int, default=500)
-    p.add_argument("--gen-tokens", type=int, default=256)
+    p.add_argument("--prompt-tokens", default="50,500,3000", help="prompt lengths, comma-separated")
+    p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--prompt-file", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.lengths = sorted(int(n) for n in args.prompt_tokens.split(","))
+    args.middle = args.lengths[len(args.lengths) // 2]
     if args.model is None:
         from engine.loading.default_model import default_model_path
 
@@ -243,71 +336,38 @@ def main() -> None:
     if args.engine:
         _child(args)
         return
-    import torch
-
     from engine.loading.loader import load_model
 
     tokenizer = load_model(args.model, device="cpu", dtype="float32").tokenizer
-    prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), args.prompt_tokens)
-    from engine.compiled.step import unavailable_reason
-
-    skip = {"llama.cpp"} if importlib.util.find_spec("llama_cpp") is None else set()
-    if unavailable_reason(torch.device("cpu")):
-        skip.add("ember-compiled")
-    engines = [e for e in ENGINES if e not in skip]
+    prompt = make_prompt(lambda t: tokenizer.encode(t, add_bos=False), max(args.lengths))
+    engines = _engines(args)
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     with tempfile.TemporaryDirectory() as tmp:
+        if "ember-shipped" in engines:
+            from engine.compiled.prebuilt import prebuild
+
+            prebuild(Path(tmp) / "shipped", progress=lambda line: print(line, file=sys.stderr), this_cpu_only=True)
         prompt_file = Path(tmp) / "prompt.json"
         prompt_file.write_text(json.dumps(prompt))
         for r in range(args.rounds):
             cache_dir = Path(tmp) / f"cache-{r}"  # empty for ember-first-load, then warm for ember
             for engine in engines:
+                if r and engine in ONCE:
+                    continue
                 cmd = [sys.executable, __file__, "--engine", engine, "--model", args.model]
                 cmd += ["--threads", str(args.threads), "--gen-tokens", str(args.gen_tokens)]
-                cmd += ["--prompt-file", str(prompt_file), "--out-dir", tmp, "--cache-dir", str(cache_dir)]
+                cmd += ["--prompt-tokens", args.prompt_tokens, "--prompt-file", str(prompt_file)]
+                cmd += ["--out-dir", tmp, "--cache-dir", str(cache_dir)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 runs[engine].append(json.loads(out.strip().splitlines()[-1]))
-        reference = runs["ember-exact"][0]["ids"]
+        reference = runs["ember-exact"][0]["ids"][str(args.middle)]
         ref_logits = np.load(Path(tmp) / "ember-exact.npy")
         quality = {}
         for engine in engines:
             if (Path(tmp) / f"{engine}.npy").exists():
                 diff = float(np.abs(np.load(Path(tmp) / f"{engine}.npy") - ref_logits).max())
-                quality[engine] = (diff, _departure(runs[engine][0]["ids"], reference))
-    print(
-        f"model {args.model}\nprompt {len(prompt)} tokens, {args.gen_tokens} generated, greedy, {args.threads} "
-        f"threads, CPU, medians of {args.rounds} interleaved rounds\n"
-    )
-    med = {
-        e: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith(("_s", "_tps", "_mib"))}
-        for e, rs in runs.items()
-    }
-    print(
-        f"{'engine':<20}{'load s':>8}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}"
-        f"{'max |dlogit|':>14}{'departs at':>12}"
-    )
-    for name, r in med.items():
-        diff, dep = quality.get(name, (None, None))
-        cols = [f"{r['load_s']:>8.2f}"]
-        cols += [f"{r[k]:>15.1f}" if k in r else f"{'':>15}" for k in ("prefill_tps",)]
-        cols += [f"{r[k]:>14.1f}" if k in r else f"{'':>14}" for k in ("decode_tps",)]
-        cols += [f"{r['peak_rss_mib']:>14.0f}"]
-        cols += [f"{diff:>14.3f}" if diff is not None else f"{'':>14}"]
-        cols += [f"{'never' if dep is None and diff is not None else dep if dep is not None else '':>12}"]
-        print(f"{name:<20}" + "".join(cols))
-    peer = "llama.cpp" if "llama.cpp" in med else "transformers-bf16"
-    a, b = med["ember"], med[peer]
-    if "ember-compiled" in runs:
-        compiles = [r["compile_s"] for r in runs["ember-compiled"]]
-        median = med["ember-compiled"]["compile_s"]
-        print(f"\nember-compiled: building took {compiles[0]:.1f} s in round 1, loading it a median {median:.2f} s")
-        c = med["ember-compiled"]
-        print(f"ember-compiled / {peer}: decode {c['decode_tps'] / med[peer]['decode_tps']:.2f}x")
-    print(
-        f"\nember / {peer}: load (cached) {b['load_s'] / a['load_s']:.2f}x faster, first load "
-        f"{med['ember-first-load']['load_s']:.2f} s, prefill {a['prefill_tps'] / b['prefill_tps']:.2f}x, "
-        f"decode {a['decode_tps'] / b['decode_tps']:.2f}x, peak RSS {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
-    )
+                quality[engine] = (diff, _departure(runs[engine][0]["ids"][str(args.middle)], reference))
+    _report(args, engines, runs, quality)
 
 
 if __name__ == "__main__":

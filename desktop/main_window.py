@@ -66,6 +66,7 @@ from desktop.serve_controller import LocalServer
 from desktop.settings import Settings
 from desktop.theme import THEMES, apply_theme, code_background, is_dark
 from desktop.ui_gc import collect_on_ui_thread
+from engine.compiled import prebuilt
 from engine.compiled.step import unavailable_reason
 from engine.text.thinking import takes_thinking_switch
 
@@ -128,7 +129,7 @@ class MainWindow(QMainWindow):
             self.settings.get("model/device"),
             self.settings.get("model/dtype"),
             self.settings.get("model/compile"),
-            unavailable_reason(torch.device("cpu")),
+            None if prebuilt.shipped_here() else unavailable_reason(torch.device("cpu")),
             self.settings.get("model/context"),
         )
         self.inspector_panel = InspectorPanel()

@@ -126,6 +126,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
     from desktop.messages import Token
     from desktop.paths import APP_AUTHOR, APP_NAME, data_dirs
     from desktop.settings import Settings
+    from engine.compiled import prebuilt
     from engine.inspection.inspect import inspect
 
     dirs = data_dirs(root).create()
@@ -161,6 +162,16 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         _wait(app, lambda: window.model_info is not None, deadline, "loading the default model", dialogs)
         info = window.model_info
         lm = window.worker.model
+        if prebuilt.shipped_here():  # the bundle's own compiled step installs at once: the reply runs through it
+            compiled: list = []
+            window.worker.compiled.connect(compiled.append)
+            _wait(app, lambda: bool(compiled) or lm.model.compiled_step is not None, deadline, "compiling", dialogs)
+            if lm.model.compiled_step is None:
+                raise SelfTestFailed(f"the shipped compiled decoding step did not load: {compiled[0].compile_warning}")
+        decoding = "compiled" if lm.model.compiled_step is not None else "uncompiled"
+        if prebuilt.shipped_here():
+            decoding += f", shipped for {prebuilt.level()}"
+        decoding += f"; attention {lm.model.decode_attention.describe()}"
 
         ended: dict[str, Any] = {}  # "result": the GenerationResult, or "failed": the message
         tokens: list[Token] = []
@@ -234,6 +245,7 @@ def _run(root: Path, screenshot: Path | None, timeout: float) -> list[str]:
         f"PySide6 {PySide6.__version__} ({app.platformName()})",
         f"model:      {info.name} · {info.architecture} · {info.parameters / 1e6:.0f}M parameters · "
         f"{info.device} {info.dtype} · loaded in {info.load_seconds:.1f} s",
+        f"decoding:   {decoding}",
         f"reply:      {reply.generated_tokens} tokens, {reply.decode_tps:.1f} tokens/s, "
         f"finish {reply.finish_reason}: {shown[:70]!r}",
         f"inspection: {len(ids)} positions, {lm.config.n_layer} layers, attention of layer {last} "

@@ -53,9 +53,11 @@ def _compile_option() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="decode through a step compiled ahead of time (about twice as fast on the CPU): built once per "
-        "model shape, a minute or two, then loaded in milliseconds; needs a C++ compiler",
+        "model shape, a minute or two, then loaded in milliseconds; needs a C++ compiler (default: such a step "
+        "when one is already built, by the app or an earlier --compile; --no-compile: never)",
     )
     return p
 
@@ -165,11 +167,26 @@ def _load(args: argparse.Namespace):
         from engine.finetune import load_peft_adapter
 
         load_peft_adapter(lm.model, args.adapter)
-    if getattr(args, "compile", False):
-        from engine.compiled.library import compile_decoding
-
-        print(f"compiled decoding ready in {compile_decoding(lm, _stderr):.1f} s", file=sys.stderr)
+    wanted = getattr(args, "compile", False)
+    if wanted is not False:
+        _compile(lm, build=bool(wanted))
     return lm
+
+
+def _compile(lm, build: bool) -> None:
+    """The compiled decoding step: built when ``build`` (a failure is fatal), else only one already built
+    (none: eager, silently)."""
+    from engine.compiled.library import compile_decoding
+    from engine.errors import CompileUnavailableError
+
+    try:
+        seconds = compile_decoding(lm, _stderr, build=build)
+    except CompileUnavailableError:
+        if build:
+            raise
+        return
+    if build:
+        print(f"compiled decoding ready in {seconds:.1f} s", file=sys.stderr)
 
 
 def _stderr(message: str) -> None:
@@ -265,7 +282,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(
             f"load {lm.load_seconds:.2f} s | prompt {s.prompt_tokens} tokens, prefill "
             f"{s.prefill_tokens_per_second:.1f} tok/s | {s.generated_tokens} generated, decode "
-            f"{s.decode_tokens_per_second:.1f} tok/s | finish: {gen.finish_reason} | "
+            f"{s.decode_tokens_per_second:.1f} tok/s ({'compiled' if lm.model.compiled_step else 'eager'}) | "
+            f"finish: {gen.finish_reason} | "
             f"peak memory {peak_memory_bytes(lm.model.device) / MiB:.0f} MiB",
             file=sys.stderr,
         )

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import torch
 
+from engine.compiled import prebuilt
 from engine.compiled.step import (
     CompiledDecoding,
     build,
     structure_key,
     unavailable_reason,
     unsupported_reason,
+    use_instruction_set,
     weight_specs,
 )
 from engine.errors import CompileUnavailableError
@@ -52,43 +54,65 @@ def compile_decoding(
     *,
     cache_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    build: bool = True,
+    prebuilt_dir: Path | None = None,
 ) -> float:
-    """Give ``lm``'s model its compiled decoding step, building it first if the cache lacks it; returns
-    the seconds taken. Raises `CompileUnavailableError` (the model stays eager) when compiling is not
-    possible here, fails, or is stopped. Safe to call on another thread than the model's user: the step
-    is installed under the model's lock."""
+    """Give ``lm``'s model its compiled decoding step, returns the seconds taken: a library that came with
+    the program (`engine.compiled.prebuilt`, from ``prebuilt_dir``: by default the bundle's own, none when
+    running from source) or one in the cache, built first when the cache lacks it (``build`` False: not
+    built, an error). Raises `CompileUnavailableError` (the model stays eager) when compiling is not possible
+    here, fails, or is stopped. Safe to call on another thread than the model's user: the step is installed
+    under the model's lock."""
     t0 = time.perf_counter()
     model = lm.model
     stop = should_stop or (lambda: False)
-    reason = unavailable_reason(model.device) or unsupported_reason(model)
+    reason = unsupported_reason(model)
+    if reason:
+        raise CompileUnavailableError(reason)
+    shipped = prebuilt.find(model, prebuilt.bundled_dir() if prebuilt_dir is None else prebuilt_dir)
+    if shipped is not None:
+        _install(lm, shipped, lambda: prebuilt.key(model), stop)
+        return time.perf_counter() - t0
+    reason = unavailable_reason(model.device)
     if reason:
         raise CompileUnavailableError(reason)
     path = package_path(model, cache_dir)
+    if not path.exists() and not build:
+        raise CompileUnavailableError("no compiled decoding step is built for this model yet (--compile builds it)")
     for attempt in range(2):
         if not path.exists():
             if progress is not None:
                 progress(BUILDING)
-            _build_in_child(model, path, cache_dir, stop)
-        with hold(lm, stop) as held:  # a reply in progress finishes first
-            if not held:
-                raise CompileUnavailableError("compiling the decoding step was stopped")
-            try:
-                if structure_key(model) != path.stem:  # LoRA layers were added meanwhile, say
-                    raise CompileUnavailableError("the model changed while its decoding step was compiled")
-                model.compiled_step = CompiledDecoding(model, path)
-                return time.perf_counter() - t0
-            except CompileUnavailableError:
-                if attempt or not path.exists() or structure_key(model) != path.stem:
-                    raise
-                path.unlink()  # a damaged library (a disk that filled, a crash mid-write): built again, once
+            build_in_child(model, path, cache_dir, stop)
+        try:
+            _install(lm, path, lambda: structure_key(model), stop)
+            return time.perf_counter() - t0
+        except CompileUnavailableError:
+            if attempt or not path.exists() or structure_key(model) != path.stem:
+                raise
+            path.unlink()  # a damaged library (a disk that filled, a crash mid-write): built again, once
     raise AssertionError("unreachable")
 
 
-def _build_in_child(model, path: Path, cache_dir, stop: Callable[[], bool]) -> None:
+def _install(lm, path: Path, key: Callable[[], str], stop: Callable[[], bool]) -> None:
+    model = lm.model
+    with hold(lm, stop) as held:  # a reply in progress finishes first
+        if not held:
+            raise CompileUnavailableError("compiling the decoding step was stopped")
+        if key() != path.stem:  # LoRA layers were added meanwhile, say
+            raise CompileUnavailableError("the model changed while its decoding step was compiled")
+        model.compiled_step = CompiledDecoding(model, path)
+
+
+def build_in_child(
+    model, path: Path, cache_dir, stop: Callable[[], bool], level: str | None = None, code: str | None = None
+) -> None:
+    """Build ``model``'s step into ``path`` in a child process, for ``level`` (`step.PORTABLE`; None: this
+    CPU's own) and named by the key with ``code`` (see `structure_key`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = path.with_name(f"{path.stem}.{os.getpid()}.spec.json")
-    kernel = model.decode_attention.kernel
-    spec.write_text(json.dumps({"config": _config_fields(model.cfg), "weights": weight_specs(model), "kernel": kernel}))
+    fields = {"config": _config_fields(model.cfg), "weights": weight_specs(model)}
+    spec.write_text(json.dumps({**fields, "kernel": model.decode_attention.kernel, "level": level, "code": code}))
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir or default_cache_dir()) / "inductor"))
     root = Path(__file__).resolve().parents[2]  # so that `engine` imports in the child as here
@@ -156,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("spec", type=Path, help="the model's config and weight shapes (JSON)")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    model = _model_from_spec(json.loads(args.spec.read_text()))
-    if args.out.stem != structure_key(model):
+    spec = json.loads(args.spec.read_text())
+    use_instruction_set(spec["level"])
+    model = _model_from_spec(spec)
+    if args.out.stem != structure_key(model, spec["code"], spec["level"]):
         sys.exit("the model described differs from the caller's (shapes, types or code changed)")
     build(model, args.out)
 

@@ -18,7 +18,10 @@ cache size up to the context length.
 Building needs a C++ compiler and Python's headers, and about a minute on that machine; loading a built
 library takes milliseconds and imports nothing of the compiler. Libraries are kept by
 `engine.compiled.library`, keyed by `structure_key`; the building runs in a child process there, so the
-compiler's memory and any crash stay out of the app.
+compiler's memory and any crash stay out of the app. A library is built for this CPU's own instruction
+set, or for a portable level (`PORTABLE`, `use_instruction_set`): a bundle cannot compile, so it ships
+the default model's step for each level (`engine.compiled.prebuilt`). Either way its parallel loops take
+the thread count when they run, not when they were built.
 
 Only decoding is compiled: one-token steps in inference mode on a batch-1 KV cache from position 2,
 with no mask to build (`Transformer._decoding`). Prefill, inspection, comparisons and training stay
@@ -102,16 +105,24 @@ def max_positions(model: Transformer) -> int:
     return min(model.cfg.max_seq_len, window) if window else model.cfg.max_seq_len
 
 
-def structure_key(model: Transformer) -> str:
-    """What a compiled library depends on: torch, the CPU and its core count (the generated loops are
-    parallel for that many threads), the model code, the config, the decode attention kernel this machine
-    chose (`engine.model.decode_attention`) and every weight's name, dtype, shape and strides (not its
-    values: the weights are inputs)."""
+def structure_key(model: Transformer, code: str | None = None, level: str | None = None) -> str:
+    """What a compiled library depends on: torch, the instruction set it is built for (``level``, by default
+    this CPU's `instruction_set`),
+    the model code (``code``: its digest; by default this code's, see `engine.compiled.prebuilt` for the
+    libraries a bundle ships), the config, the decode attention kernel this machine chose
+    (`engine.model.decode_attention`) and every weight's name, dtype, shape and strides (not its values:
+    the weights are inputs). Not the core count: the generated loops take the thread count when they run."""
     kernel = model.decode_attention.kernel
-    h = hashlib.sha256(f"{torch.__version__}|{_cpu_flags()}|{os.cpu_count()}|{model.cfg!r}|{kernel}".encode())
-    h.update(source_digest(SOURCES).encode())
+    h = hashlib.sha256(f"{torch.__version__}|{level or instruction_set()}|{model.cfg!r}|{kernel}".encode())
+    h.update((source_digest(SOURCES) if code is None else code).encode())
     h.update(repr(weight_specs(model)).encode())
     return h.hexdigest()[:32]
+
+
+def instruction_set() -> str:
+    """What a library built here for this CPU may use: whatever the compiler finds on it, named by torch's
+    dispatch level and the CPU's flags. (A bundle ships libraries for the `PORTABLE` levels instead.)"""
+    return f"{torch.backends.cpu.get_cpu_capability()}|{_cpu_flags()}"
 
 
 def _cpu_flags() -> str:
@@ -123,6 +134,25 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return torch.backends.cpu.get_cpu_capability()
+
+
+# The levels torch's own kernels dispatch on, each with Inductor's class for it (not its VNNI, AMX or bf16
+# variants) and the compiler's matching x86-64 level (in place of -march=native): a library built for one
+# runs on every CPU of that level.
+PORTABLE = {"AVX512": ("VecAVX512", "x86-64-v4"), "AVX2": ("VecAVX2", "x86-64-v3")}
+
+
+def use_instruction_set(level: str | None) -> None:
+    """Make Inductor, in this process (the builder child), generate loops that take their thread count when
+    they run, and for a ``level`` of `PORTABLE`, code of that level only. Call before anything is compiled."""
+    from torch._inductor import config, cpu_vec_isa
+
+    config.cpp.dynamic_threads = True
+    if level in PORTABLE:
+        isa, config.cpp.march = PORTABLE[level]
+        cpu_vec_isa.supported_vec_isa_list[:] = [getattr(cpu_vec_isa, isa)()]
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        torch.cpu._is_avx512_bf16_supported = lambda: False  # no -mavx512bf16 on an AVX-512 build
 
 
 class _Step(nn.Module):

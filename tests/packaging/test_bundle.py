@@ -151,6 +151,9 @@ def test_bundle_builds_and_passes_its_self_test(tmp_path):
     )
     check_self_test(result)
     assert f"mode:       packaged ({bundle})" in result.stdout, result.stdout
+    # The bundle cannot compile (no headers), but carries the default model's step for each CPU level.
+    assert len(list((internal / "compiled").glob("*.pt2"))) == 4
+    assert "decoding:   compiled, shipped for" in result.stdout, result.stdout
     assert shot.stat().st_size > 10_000
     assert snapshot(bundle) == before, "running the bundle changed files inside it"
 

@@ -290,13 +290,20 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 @needs_compiler
-def test_the_cli_compiles_on_request_and_replies_as_eager(capsys, tiny_q4):
-    argv = ("generate", str(tiny_q4), "--prompt", "a b c", "--temperature", "0", "--max-tokens", "8")
-    code, eager_out, _ = _cli(capsys, *argv)
-    assert code == 0
+def test_the_cli_compiles_on_request_and_replies_as_eager(capsys, tiny_q4, tmp_path, monkeypatch):
+    """``--compile`` builds; without the flag a step already built is used (here, the one just built), and
+    none is built when there is none; ``--no-compile`` never uses one."""
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    argv = ("generate", str(tiny_q4), "--prompt", "a b c", "--temperature", "0", "--max-tokens", "8", "--stats")
+    code, eager_out, err = _cli(capsys, *argv)
+    assert code == 0 and "(eager)" in err and not (tmp_path / "compiled").exists()  # nothing built unasked
     code, out, err = _cli(capsys, *argv, "--compile")
     assert code == 0 and out == eager_out
-    assert "compiled decoding ready in" in err
+    assert "compiled decoding ready in" in err and "(compiled)" in err
+    code, out, err = _cli(capsys, *argv)
+    assert code == 0 and out == eager_out and "(compiled)" in err and "ready in" not in err
+    code, out, err = _cli(capsys, *argv, "--no-compile")
+    assert code == 0 and out == eager_out and "(eager)" in err
 
 
 def test_the_cli_says_why_it_cannot_compile(capsys, tiny_q4, monkeypatch):
