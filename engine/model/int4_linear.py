@@ -5,9 +5,20 @@ into the layout of ``aten._weight_int4pack_mm_for_cpu``. That kernel computes wi
 ``(code - 8) * scale + zero``, so ``zero = offset + 8 * scale``; the codes are the file's own and only
 the scale and zero are rounded, to bfloat16 (the kernel's type). This is what makes decoding fast on a
 CPU: 4 bits per weight read per token instead of 32, and no dequantized copy in memory.
+
+That kernel's time grows with the rows it is given as a dense matmul's does, but about twice as fast:
+on an AMD EPYC (Zen 4, AVX-512 bf16), 2 threads, a 576 -> 3072 projection of 512 rows took 11.2 ms in
+int4 and 4.9 ms as a bf16 matmul, 64 rows 1.4 and 0.8 ms. So a pass of at least `DENSE_ROWS` rows (a
+prompt) unpacks the weight into a bf16 matrix first (0.7 ms for that projection) and multiplies densely;
+decoding keeps the int4 kernel. The unpacked weight is ``(code - 8) * scale + zero`` with the scale and
+zero as the kernel holds them, rounded to bf16. It is unpacked into buffers kept per thread and reused,
+at most `SCRATCH` weights at a time (a wider projection is done in slices of its outputs), so a large
+model holds no dense copy: 20 MB a thread at most.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import nn
@@ -16,6 +27,19 @@ from engine.gguf.int4_groups import GROUP, Int4Groups
 from engine.model.linear import kernel_rows
 
 DTYPE = torch.bfloat16  # what the kernel wants for activations, scales and zeros
+DENSE_ROWS = 128  # rows from which a pass unpacks the weight and multiplies densely (see the docstring)
+BLOCK = 64  # the CPU layout's row block: byte j of column k holds rows j (low nibble) and j + 32 (high)
+SCRATCH = 1 << 22  # weights unpacked at a time (uint8 codes and two bf16 matrices: 20 MB)
+_scratch = threading.local()  # each thread's unpacking buffers, grown to the largest weight seen
+
+
+def _buffers(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This thread's buffers of at least ``count`` elements: codes (uint8) and two bf16 matrices."""
+    held = getattr(_scratch, "buffers", None)
+    if held is None or held[0].numel() < count:
+        held = (torch.empty(count, dtype=torch.uint8), torch.empty(count, dtype=DTYPE), torch.empty(count, dtype=DTYPE))
+        _scratch.buffers = held
+    return held
 
 
 def int4_kernels_available() -> bool:
@@ -50,10 +74,42 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = kernel_rows(x, self.in_features, DTYPE)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scale_zero)
+        if flat.shape[0] >= DENSE_ROWS and self.out_features % BLOCK == 0:  # other widths pack otherwise
+            y = self._dense(flat)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scale_zero)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _dense(self, flat: torch.Tensor) -> torch.Tensor:
+        """``flat @ W.T`` through the unpacked weight, in slices of whole 64-output blocks."""
+        k, n = self.in_features, self.out_features
+        width = max(1, SCRATCH // (k * BLOCK)) * BLOCK
+        if width >= n:
+            return flat @ self._unpacked(0, n)
+        y = torch.empty(flat.shape[0], n, dtype=DTYPE)
+        for start in range(0, n, width):
+            stop = min(n, start + width)
+            torch.matmul(flat, self._unpacked(start, stop), out=y[:, start:stop])
+        return y
+
+    def _unpacked(self, start: int, stop: int) -> torch.Tensor:
+        """Outputs ``start:stop`` (whole blocks) of W.T as a bf16 ``(in, stop - start)`` matrix in this
+        thread's buffers, valid until its next call."""
+        k, n = self.in_features, stop - start
+        codes, values, weight = (b[: k * n] for b in _buffers(k * n))
+        blocks = self.packed.view(self.out_features // BLOCK, k, BLOCK // 2)[start // BLOCK : stop // BLOCK]
+        by_block = blocks.permute(1, 0, 2)  # (in, outputs / 64, 32)
+        halves = codes.view(k, n // BLOCK, 2, BLOCK // 2)
+        torch.bitwise_and(by_block, 15, out=halves[:, :, 0])
+        torch.bitwise_right_shift(by_block, 4, out=halves[:, :, 1])
+        values.copy_(codes)
+        scale, zero = self.scale_zero[:, start:stop, 0], self.scale_zero[:, start:stop, 1]
+        offset = (zero.float() - 8 * scale.float()).to(DTYPE)  # (code - 8) * scale + zero
+        grouped = (k // GROUP, GROUP, n)
+        torch.addcmul(offset[:, None], values.view(grouped), scale[:, None], out=weight.view(grouped))
+        return weight.view(k, n)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"

@@ -15,7 +15,8 @@ from engine.gguf.dequant import dequantize
 from engine.gguf.int4_groups import GROUP, Int4Groups, int4_groups
 from engine.gguf.types import GGMLType
 from engine.loading.loader import load_model
-from engine.model.int4_linear import Int4Linear
+from engine.model import int4_linear
+from engine.model.int4_linear import DENSE_ROWS, Int4Linear
 from engine.model.int8_linear import Int8Linear
 from tests.engine.tiny_models import VOCAB
 from tests.engine.weights.test_gguf_architectures import write_gguf
@@ -54,20 +55,39 @@ def test_rows_and_cat_act_like_indexing_the_dense_weight():
     )
 
 
+@pytest.mark.parametrize("scratch", [int4_linear.SCRATCH, 64 * 576])  # the second unpacks in slices
+@pytest.mark.parametrize("rows", [5, DENSE_ROWS + 3])  # the int4 kernel; the weight unpacked to bf16
 @pytest.mark.parametrize("shape", [(16, 32), (192, 576), (1536, 576), (576, 1536)])
-def test_the_int4_layer_computes_the_dequantized_projection(shape):
+def test_the_int4_layer_computes_the_dequantized_projection(shape, rows, scratch, monkeypatch):
+    monkeypatch.setattr(int4_linear, "SCRATCH", scratch)
     out_features, in_features = shape
     raw = torch.from_numpy(_blocks(Q.Q4_1, out_features, in_features, seed=out_features).reshape(-1).copy())
     groups = int4_groups(raw, GGMLType.Q4_1, shape)
     layer = Int4Linear(in_features, out_features, bias=False)
     for name, t in Int4Linear.pack(groups).items():
         setattr(layer, name, t)
-    x = torch.randn(5, in_features, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(2))
     expected = F.linear(x, groups.dequantize())  # float32, exact weights
     got = layer(x).float()
-    assert got.shape == (5, out_features)
+    assert got.shape == (rows, out_features)
     # bf16 activations, scales and zeros: about 3 significant digits
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+def test_the_unpacked_weight_is_the_dequantized_one_rounded_to_bf16():
+    shape = (192, 576)  # out a multiple of the packed layout's 64-row blocks
+    raw = torch.from_numpy(_blocks(Q.Q4_1, *shape, seed=7).reshape(-1).copy())
+    groups = int4_groups(raw, GGMLType.Q4_1, shape)
+    layer = Int4Linear(shape[1], shape[0], bias=False)
+    for name, t in Int4Linear.pack(groups).items():
+        setattr(layer, name, t)
+    exact = groups.dequantize()
+    unpacked = layer._unpacked(0, shape[0]).float().t()
+    # the scale and zero in bf16 as the kernel holds them, then the weight rounded once: ~3 digits
+    assert (unpacked - exact).abs().max() <= 0.01 * exact.abs().max()
+    x = torch.randn(DENSE_ROWS, shape[1], generator=torch.Generator().manual_seed(8))
+    by_kernel = torch.cat([layer(row[None]) for row in x]).float()  # one row at a time: the int4 kernel
+    torch.testing.assert_close(layer(x).float(), by_kernel, rtol=0.02, atol=0.02 * float(by_kernel.abs().max()))
 
 
 def test_the_int8_head_computes_the_projection_within_a_row_step():
