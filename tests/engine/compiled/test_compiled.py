@@ -306,6 +306,20 @@ def test_the_cli_compiles_on_request_and_replies_as_eager(capsys, tiny_q4, tmp_p
     assert code == 0 and out == eager_out and "(eager)" in err
 
 
+@needs_compiler
+def test_ember_cli_compile_builds_the_step_that_generate_then_uses(capsys, tiny_q4, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    code, out, err = _cli(capsys, "compile", str(tiny_q4))
+    library = Path(out.strip())
+    assert code == 0 and library.is_file() and library.parent == tmp_path / "compiled"
+    assert "compiled decoding ready in" in err
+    code, out, err = _cli(capsys, "compile", str(tiny_q4))  # built: loaded, not built again
+    assert code == 0 and Path(out.strip()) == library and "Compiling" not in err
+    argv = ("generate", str(tiny_q4), "--prompt", "a b c", "--temperature", "0", "--max-tokens", "4", "--stats")
+    code, out, err = _cli(capsys, *argv)
+    assert code == 0 and "(compiled)" in err
+
+
 def test_the_cli_says_why_it_cannot_compile(capsys, tiny_q4, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     code, out, err = _cli(capsys, "generate", str(tiny_q4), "--prompt", "a b", "--compile")
