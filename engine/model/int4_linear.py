@@ -105,7 +105,8 @@ class Int4Linear(nn.Module):
         torch.bitwise_and(by_block, 15, out=halves[:, :, 0])
         torch.bitwise_right_shift(by_block, 4, out=halves[:, :, 1])
         values.copy_(codes)
-        scale, zero = self.scale_zero[:, start:stop, 0], self.scale_zero[:, start:stop, 1]
+        # contiguous copies (small: a value per group): addcmul over the interleaved pairs is 6x slower
+        scale, zero = self.scale_zero[:, start:stop, 0].contiguous(), self.scale_zero[:, start:stop, 1]
         offset = (zero.float() - 8 * scale.float()).to(DTYPE)  # (code - 8) * scale + zero
         grouped = (k // GROUP, GROUP, n)
         torch.addcmul(offset[:, None], values.view(grouped), scale[:, None], out=weight.view(grouped))
