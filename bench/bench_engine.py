@@ -12,8 +12,9 @@ empty cache and decodes ``--gen-tokens`` greedy tokens. Medians over the rounds.
   what ``ember-cli generate`` runs until a compiled step is built; ``ember-first-load`` times the load
   with an empty cache (packing from the GGUF and writing the cache).
 - ``ember-compiled``: ``ember`` with its decoding step compiled for this machine, what the app runs (it
-  builds the step in the background on load) and ``ember-cli generate`` once ``--compile`` built it. The
-  first round builds it, later rounds load it; the build is timed apart.
+  builds the step in the background on load) and ``ember-cli generate`` once a step is built (by
+  ``ember-cli compile``, which ``make run`` and ``make chat`` run first, or ``--compile``). The first round
+  builds it, later rounds load it; the build is timed apart.
 - ``ember-shipped``: the step a bundle ships for this CPU's instruction-set level
   (`engine.compiled.prebuilt`: portable code, no VNNI or bf16 instructions), built before the rounds;
   the default model only.
