@@ -90,6 +90,23 @@ def test_the_unpacked_weight_is_the_dequantized_one_rounded_to_bf16():
     torch.testing.assert_close(layer(x).float(), by_kernel, rtol=0.02, atol=0.02 * float(by_kernel.abs().max()))
 
 
+def test_the_dense_path_runs_outside_inference_mode_after_running_inside_it():
+    """The unpacking buffers are made once per thread; made under inference mode they must still take
+    writes under no_grad (the fine-tune recall questions) and grad mode."""
+    shape = (192, 576)
+    raw = torch.from_numpy(_blocks(Q.Q4_1, *shape, seed=9).reshape(-1).copy())
+    layer = Int4Linear(shape[1], shape[0], bias=False)
+    for name, t in Int4Linear.pack(int4_groups(raw, GGMLType.Q4_1, shape)).items():
+        setattr(layer, name, t)
+    x = torch.randn(DENSE_ROWS, shape[1], generator=torch.Generator().manual_seed(10))
+    int4_linear._scratch.__dict__.clear()  # this thread's buffers made afresh, inside inference mode
+    with torch.inference_mode():
+        expected = layer(x)
+    with torch.no_grad():
+        assert torch.equal(layer(x), expected)
+    assert torch.equal(layer(x), expected)
+
+
 def test_the_int8_head_computes_the_projection_within_a_row_step():
     weight = torch.randn(96, 64, generator=torch.Generator().manual_seed(3))
     head = Int8Linear.from_weight(weight)
