@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The default model's compiled decoding step: built the first time (a minute or two, and again after the
-# engine's code changes), then only found (about a second). Without a C++ compiler it decodes eagerly.
+# engine's code changes), then only found (about 2 s). Without a C++ compiler it decodes eagerly.
 COMPILE_STEP := $(VENV)/bin/ember-cli compile >/dev/null || echo "no compiled decoding step: decoding eagerly"
 
 run: $(STAMP)
