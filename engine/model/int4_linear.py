@@ -89,8 +89,6 @@ class Int4Linear(nn.Module):
         """``flat @ W.T`` through the unpacked weight, in slices of whole 64-output blocks."""
         k, n = self.in_features, self.out_features
         width = max(1, SCRATCH // (k * BLOCK)) * BLOCK
-        if width >= n:
-            return flat @ self._unpacked(0, n)
         y = torch.empty(flat.shape[0], n, dtype=DTYPE)
         for start in range(0, n, width):
             stop = min(n, start + width)
