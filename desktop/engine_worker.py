@@ -83,6 +83,7 @@ def model_info(lm: LoadedModel, compile_warning: str | None = None) -> ModelInfo
         compile_warning=compile_warning,
         memory_estimate=lm.memory_estimate,
         fingerprint=fingerprint(lm.path),
+        kernels=lm.kernels,
     )
 
 

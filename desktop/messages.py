@@ -81,6 +81,7 @@ class ModelInfo:
     compile_warning: str | None  # why decoding is not compiled, when it was asked for and failed
     memory_estimate: int
     fingerprint: str  # `desktop.engine_worker.fingerprint` of the file or folder
+    kernels: tuple[tuple[str, str], ...]  # what this machine's timings chose: (what, choice and times)
 
 
 @dataclass(frozen=True)

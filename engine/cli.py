@@ -220,7 +220,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "chat_template": "ChatML (fallback)" if lm.template.is_fallback else "the model's own",
         "device": str(lm.model.device),
         "dtype": str(lm.model.dtype).removeprefix("torch."),
-        "decode_attention": lm.model.decode_attention.describe(),
+        **{what.lower().replace(" ", "_"): chosen for what, chosen in lm.kernels},
         "load_seconds": round(lm.load_seconds, 3),
     }
     if args.json:

@@ -314,6 +314,7 @@ class ModelPanel(QWidget):
             f"Parameters: {info.parameters / 1e6:,.1f}M in {info.layers} layers<br>"
             f"Weights: {types}<br>Context: {info.context_length:,} tokens<br>"
             f"Running on {info.device} in {info.precision}<br>Chat template: {info.template}"
+            + "".join(f"<br>{what}: {html.escape(chosen)}" for what, chosen in info.kernels)
         )
         for warning in (info.template_warning, info.compile_warning):
             if warning:

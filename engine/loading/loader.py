@@ -22,10 +22,11 @@ from engine.loading.config import ModelConfig
 from engine.loading.default_model import default_model_path
 from engine.loading.model_file import model_format, open_gguf, open_hf_folder, peek_config
 from engine.memory import check_fits, return_freed_memory
-from engine.model import Transformer
+from engine.model import Transformer, prompt_matmul
 from engine.model.decode_attention import choose as choose_decode_attention
 from engine.model.int4_linear import Int4Linear, int4_kernels_available
 from engine.model.int8_linear import Int8Linear
+from engine.model.prompt_matmul import PromptMatmul
 from engine.text.chat_template import ChatTemplate
 from engine.text.tokenizer import Tokenizer
 from engine.weights.build import build_model, model_from_state, use_int8_head
@@ -53,6 +54,7 @@ class LoadedModel:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     template_warning: str | None = None  # set when the model's own template was replaced by ChatML
     from_cache: bool = False  # the packed weights came from the weight cache (see `engine.weights.pack_cache`)
+    prompt_matmul: PromptMatmul | None = None  # how packed layers multiply a prompt here (None: no packed layer)
     # Held around every pass that uses the model's KV cache (a chat reply, an inspection, a server request):
     # the desktop's engine worker and the server's model worker take turns (`engine.model_lock.hold`).
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -60,6 +62,14 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def kernels(self) -> tuple[tuple[str, str], ...]:
+        """What this machine's timings chose, in words: (what, the choice and its times)."""
+        chosen = [("Decode attention", self.model.decode_attention.describe())]
+        if self.prompt_matmul is not None:
+            chosen.append(("Prompt projections", self.prompt_matmul.describe()))
+        return tuple(chosen)
 
     @property
     def precision(self) -> str:
@@ -261,5 +271,8 @@ def load_model(
         cfg.n_head, cfg.n_kv_head, cfg.head_dim, lm.model.dtype, dev, cache / "decode_attention.json"
     )
     lm.model.set_decode_attention(choice)
+    lm.prompt_matmul = prompt_matmul.choose(lm.model, cache / "prompt_matmul.json")
+    if lm.prompt_matmul is not None:
+        prompt_matmul.use(lm.model, lm.prompt_matmul)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -10,8 +10,8 @@ EPYC (Zen 4, AVX-512 bf16), 2 threads, SmolLM2's shape (9 query heads over 3 KV 
 query over 512 keys took 290-470 µs a layer in bf16 and 41-89 µs in float32 over a float32 cache (71-205
 µs when a bf16 cache was cast each step: the casts' allocations made it slow and noisy); 512 queries over
 512 keys took 5.3 ms in bf16 and 4.7 ms in float32, over 3000 keys 32 and 35 ms. Another CPU may order
-them the other way, so each machine times both the first time a shape decodes and keeps the answer in a
-small JSON file, keyed by the CPU's model and flags, the thread count and torch's version.
+them the other way, so each machine times both the first time a shape decodes and keeps the answer
+(`engine.model.timed_choice`: keyed by the CPU's model and flags, the thread count and torch's version).
 
 Both candidates are at least as exact as the cache's own dtype (float32 is the exact mode's), so the
 choice cannot lower quality. Float32 must at least halve the time (`MIN_GAIN`): a choice near a tie would
@@ -21,10 +21,6 @@ best of three) before it is kept. A float32 model and GPUs use the fused kernel 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.model.timed_choice import describe, machine_key, recall, remember
+
 KERNELS = ("sdpa", "sdpa_f32")
 KEYS = 512  # the cache length timed: a conversation a few turns in
 ROUNDS, CALLS = 5, 20
-MAX_FILE_BYTES = 1 << 20  # a cache file larger than this is not ours to read
 # The cast is taken only when it at least halves the time: real shapes gain 3-7x here (SmolLM2 280 vs 72 µs,
 # Gemma 3 270M 1171 vs 373 µs), tiny ones 1-1.6x, where timing noise would decide between two roundings.
 MIN_GAIN = 2.0
@@ -50,8 +47,7 @@ class DecodeAttention:
     source: str = "default"  # "measured", "cached" (read from the file) or "default" (nothing to choose)
 
     def describe(self) -> str:
-        times = ", ".join(f"{k} {v:.0f} µs" for k, v in self.micros.items())
-        return f"{self.kernel} ({self.source}{': ' + times if times else ''})"
+        return describe(self.kernel, self.micros, self.source)
 
 
 def cache_dtype(kernel: str, dtype: torch.dtype) -> torch.dtype:
@@ -74,25 +70,6 @@ def attend(kernel: str, q, k, v, *, mask=None, is_causal: bool = False, gqa: boo
         )
         return y.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa, scale=scale)
-
-
-def _cpu_name_and_flags() -> str:
-    try:
-        info = open("/proc/cpuinfo").read().split("\n\n")[0]  # noqa: SIM115 (a read of a small pseudo-file)
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [
-        line
-        for line in info.splitlines()
-        if line.split(":")[0].strip() in ("model name", "cpu family", "model", "flags")
-    ]
-    return "\n".join(keep)
-
-
-def machine_key() -> str:
-    """What a timing depends on: the CPU (model, family, flags), the threads and torch's version."""
-    cpu = hashlib.sha256(_cpu_name_and_flags().encode()).hexdigest()[:16]
-    return f"{cpu}|threads={torch.get_num_threads()}|cores={os.cpu_count()}|torch={torch.__version__}"
 
 
 def _time(kernel: str, q, k, v, gqa: bool) -> float:
@@ -132,26 +109,6 @@ def _measure_surely(n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dty
     return best
 
 
-def _read(path: Path) -> dict:
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, data: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only or full disk: measured again next time
-
-
 def choose(
     n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, device, file: Path | None
 ) -> DecodeAttention:
@@ -160,16 +117,11 @@ def choose(
     if torch.device(device).type != "cpu" or dtype == torch.float32:
         return DecodeAttention("sdpa")
     key = f"{machine_key()}|{n_head}x{n_kv_head}x{head_dim}|{str(dtype).removeprefix('torch.')}"
-    known = _read(file) if file is not None else {}
-    entry = known.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("micros"), dict):
-        micros = {k: float(v) for k, v in entry["micros"].items() if k in KERNELS and isinstance(v, (int, float))}
-        if set(micros) == set(KERNELS) and all(v > 0 for v in micros.values()):
-            return DecodeAttention(_faster(micros), micros, "cached")
+    micros = recall(file, key, KERNELS)
+    if micros is not None:
+        return DecodeAttention(_faster(micros), micros, "cached")
     micros = _measure_surely(n_head, n_kv_head, head_dim, dtype)
-    if file is not None:
-        known[key] = {"micros": {k: round(v, 1) for k, v in micros.items()}}
-        _write(file, known)
+    remember(file, key, micros)
     return DecodeAttention(_faster(micros), micros, "measured")
 
 

@@ -116,5 +116,6 @@ def test_loading_another_model_shows_progress_facts_and_recent(qtbot, window, di
     assert percents and percents[-1] == 100
     facts = window.model_panel.facts.text()
     assert "Architecture: llama" in facts and "Context: 8,192 tokens" in facts
+    assert "Decode attention: sdpa" in facts and " rows (" in facts.split("Prompt projections: ")[1]
     assert window.model_panel.recent_paths() == [str(default_model.path)]
     assert "MiB needed" in window.model_panel.estimate.text()

@@ -16,7 +16,7 @@ from engine.gguf.int4_groups import GROUP, Int4Groups, int4_groups
 from engine.gguf.types import GGMLType
 from engine.loading.loader import load_model
 from engine.model import int4_linear
-from engine.model.int4_linear import DENSE_ROWS, Int4Linear
+from engine.model.int4_linear import DENSE_ROWS, PROMPT_FORMATS, Int4Linear
 from engine.model.int8_linear import Int8Linear
 from tests.engine.tiny_models import VOCAB
 from tests.engine.weights.test_gguf_architectures import write_gguf
@@ -56,9 +56,10 @@ def test_rows_and_cat_act_like_indexing_the_dense_weight():
 
 
 @pytest.mark.parametrize("scratch", [int4_linear.SCRATCH, 64 * 576])  # the second unpacks in slices
-@pytest.mark.parametrize("rows", [5, DENSE_ROWS + 3])  # the int4 kernel; the weight unpacked to bf16
+@pytest.mark.parametrize("rows", [5, DENSE_ROWS + 3])  # the int4 kernel; the prompt's format
 @pytest.mark.parametrize("shape", [(16, 32), (192, 576), (1536, 576), (576, 1536)])
-def test_the_int4_layer_computes_the_dequantized_projection(shape, rows, scratch, monkeypatch):
+@pytest.mark.parametrize("prompt_format", list(PROMPT_FORMATS))
+def test_the_int4_layer_computes_the_dequantized_projection(shape, rows, scratch, prompt_format, monkeypatch):
     monkeypatch.setattr(int4_linear, "SCRATCH", scratch)
     out_features, in_features = shape
     raw = torch.from_numpy(_blocks(Q.Q4_1, out_features, in_features, seed=out_features).reshape(-1).copy())
@@ -66,6 +67,7 @@ def test_the_int4_layer_computes_the_dequantized_projection(shape, rows, scratch
     layer = Int4Linear(in_features, out_features, bias=False)
     for name, t in Int4Linear.pack(groups).items():
         setattr(layer, name, t)
+    layer.prompt_plan = ((DENSE_ROWS, prompt_format),)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(2))
     expected = F.linear(x, groups.dequantize())  # float32, exact weights
     got = layer(x).float()
@@ -88,6 +90,45 @@ def test_the_unpacked_weight_is_the_dequantized_one_rounded_to_bf16():
     x = torch.randn(DENSE_ROWS, shape[1], generator=torch.Generator().manual_seed(8))
     by_kernel = torch.cat([layer(row[None]) for row in x]).float()  # one row at a time: the int4 kernel
     torch.testing.assert_close(layer(x).float(), by_kernel, rtol=0.02, atol=0.02 * float(by_kernel.abs().max()))
+
+
+def test_the_float32_unpacked_weight_is_the_kernels_weight_unrounded():
+    """Float32 unpacking rounds nothing the kernel does not: the scale and zero as the kernel holds them
+    (bf16), ``(code - 8) * scale + zero`` kept in float32; the product in float32, rounded once to bf16."""
+    shape = (192, 576)
+    raw = torch.from_numpy(_blocks(Q.Q4_1, *shape, seed=11).reshape(-1).copy())
+    groups = int4_groups(raw, GGMLType.Q4_1, shape)
+    layer = Int4Linear(shape[1], shape[0], bias=False)
+    for name, t in Int4Linear.pack(groups).items():
+        setattr(layer, name, t)
+    scale = groups.scale.to(torch.bfloat16).float().repeat_interleave(GROUP, dim=1)
+    zero = (groups.offset + 8 * groups.scale).to(torch.bfloat16).float().repeat_interleave(GROUP, dim=1)
+    kernels_weight = (groups.codes.float() - 8) * scale + zero  # (out, in)
+    unpacked = layer._unpacked(0, shape[0], torch.float32).t()
+    torch.testing.assert_close(unpacked, kernels_weight, rtol=1e-6, atol=1e-6 * float(zero.abs().max()))
+    x = torch.randn(DENSE_ROWS, shape[1], generator=torch.Generator().manual_seed(12)).to(torch.bfloat16)
+    layer.prompt_plan = ((DENSE_ROWS, "float32"),)
+    expected = (x.float() @ kernels_weight.t()).to(torch.bfloat16)
+    got = layer(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.008, atol=1e-5)  # one bf16 step at most
+
+
+def test_a_layer_multiplies_as_its_plan_says_for_each_number_of_rows():
+    layer = Int4Linear(64, 64, bias=False)
+    layer.prompt_plan = ((128, "int4"), (300, "float32"), (1000, "bf16"))
+    chosen = {rows: layer.prompt_format(rows) for rows in (1, 127, 128, 299, 300, 999, 1000, 5000)}
+    assert chosen == {
+        1: "int4",
+        127: "int4",
+        128: "int4",
+        299: "int4",
+        300: "float32",
+        999: "float32",
+        1000: "bf16",
+        5000: "bf16",
+    }
+    assert Int4Linear(64, 64, bias=False).prompt_format(DENSE_ROWS) == "bf16"  # unplanned: as before timing
 
 
 def test_the_dense_path_runs_outside_inference_mode_after_running_inside_it():
