@@ -5,12 +5,17 @@ Two candidates: ``sdpa``, the fused SDPA kernel over the KV cache in the model's
 values the bf16 one would (keys and values come out of bf16 projections, and float32 holds every bf16
 number), at twice the memory. The choice is timed on one query (a decoding step), where the kernels
 differ most, and then holds for every pass: a prompt's many queries attend in the same dtype as the
-steps that follow it, so cached decoding computes what recomputing the whole sequence would. On an AMD
-EPYC (Zen 4, AVX-512 bf16), 2 threads, SmolLM2's shape (9 query heads over 3 KV heads, head dim 64), one
-query over 512 keys took 290-470 µs a layer in bf16 and 41-89 µs in float32 over a float32 cache (71-205
-µs when a bf16 cache was cast each step: the casts' allocations made it slow and noisy); 512 queries over
-512 keys took 5.3 ms in bf16 and 4.7 ms in float32, over 3000 keys 32 and 35 ms. Another CPU may order
-them the other way, so each machine times both the first time a shape decodes and keeps the answer
+steps that follow it, so cached decoding computes what recomputing the whole sequence would.
+
+A decoding step's one query attends with each group's query heads folded into rows over their shared
+keys (`attend`). The CPU kernels run a single query row per head far slower than a few: on an Intel Xeon
+(Ice Lake, AVX-512 without bf16), 2 threads, one query of SmolLM2's shape (9 query heads over 3 KV heads,
+head dim 64) over 512 keys took 263 µs in bf16 with the heads apart and 47 µs folded, in float32 48 and
+31 µs; 32 heads over 8 of dim 128 over 3000 keys 11.9 ms and 0.85 ms in bf16, 3.1 and 0.96 ms in float32.
+Before the folding, an AMD EPYC (Zen 4, AVX-512 bf16) took 290-470 µs in bf16 and 41-89 µs in float32
+for SmolLM2's shape over 512 keys, and the float32 cache was chosen for its speed; 512 queries over 512
+keys took 5.3 ms in bf16 and 4.7 ms in float32, over 3000 keys 32 and 35 ms. Another CPU may order them
+the other way, so each machine times both the first time a shape decodes and keeps the answer
 (`engine.model.timed_choice`: keyed by the CPU's model and flags, the thread count and torch's version).
 
 Both candidates are at least as exact as the cache's own dtype (float32 is the exact mode's), so the
@@ -33,8 +38,9 @@ from engine.model.timed_choice import describe, machine_key, recall, remember
 KERNELS = ("sdpa", "sdpa_f32")
 KEYS = 512  # the cache length timed: a conversation a few turns in
 ROUNDS, CALLS = 5, 20
-# The cast is taken only when it at least halves the time: real shapes gain 3-7x here (SmolLM2 280 vs 72 µs,
-# Gemma 3 270M 1171 vs 373 µs), tiny ones 1-1.6x, where timing noise would decide between two roundings.
+# The cast is taken only when it at least halves the time (a float32 cache doubles the memory): before the heads
+# were folded, real shapes gained 3-7x on a Zen 4 (SmolLM2 280 vs 72 µs), folded 1.0-1.5x on an Ice Lake; tiny
+# shapes 1-1.6x, where timing noise would decide between two roundings.
 MIN_GAIN = 2.0
 UNSURE = (1.4, 3.0)  # gains timed again before they are kept: noise on a busy machine moves them across MIN_GAIN
 RETRIES = 2
@@ -63,7 +69,18 @@ def widest_cache_dtype(dtype: torch.dtype, device) -> torch.dtype:
 
 def attend(kernel: str, q, k, v, *, mask=None, is_causal: bool = False, gqa: bool = False, scale=None):
     """``F.scaled_dot_product_attention`` as ``kernel`` runs it (keys and values in the cache's dtype, or
-    any for ``sdpa_f32``); the result in ``q``'s dtype."""
+    any for ``sdpa_f32``); the result in ``q``'s dtype.
+
+    One query over grouped keys (a decoding step) attends with each group's query heads folded into rows
+    over their shared keys: the same sums, which the CPU kernels run several times faster (module docstring)."""
+    B, n_head, T, head_dim = q.shape
+    if gqa and T == 1 and mask is None:
+        folded = q.reshape(B, k.shape[1], n_head // k.shape[1], head_dim)  # (B, nkv, group, hd)
+        return _sdpa(kernel, folded, k, v, None, False, False, scale).reshape(B, n_head, 1, head_dim)
+    return _sdpa(kernel, q, k, v, mask, is_causal, gqa, scale)
+
+
+def _sdpa(kernel: str, q, k, v, mask, is_causal: bool, gqa: bool, scale):
     if kernel == "sdpa_f32" and q.dtype != torch.float32:
         y = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, enable_gqa=gqa, scale=scale

@@ -27,7 +27,23 @@ def test_every_kernel_computes_the_same_attention():
         assert y.dtype == torch.bfloat16 and y.shape == exact.shape
         assert (y.float() - exact).abs().max() < 0.02, kernel  # bf16 rounding of the inputs and output only
     f32 = da.attend("sdpa_f32", q, k, v, gqa=True)
-    assert torch.equal(f32, exact.to(torch.bfloat16))  # float32 inside, rounded once at the end
+    in_f32 = da.attend("sdpa_f32", q.float(), k.float(), v.float(), gqa=True)
+    assert torch.equal(f32, in_f32.to(torch.bfloat16))  # float32 inside, rounded once at the end
+
+
+@pytest.mark.parametrize(("n_head", "n_kv_head", "head_dim"), [(6, 2, 16), (9, 3, 64), (4, 1, 256), (8, 8, 32)])
+def test_one_query_attends_with_each_groups_heads_folded_into_rows(n_head, n_kv_head, head_dim):
+    """A decoding step's query heads folded over their group's keys: the grouped attention, to float32's
+    rounding, in either kernel."""
+    gen = torch.Generator().manual_seed(n_head)
+    q = torch.randn(1, n_head, 1, head_dim, generator=gen)
+    k, v = (torch.randn(1, n_kv_head, 300, head_dim, generator=gen) for _ in range(2))
+    gqa = n_head != n_kv_head
+    grouped = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), enable_gqa=gqa)
+    for kernel in da.KERNELS:
+        y = da.attend(kernel, q, k, v, gqa=gqa)
+        assert y.shape == (1, n_head, 1, head_dim)
+        assert (y.double() - grouped).abs().max() < 1e-6
 
 
 def test_the_faster_kernel_is_chosen_and_kept(tmp_path, monkeypatch):
