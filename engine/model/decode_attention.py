@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.model.timed_choice import describe, machine_key, recall, remember
+from engine.model.timed_choice import machine_key, recall, remember
 
 KERNELS = ("sdpa", "sdpa_f32")
 KEYS = 512  # the cache length timed: a conversation a few turns in
@@ -53,7 +53,8 @@ class DecodeAttention:
     source: str = "default"  # "measured", "cached" (read from the file) or "default" (nothing to choose)
 
     def describe(self) -> str:
-        return describe(self.kernel, self.micros, self.source)
+        times = ", ".join(f"{k} {v:.0f} µs" for k, v in self.micros.items())
+        return f"{self.kernel} ({self.source}{': ' + times if times else ''})"
 
 
 def cache_dtype(kernel: str, dtype: torch.dtype) -> torch.dtype:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from engine.model.int4_linear import BLOCK, DENSE_ROWS, PROMPT_FORMATS, Int4Linear
-from engine.model.timed_choice import describe, machine_key, recall, remember
+from engine.model.timed_choice import machine_key, recall, remember
 
 DENSE = tuple(name for name, dtype in PROMPT_FORMATS.items() if dtype is not None)
 TIMED = (*PROMPT_FORMATS, *(f"unpack {name}" for name in DENSE))  # each format at `ROWS` rows; each unpacking
@@ -41,8 +41,10 @@ class PromptMatmul:
     source: str = "measured"  # or "cached" (read from the file)
 
     def describe(self) -> str:
+        """``int4 from 128 rows, float32 from 180 rows (measured at 128 rows: int4 5.1 ms, ...)``"""
         steps = ", ".join(f"{name} from {rows} rows" for rows, name in self.plan)
-        return describe(steps, self.micros, self.source)
+        times = ", ".join(f"{name} {self.micros[name] / 1000:.1f} ms" for name in PROMPT_FORMATS)
+        return f"{steps} ({self.source} at {ROWS} rows: {times})"
 
 
 def plan(micros: dict[str, float]) -> tuple[tuple[int, str], ...]:

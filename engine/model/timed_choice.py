@@ -40,12 +40,6 @@ def machine_key() -> str:
     return f"{cpu}|threads={torch.get_num_threads()}|cores={os.cpu_count()}|torch={torch.__version__}"
 
 
-def describe(chosen: str, micros: dict[str, float], source: str) -> str:
-    """``chosen (source: a 12 µs, b 30 µs)``: a choice and the times it was made from."""
-    times = ", ".join(f"{k} {v:.0f} µs" for k, v in micros.items())
-    return f"{chosen} ({source}{': ' + times if times else ''})"
-
-
 def _read(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:

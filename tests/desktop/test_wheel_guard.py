@@ -69,6 +69,17 @@ def test_one_guard_serves_every_widget_and_guarding_again_is_harmless(qtbot):
     assert first.value() == second.value() == 5
 
 
+def test_a_real_wheel_does_not_focus_a_guarded_widget_first(qtbot, tmp_path):
+    """Qt focuses a widget whose policy takes wheel focus before any filter sees a real wheel event, and
+    combo and spin boxes take it by default: guarded, they take focus by click and tab only."""
+    panel = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", tmp_path))
+    qtbot.addWidget(panel)
+    boxes = [panel.preset_box, panel.inputs["temperature"], panel.inputs["top_k"]]
+    assert all(box.focusPolicy() == Qt.FocusPolicy.WheelFocus for box in boxes)  # Qt's default
+    wheel_guard.guard(panel)
+    assert all(box.focusPolicy() == Qt.FocusPolicy.StrongFocus for box in boxes)
+
+
 def test_sampling_panel_spin_boxes_and_preset_box(qtbot, tmp_path):
     panel = SamplingPanel(Presets(resources_dir() / "presets" / "sampling.json", tmp_path))
     area = in_scroll_area(qtbot, panel)  # noqa: F841 (keeps the panel alive)

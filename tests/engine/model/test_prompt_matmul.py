@@ -76,7 +76,9 @@ def test_the_largest_packed_layer_is_timed_and_the_times_kept_per_machine_and_sh
     monkeypatch.setattr(pm, "measure", no_timing)
     again = pm.choose(model, file)
     assert (again.plan, again.source, again.micros) == (first.plan, "cached", first.micros)
-    assert again.describe().startswith(f"bf16 from {ROWS} rows (cached: int4 3000 µs, bf16 1800 µs")
+    assert (
+        again.describe() == f"bf16 from {ROWS} rows (cached at {ROWS} rows: int4 3.0 ms, bf16 1.8 ms, float32 3.9 ms)"
+    )
     monkeypatch.setattr(pm, "machine_key", lambda: "another CPU")
     monkeypatch.setattr(pm, "measure", lambda layer: _times(1000, 5000, 4000, 900, 800))
     other = pm.choose(model, file)
