@@ -18,10 +18,12 @@ keys took 5.3 ms in bf16 and 4.7 ms in float32, over 3000 keys 32 and 35 ms. Ano
 the other way, so each machine times both the first time a shape decodes and keeps the answer
 (`engine.model.timed_choice`: keyed by the CPU's model and flags, the thread count and torch's version).
 
-Both candidates are at least as exact as the cache's own dtype (float32 is the exact mode's), so the
-choice cannot lower quality. Float32 must at least halve the time (`MIN_GAIN`): a choice near a tie would
-be decided by timing noise, and the two round differently; a gain near that margin is timed again (the
-best of three) before it is kept. A float32 model and GPUs use the fused kernel as it is.
+Float32 attention is the exact mode's, and bf16 rounds the softmax's weights: with the heads folded the two
+ran about as fast here, and bf16 attention moved a real Gemma 3 270M's greedy reply at its fourth token
+(tests/engine/weights/test_real_gemma3.py). So float32 is the default, and bf16 (with its cache of half
+the size) is taken only when it at least halves the time (`MIN_GAIN`): a choice near a tie would be
+decided by timing noise, and the two round differently; a gain near that margin is timed again (the best
+of three) before it is kept. A float32 model and GPUs use the fused kernel as it is.
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ from engine.model.timed_choice import machine_key, recall, remember
 KERNELS = ("sdpa", "sdpa_f32")
 KEYS = 512  # the cache length timed: a conversation a few turns in
 ROUNDS, CALLS = 5, 20
-# The cast is taken only when it at least halves the time (a float32 cache doubles the memory): before the heads
-# were folded, real shapes gained 3-7x on a Zen 4 (SmolLM2 280 vs 72 µs), folded 1.0-1.5x on an Ice Lake; tiny
-# shapes 1-1.6x, where timing noise would decide between two roundings.
+# bf16 is taken only when it at least halves the time (see the module docstring): folded, SmolLM2's shape took
+# 47 µs in bf16 and 31 µs in float32 on an Ice Lake; near a tie timing noise would decide between two roundings.
 MIN_GAIN = 2.0
 UNSURE = (1.4, 3.0)  # gains timed again before they are kept: noise on a busy machine moves them across MIN_GAIN
 RETRIES = 2
@@ -120,7 +121,7 @@ def _measure_surely(n_head: int, n_kv_head: int, head_dim: int, dtype: torch.dty
     """`measure`, repeated while the gain is `UNSURE` (each kernel's best over the tries)."""
     best = measure(n_head, n_kv_head, head_dim, dtype)
     for _ in range(RETRIES):
-        if not UNSURE[0] <= best["sdpa"] / best["sdpa_f32"] <= UNSURE[1]:
+        if not UNSURE[0] <= best["sdpa_f32"] / best["sdpa"] <= UNSURE[1]:
             break
         again = measure(n_head, n_kv_head, head_dim, dtype)
         best = {kernel: min(best[kernel], again[kernel]) for kernel in KERNELS}
@@ -144,4 +145,4 @@ def choose(
 
 
 def _faster(micros: dict[str, float]) -> str:
-    return "sdpa_f32" if micros["sdpa"] >= MIN_GAIN * micros["sdpa_f32"] else "sdpa"
+    return "sdpa" if micros["sdpa_f32"] >= MIN_GAIN * micros["sdpa"] else "sdpa_f32"

@@ -60,11 +60,11 @@ def test_the_faster_kernel_is_chosen_and_kept(tmp_path, monkeypatch):
     assert (again.kernel, again.source) == ("sdpa_f32", "cached") and again.micros == first.micros
     assert "sdpa_f32 (cached: sdpa 380 µs, sdpa_f32 79 µs)" == again.describe()
 
-    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 50.0, "sdpa_f32": 70.0})
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 30.0, "sdpa_f32": 70.0})
     other_shape = da.choose(16, 16, 64, torch.bfloat16, "cpu", file)  # another shape is timed for itself
-    assert (other_shape.kernel, other_shape.source) == ("sdpa", "measured")
-    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 60.0, "sdpa_f32": 40.0})
-    assert da.choose(4, 2, 16, torch.bfloat16, "cpu", file).kernel == "sdpa"  # 1.5x: not worth a second rounding
+    assert (other_shape.kernel, other_shape.source) == ("sdpa", "measured")  # bf16 more than twice as fast
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 40.0, "sdpa_f32": 60.0})
+    assert da.choose(4, 2, 16, torch.bfloat16, "cpu", file).kernel == "sdpa_f32"  # 1.5x: not worth the rounding
     monkeypatch.setattr(da, "machine_key", lambda: "another CPU")
     assert da.choose(9, 3, 64, torch.bfloat16, "cpu", file).source == "measured"  # another machine too
 
@@ -72,18 +72,18 @@ def test_the_faster_kernel_is_chosen_and_kept(tmp_path, monkeypatch):
 def test_a_gain_near_the_margin_is_timed_again_before_it_is_kept(tmp_path, monkeypatch):
     """A busy moment can slow one kernel's timing; a gain near `MIN_GAIN` is timed again and each kernel's
     best kept, so one noisy measurement does not decide for this machine from then on."""
-    times = iter([{"sdpa": 300.0, "sdpa_f32": 176.0}, {"sdpa": 290.0, "sdpa_f32": 77.0}])
+    times = iter([{"sdpa": 176.0, "sdpa_f32": 300.0}, {"sdpa": 77.0, "sdpa_f32": 290.0}])
     calls = []
     monkeypatch.setattr(da, "measure", lambda *a: calls.append(a) or next(times))
     choice = da.choose(9, 3, 64, torch.bfloat16, "cpu", tmp_path / "d.json")
-    assert len(calls) == 2 and choice.kernel == "sdpa_f32" and choice.micros == {"sdpa": 290.0, "sdpa_f32": 77.0}
+    assert len(calls) == 2 and choice.kernel == "sdpa" and choice.micros == {"sdpa": 77.0, "sdpa_f32": 290.0}
     calls.clear()
-    monkeypatch.setattr(da, "measure", lambda *a: calls.append(a) or {"sdpa": 380.0, "sdpa_f32": 79.0})
-    assert da.choose(4, 2, 16, torch.bfloat16, "cpu", tmp_path / "d.json").kernel == "sdpa_f32"
+    monkeypatch.setattr(da, "measure", lambda *a: calls.append(a) or {"sdpa": 79.0, "sdpa_f32": 380.0})
+    assert da.choose(4, 2, 16, torch.bfloat16, "cpu", tmp_path / "d.json").kernel == "sdpa"
     assert len(calls) == 1  # a clear gain: timed once
     calls.clear()
-    monkeypatch.setattr(da, "measure", lambda *a: calls.append(a) or {"sdpa": 60.0, "sdpa_f32": 40.0})
-    assert da.choose(2, 2, 16, torch.bfloat16, "cpu", tmp_path / "d.json").kernel == "sdpa"
+    monkeypatch.setattr(da, "measure", lambda *a: calls.append(a) or {"sdpa": 40.0, "sdpa_f32": 60.0})
+    assert da.choose(2, 2, 16, torch.bfloat16, "cpu", tmp_path / "d.json").kernel == "sdpa_f32"
     assert len(calls) == 1 + da.RETRIES  # near a tie every time: timed three times, then not worth it
 
 
@@ -113,7 +113,7 @@ def test_float32_attention_keeps_a_float32_cache_holding_the_bf16_values():
 def test_nothing_to_choose_in_float32_and_a_damaged_file_is_timed_again(tmp_path, monkeypatch):
     assert da.choose(9, 3, 64, torch.float32, "cpu", None) == da.DecodeAttention("sdpa")
     file = tmp_path / "decode_attention.json"
-    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 10.0, "sdpa_f32": 20.0})
+    monkeypatch.setattr(da, "measure", lambda *a: {"sdpa": 10.0, "sdpa_f32": 25.0})
     key = f"{da.machine_key()}|9x3x64|bfloat16"
     entries = ({"micros": {"sdpa": "rm -rf", "sdpa_f32": 1}}, {"micros": {"sdpa": -1, "sdpa_f32": 0}}, {"micros": 3})
     for junk in (b"\x00not json", b"[1, 2]", *(json.dumps({key: e}).encode() for e in entries)):
