@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.loading.config import ModelConfig
+from engine.model import eager_step
 from engine.model.decode_attention import DecodeAttention, attend, cache_dtype
 from engine.model.kv_cache import KVCache
 from engine.model.linear import Linear
@@ -385,8 +386,11 @@ class Transformer(nn.Module):
         # half-way (some layers written, others not) leaves no record of tokens it did not finish.
         recorded = bool(self.caches) and tokens.shape[0] == 1 and start <= len(self.cached_ids)
         del self.cached_ids[start if recorded else 0 :]
-        if self.compiled_step is not None and self._decoding(T, start):
+        decoding = self._decoding(T, start)
+        if decoding and self.compiled_step is not None:
             logits = self.compiled_step(self, tokens, start)
+        elif decoding and eager_step.serves(self, tokens):
+            logits = eager_step.step(self, tokens, start)
         else:
             logits = self.run(tokens, start, last_only)
         if recorded:
@@ -394,8 +398,8 @@ class Transformer(nn.Module):
         return logits
 
     def _decoding(self, T: int, start: int) -> bool:
-        """A step the compiled graph serves (see engine.compiled.step): one token at position 2 or later,
-        in inference mode, on the KV cache, with no mask to build."""
+        """A step the compiled graph (see engine.compiled.step) or else `engine.model.eager_step` serves: one
+        token at position 2 or later, in inference mode, on the KV cache, with no mask to build."""
         return (
             T == 1
             and start >= 2
