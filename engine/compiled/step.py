@@ -1,13 +1,14 @@
 """Decoding steps compiled ahead of time with AOTInductor: on by default in the app (the model panel's
 "Compile for faster replies"), ``--compile`` in the CLI.
 
-Eager torch spends about half a decode step on the ~50 small ops per layer around the matmuls and on the
-Python that issues them. Here the one-token step is exported once (`torch.export`) and compiled by
+Eager torch spends about half a decode step on the small ops per layer around the matmuls and on the
+Python that issues them (`engine.model.eager_step` issues as few as it can; this removes them). Here the
+one-token step is exported once (`torch.export`) and compiled by
 AOTInductor into a shared library: the small ops are fused into C++ loops, attention runs the kernel
 this machine chose for one query (`engine.model.decode_attention`; the library is built for that
 choice), and the whole step runs without returning to Python. Measured on the 2-core test
 machine with the default model (bf16, packed int4), a step at position ~150: 13.2 ms eager, 6.7 ms
-compiled.
+compiled (a Zen 4); on an Ice Lake 17.5 ms through the eager step, 9.2 ms compiled.
 
 The weights are inputs of the compiled step, not constants baked into it: the library holds no copy
 of them (no extra memory), and it depends only on the model's shapes, so one library serves every file
