@@ -15,7 +15,6 @@ with the chat. Every request ends in its result or its failure signal, whatever 
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ from desktop.messages import (
     Token,
 )
 from desktop.worker_boundary import boundary
-from engine.compiled.library import compile_decoding
-from engine.errors import CompileUnavailableError
+from engine.compiled.background import BackgroundCompile
 from engine.generation.generate import Generation
 from engine.generation.sampling import SamplerSettings
 from engine.inspection.explain import explain, word_order_demo
@@ -45,7 +43,6 @@ from engine.remote import RemoteClient, RemoteError, normalise_base_url
 
 BATCH_SECONDS = 1 / 30
 TOP_LOGPROBS = 5  # alternatives per token asked of a remote server, for the inspector
-log = logging.getLogger(__name__)
 
 
 def fingerprint(path: Path) -> str:
@@ -165,8 +162,7 @@ class EngineWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.cancel_flag = threading.Event()
-        self._stop_compiling = threading.Event()
-        self._compiling: threading.Thread | None = None
+        self._compiling: BackgroundCompile | None = None
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards _model, read by the UI thread for prompt previews
         self.requestLoad.connect(self._on_load)
@@ -229,31 +225,19 @@ class EngineWorker(QObject):
     def stop_compiling(self, wait_s: float = 0.0) -> None:
         """Thread-safe: a build of the compiled decoding step stops (its processes are killed within
         ~0.1 s); ``wait_s``: wait that long for it (the window closing, so that none is left behind)."""
-        self._stop_compiling.set()
-        if self._compiling is not None and wait_s:
-            self._compiling.join(wait_s)
+        if self._compiling is not None:
+            self._compiling.stop(wait_s)
 
     def _compile_in_background(self, lm: LoadedModel) -> None:
-        """Give the model its compiled decoding step (engine.compiled.library) on a thread of its own: the model
-        answers uncompiled meanwhile, and each step after the swap is compiled. A failure leaves it eager and
-        says why; a stop (another model, the window closing) says nothing."""
-        stop = self._stop_compiling = threading.Event()
+        """Give the model its compiled decoding step (engine.compiled.background): the model answers
+        uncompiled meanwhile, and each step after the swap is compiled. A failure leaves it eager and says
+        why; a stop (another model, the window closing) says nothing."""
 
-        def work() -> None:
-            try:
-                compile_decoding(lm, self.compileStarted.emit, should_stop=stop.is_set)
-                warning = None
-            except Exception as e:  # noqa: BLE001 (any failure: the model answers uncompiled, and says why)
-                if stop.is_set():
-                    return
-                if not isinstance(e, CompileUnavailableError):  # a bug, not a missing compiler: its traceback
-                    log.warning("compiling the decoding step failed", exc_info=True)
-                warning = f"Not compiled, running uncompiled: {e}"
-            if not stop.is_set() and self.model is lm:  # not for a model already replaced
-                self.compiled.emit(model_info(lm, warning))
+        def done(reason: str | None) -> None:
+            if self.model is lm:  # not for a model already replaced
+                self.compiled.emit(model_info(lm, reason and f"Not compiled, running uncompiled: {reason}"))
 
-        self._compiling = threading.Thread(target=work, name="compile-decoding", daemon=True)
-        self._compiling.start()
+        self._compiling = BackgroundCompile(lm, self.compileStarted.emit, done)
 
     @Slot(object)
     @boundary("inspectionFailed", "the inspection")

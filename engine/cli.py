@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 
 from engine.device import DEVICE_CHOICES, DTYPE_CHOICES
@@ -57,7 +58,8 @@ def _compile_option() -> argparse.ArgumentParser:
         default=None,
         help="decode through a step compiled ahead of time (about twice as fast on the CPU): built once per "
         "model shape, a minute or two, then loaded in milliseconds; needs a C++ compiler (default: such a step "
-        "when one is already built, by the app or an earlier --compile; --no-compile: never)",
+        "when one is already built, by the app or an earlier --compile; chat and serve build a missing one in "
+        "the background, answering uncompiled until it is ready; --no-compile: never)",
     )
     return p
 
@@ -176,6 +178,28 @@ def _load(args: argparse.Namespace):
     if wanted is not False:
         _compile(lm, build=bool(wanted))
     return lm
+
+
+@contextmanager
+def _compiling_meanwhile(lm, args: argparse.Namespace) -> Iterator[None]:
+    """For a long-running command left to its default (no --compile flag): a missing compiled step is built
+    in the background (`engine.compiled.background`) while the model answers uncompiled, and the build is
+    stopped, its processes killed, when the command ends."""
+    from engine.compiled.background import BackgroundCompile
+    from engine.compiled.step import unavailable_reason
+
+    if args.compile is not None or lm.model.compiled_step is not None or unavailable_reason(lm.model.device):
+        yield
+        return
+
+    def done(reason: str | None) -> None:
+        print(f"[{'not compiled: ' + reason if reason else 'compiled decoding ready'}]", file=sys.stderr, flush=True)
+
+    build = BackgroundCompile(lm, lambda line: print(f"[{line}, in the background]", file=sys.stderr), done)
+    try:
+        yield
+    finally:
+        build.stop(wait_s=5.0)
 
 
 def _compile(lm, build: bool) -> None:
@@ -315,6 +339,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
         "/clear starts over, Ctrl+D or /quit leaves.",
         file=sys.stderr,
     )
+    with _compiling_meanwhile(lm, args):
+        _chat(lm, settings, args)
+
+
+def _chat(lm, settings: SamplerSettings, args: argparse.Namespace) -> None:
+    from engine.model_lock import hold
+
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     while True:
@@ -334,11 +365,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
         ids = _fit_history(lm, messages, min(args.max_tokens, lm.context_length // 2), args.think)
         gen = _generation(lm, ids, settings, args)
         t0 = time.perf_counter()
-        try:
-            for event in gen:
-                print(event.text, end="", flush=True)
-        except KeyboardInterrupt:  # the partial reply is kept
-            print(" [stopped]", end="")
+        with hold(lm):  # a compiled step built meanwhile is installed between replies
+            try:
+                for event in gen:
+                    print(event.text, end="", flush=True)
+            except KeyboardInterrupt:  # the partial reply is kept
+                print(" [stopped]", end="")
         print(f"\n[{gen.stats.generated_tokens} tokens, {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
         messages.append({"role": "assistant", "content": gen.text})
 
@@ -360,7 +392,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
     check_bind(args.host, api_key)  # before spending time on loading
     lm = _load(args)
-    serve(lm, args.host, args.port, api_key=api_key, model_id=args.model_name, max_queue=args.max_queue)
+    with _compiling_meanwhile(lm, args):
+        serve(lm, args.host, args.port, api_key=api_key, model_id=args.model_name, max_queue=args.max_queue)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

@@ -225,3 +225,99 @@ def test_bad_config_json_is_refused_fast_without_torch(tiny_models, tmp_path):
     assert stderr.count("\n") == 1 and "num_hidden_layers is str '12'" in stderr
     assert wall <= LIMIT_S and report["peak"] < 256 * 2**20
     count("ember-cli: bad metadata refused in a fresh process without torch")
+
+
+class _Stdin(io.StringIO):
+    """Lines for `input`, each given once ``ready()`` holds (polled): a person typing the next question later."""
+
+    def __init__(self, lines: list[tuple[str, object]]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def readline(self, *_) -> str:
+        if not self.lines:
+            return ""
+        line, ready = self.lines.pop(0)
+        deadline = time.monotonic() + 600
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return line + "\n"
+
+
+@pytest.fixture
+def tiny_q4_and_cache(tiny_models, tmp_path, monkeypatch):
+    from engine.weights.pack_cache import CACHE_DIR_ENV
+    from tests.engine.weights.test_gguf_architectures import write_gguf
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf("llama", tiny_models("llama")[1], path, qtype=gguf.GGMLQuantizationType.Q4_1)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    return path, tmp_path / "cache" / "compiled"
+
+
+def _needs_compiler():
+    import torch
+
+    from engine.compiled.step import unavailable_reason
+
+    reason = unavailable_reason(torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+
+
+def test_chat_builds_a_missing_step_in_the_background_and_decodes_compiled_once_ready(
+    capsys, monkeypatch, tiny_q4_and_cache
+):
+    _needs_compiler()
+    from engine import cli
+    from engine.compiled.step import CompiledDecoding
+
+    path, _ = tiny_q4_and_cache
+    steps: list[int] = []
+    real = CompiledDecoding.__call__
+    monkeypatch.setattr(CompiledDecoding, "__call__", lambda self, m, t, s: steps.append(s) or real(self, m, t, s))
+    real_generation = cli._generation
+
+    def full_length(*args):  # every reply its 8 tokens, whatever the random model's end-of-text
+        gen = real_generation(*args)
+        gen.ignore_eos = True
+        return gen
+
+    monkeypatch.setattr(cli, "_generation", full_length)
+    loaded: list[CompiledDecoding] = []
+    real_init = CompiledDecoding.__init__
+    monkeypatch.setattr(CompiledDecoding, "__init__", lambda self, *a: real_init(self, *a) or loaded.append(self))
+    first_reply_steps = []
+    stdin = _Stdin([("a b", lambda: True), ("a b c", lambda: first_reply_steps.append(len(steps)) or loaded)])
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run(capsys, "chat", str(path), "--temperature", "0", "--max-tokens", "8")
+    assert code == 0, err
+    assert "Compiling the decoding step" in err and "in the background" in err and "compiled decoding ready" in err
+    assert err.count("[8 tokens, ") == 2
+    assert first_reply_steps[0] == 0  # the first reply, during the build: uncompiled
+    assert len(steps) == 7  # the second: every token after the first (which the prompt's pass gives)
+
+
+def test_leaving_chat_mid_build_kills_the_compiler_and_leaves_no_files(capsys, monkeypatch, tiny_q4_and_cache):
+    _needs_compiler()
+    from engine.compiled import library
+    from tests.engine.compiled.test_compiled import _running_in_session
+
+    path, compiled_dir = tiny_q4_and_cache
+    children: list[subprocess.Popen] = []
+    real = subprocess.Popen
+    monkeypatch.setattr(library.subprocess, "Popen", lambda *a, **k: children.append(real(*a, **k)) or children[-1])
+    monkeypatch.setattr(sys, "stdin", _Stdin([("a b", lambda: len(children) == 1)]))  # then end of input
+    t0 = time.monotonic()
+    code, _, err = run(capsys, "chat", str(path), "--max-tokens", "4")
+    assert code == 0, err
+    assert time.monotonic() - t0 < 60 and children[0].poll() is not None and children[0].returncode != 0
+    assert _running_in_session(children[0].pid) == []
+    assert not list(compiled_dir.glob("*.pt2")) and "compiled decoding ready" not in err
+
+
+def test_chat_with_no_compile_builds_nothing(capsys, monkeypatch, tiny_q4_and_cache):
+    path, compiled_dir = tiny_q4_and_cache
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a b\n"))
+    code, _, err = run(capsys, "chat", str(path), "--max-tokens", "2", "--no-compile")
+    assert code == 0 and "Compiling" not in err and not compiled_dir.exists()
