@@ -38,6 +38,7 @@ class DockLayout(QObject):
         super().__init__(window)
         self.window, self.docks, self.central, self.rail = window, docks, central, rail
         self.folded: list[str] = []  # hidden for want of room, most recent last
+        self.waiting: str | None = None  # a panel asked for that had no room: it opens first when there is
         self._last_width = 0
         for key, dock in docks.items():
             dock.toggleViewAction().triggered.connect(lambda checked, k=key: self._on_user_toggled(k, checked))
@@ -70,6 +71,7 @@ class DockLayout(QObject):
             self.window.addDockWidget(self.area(key), dock)  # docked again, out of any tab group
             dock.setVisible(key in FIRST_RUN)
         self.folded.clear()
+        self.waiting = None
         self.fit()
         self._regrow(force=True)
 
@@ -80,6 +82,7 @@ class DockLayout(QObject):
             self.reset()
             return
         self.folded = [k for k in folded if k in self.docks and self.docks[k].isHidden()]
+        self.waiting = None
         self.fit()
         self._regrow(force=True)
 
@@ -90,6 +93,7 @@ class DockLayout(QObject):
         self.fit(keep=key)
         dock = self.docks[key]
         if dock.isHidden():  # folded: not even alone beside the chat is there room for it
+            self.waiting = key
             title = dock.windowTitle()
             message = f"{title} needs a window {self.needed([key])} px wide: it opens when the window is widened"
             self.window.statusBar().showMessage(message, 8000)
@@ -103,7 +107,7 @@ class DockLayout(QObject):
 
     def fit(self, keep: str | None = None) -> None:
         """Fold the panels the window has no room for (the right-hand ones first, ``keep`` last), unfold those
-        that fit again."""
+        that fit again: first the one asked for that had no room (`waiting`), folding the sidebar if it must."""
         # The window may be narrower than all its panels (they fold away instead of raising its minimum),
         # never than the chat. Minimums follow the font size.
         self.window.setMinimumWidth(self._chat_minimum())
@@ -117,11 +121,20 @@ class DockLayout(QObject):
             shown.remove(key)
             self.docks[key].hide()
             self.folded.append(key)
-        for key in reversed(list(self.folded)):
+        waiting = self.waiting if self.waiting in self.folded else None
+        for key in sorted(reversed(list(self.folded)), key=lambda k: k != waiting):  # the one asked for first
+            if key == waiting and self.needed([key]) <= width:  # the others beside it fold for it, as in `open`
+                while self.needed([*shown, key]) > width:
+                    other = min(shown, key=lambda k: self.area(k) == LEFT)
+                    shown.remove(other)
+                    self.docks[other].hide()
+                    self.folded.append(other)
             if self.needed([*shown, key]) <= width and not self._side_taken(key, shown):
                 self.folded.remove(key)
                 self.docks[key].show()
                 shown.append(key)
+                if key == waiting:
+                    self.waiting = None
         # The rail where a panel it opens has room: the narrowest of them beside the chat.
         self.rail.setVisible(min(self.needed([k]) for k in self.docks if self.area(k) == RIGHT) <= width)
 
@@ -157,6 +170,7 @@ class DockLayout(QObject):
         """The user showed or hid a panel (View menu, rail): one panel at a time on the right."""
         if key in self.folded:
             self.folded.remove(key)
+        self.waiting = None
         if checked:
             self.open(key)
 
