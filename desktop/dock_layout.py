@@ -133,8 +133,9 @@ class DockLayout(QObject):
                 self.folded.remove(key)
                 self.docks[key].show()
                 shown.append(key)
-                if key == waiting:
+                if key == waiting:  # what the status bar said would happen has
                     self.waiting = None
+                    self.window.statusBar().clearMessage()
         # The rail where a panel it opens has room: the narrowest of them beside the chat.
         self.rail.setVisible(min(self.needed([k]) for k in self.docks if self.area(k) == RIGHT) <= width)
 

@@ -207,15 +207,15 @@ def test_a_wide_panel_borrows_the_sidebars_room_and_gives_it_back(qtbot, window)
 def test_a_panel_asked_for_in_a_too_narrow_window_opens_once_it_is_widened_enough(qtbot, window):
     """It says it opens when the window is widened: it does, as soon as it fits alone beside the chat, even
     if the conversations sidebar has to fold for it (as opening it at that width would have done)."""
-    layout = window.dock_layout
-    alone, beside = layout.needed(["model"]), layout.needed(["conversations", "model"])
-    assert beside > alone + 40
-    resize(qtbot, window, alone - 20)
+    resize(qtbot, window, 700)
     window.docks["model"].toggleViewAction().trigger()
     assert window.docks["model"].isHidden()
     assert "opens when the window is widened" in window.statusBar().currentMessage()
+    layout = window.dock_layout  # the widths its contents need now
+    alone, beside = layout.needed(["model"]), layout.needed(["conversations", "model"])
+    assert 700 < alone and alone + 40 < beside
     resize(qtbot, window, alone + 20)
     qtbot.waitUntil(lambda: window.docks["model"].isVisible())
-    assert "model" in readable(window)
+    assert "model" in readable(window) and window.statusBar().currentMessage() == ""
     resize(qtbot, window, beside + 40)  # room for both again: the sidebar comes back
     qtbot.waitUntil(lambda: set(readable(window)) == {"conversations", "model"})
