@@ -110,6 +110,7 @@ def build_in_child(
     """Build ``model``'s step into ``path`` in a child process, for ``level`` (`step.PORTABLE`; None: this
     CPU's own) and named by the key with ``code`` (see `structure_key`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path.parent)
     spec = path.with_name(f"{path.stem}.{os.getpid()}.spec.json")
     fields = {"config": _config_fields(model.cfg), "weights": weight_specs(model)}
     spec.write_text(json.dumps({**fields, "kernel": model.decode_attention.kernel, "level": level, "code": code}))
@@ -139,6 +140,25 @@ def build_in_child(
         lines = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
     if child.returncode != 0:
         raise CompileUnavailableError(f"compiling the decoding step failed: {lines[-1] if lines else child.returncode}")
+
+
+def _remove_orphans(folder: Path) -> None:
+    """A build's spec (``KEY.PID.spec.json``, PID its caller's) and unfinished library (``KEY.PID.tmp.pt2``,
+    PID the builder's) whose process is gone: left by a program killed mid-build (SIGKILL, a power cut)."""
+    for leftover in [*folder.glob("*.*.spec.json"), *folder.glob("*.*.tmp.pt2")]:
+        pid = leftover.name.split(".")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or a platform that cannot tell: kept
+        return True
+    return True
 
 
 def _kill(child: subprocess.Popen) -> None:

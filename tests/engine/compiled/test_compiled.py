@@ -5,6 +5,7 @@ leaves every other pass eager, and a missing compiler or a stop request is a cle
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -255,6 +256,22 @@ def test_a_stop_request_kills_the_build_and_its_compiler_and_leaves_no_files(tin
     assert lm.model.compiled_step is None
     assert _running_in_session(children[0].pid) == []  # no process of the child's is left, g++ included
     assert list((tmp_path / "compiled").iterdir()) == []  # no library, no half-written one, no spec
+
+
+@needs_compiler
+def test_a_build_removes_what_a_killed_build_left_and_keeps_a_running_ones(tiny_q4, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "compiled"
+    folder.mkdir()
+    left = [folder / f"0123abcd.{gone.pid}.spec.json", folder / f"0123abcd.{gone.pid}.tmp.pt2"]
+    running = [folder / f"4567ef00.{os.getpid()}.spec.json", folder / "4567ef00.pt2"]  # another build's, a library
+    for f in left + running:
+        f.write_text("x")
+    lm = load_model(tiny_q4, device="cpu", cache_dir=tmp_path)
+    with pytest.raises(CompileUnavailableError, match="stopped"):
+        compile_decoding(lm, cache_dir=tmp_path, should_stop=lambda: True)
+    assert sorted(folder.iterdir()) == sorted(running)
 
 
 def test_a_missing_compiler_is_a_clear_error(tiny_q4, tmp_path, monkeypatch):
