@@ -6,6 +6,10 @@ times its candidates the first time a shape runs on a machine and keeps each one
 names what the timing depends on: the CPU (model, family, flags), the thread and core counts and torch's
 version (`machine_key`), and the caller's shape. A damaged, foreign or unwritable file only means timing
 again. `engine.model.decode_attention` and `engine.model.prompt_matmul` keep their choices here.
+
+Times taken while the machine was busy (other work on its cores: a build, a test suite, another model) can
+crown the wrong candidate, so each entry notes whether the machine was `busy` then, and such an entry is
+timed again at the first load that finds the machine quiet (and then kept for good).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 
 MAX_FILE_BYTES = 1 << 20  # a file larger than this is not ours to read
+BUSY_LOAD = 0.75  # the last minute's load average per core from which the machine is too busy to time on
 
 
 def _cpu_name_and_flags() -> str:
@@ -40,6 +45,16 @@ def machine_key() -> str:
     return f"{cpu}|threads={torch.get_num_threads()}|cores={os.cpu_count()}|torch={torch.__version__}"
 
 
+def busy() -> bool:
+    """Whether other work kept this machine's cores busy over the last minute (the load average; where there
+    is none, never)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load / (os.cpu_count() or 1) >= BUSY_LOAD
+
+
 def _read(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -51,20 +66,24 @@ def _read(path: Path) -> dict:
 
 
 def recall(file: Path | None, key: str, candidates: tuple[str, ...]) -> dict[str, float] | None:
-    """The times ``file`` keeps under ``key``: a positive number for every candidate, or None."""
+    """The times ``file`` keeps under ``key``: a positive number for every candidate, or None (also when they
+    were taken on a busy machine and this one is quiet now: time again)."""
     entry = _read(file).get(key) if file is not None else None
     if not isinstance(entry, dict) or not isinstance(entry.get("micros"), dict):
+        return None
+    if entry.get("busy") is True and not busy():
         return None
     micros = {k: float(v) for k, v in entry["micros"].items() if k in candidates and isinstance(v, (int, float))}
     return micros if set(micros) == set(candidates) and all(v > 0 for v in micros.values()) else None
 
 
 def remember(file: Path | None, key: str, micros: dict[str, float]) -> None:
-    """Keep ``micros`` under ``key`` in ``file`` (None: nowhere), beside the other keys it holds."""
+    """Keep ``micros`` under ``key`` in ``file`` (None: nowhere), beside the other keys it holds, noting whether
+    the machine is `busy` now (they were just timed)."""
     if file is None:
         return
     known = _read(file)
-    known[key] = {"micros": {k: round(v, 1) for k, v in micros.items()}}
+    known[key] = {"micros": {k: round(v, 1) for k, v in micros.items()}, "busy": busy()}
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
