@@ -44,8 +44,10 @@ def warm(lm, ids: list[int], monkeypatch) -> tuple[Generation, list[float], int]
     """A reply on whatever the cache holds now: the generation, its log-probabilities and how many prompt
     tokens the model ran."""
     ran: list[int] = []
-    run = lm.model.run
-    monkeypatch.setattr(lm.model, "run", lambda tokens, *a, **k: (ran.append(tokens.shape[1]), run(tokens, *a, **k))[1])
+    forward = lm.model.forward  # every pass: prefill chunks through `run`, decoding steps through the eager step
+    monkeypatch.setattr(
+        lm.model, "forward", lambda tokens, *a, **k: (ran.append(tokens.shape[1]), forward(tokens, *a, **k))[1]
+    )
     gen = Generation(lm.model, lm.tokenizer, ids, GREEDY, max_tokens=TOKENS)
     logprobs = [e.logprob for e in gen]
     monkeypatch.undo()
