@@ -1,11 +1,12 @@
 """One decoding step, eagerly, in fewer ops: what `Transformer.forward` runs for a token on the KV cache when
-no compiled step is loaded (`ember-cli generate` before one is built, a bundle without one for its CPU).
+no compiled step is loaded (`ember-cli generate` before one is built, the app while it builds one, a bundle
+without one for its CPU, LoRA layers attached, devices other than the CPU).
 
 In eager torch each op issued from Python costs 1-3 µs before it computes anything, and a decoding step of
 a small model is mostly such ops: `Transformer.run` spends about 75 per layer (views, narrows and transposes
 between the layouts a prompt needs, dtype casts that do nothing, module calls). On the 2-core Ice Lake test
-machine a step of the default model took 20 ms that way, 9.2 ms compiled. Here a single token of a batch
-of one keeps the residual stream as one row and issues only the ops that compute: the projections' kernels
+machine a step of the default model took 20 ms that way, 17.5 ms here, 9.2 ms compiled. A single token of a
+batch of one keeps the residual stream as one row and issues only the ops that compute: the projections' kernels
 called directly, the rotation of queries and keys in one pass, the new key and value written into the
 cache, attention by the kernel this machine chose (`engine.model.decode_attention.attend`).
 
