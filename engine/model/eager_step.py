@@ -69,7 +69,7 @@ def _attention(attn, h: torch.Tensor, rotary, cache, start: int) -> torch.Tensor
     values.select(2, start).copy_(heads.narrow(1, nh + nkv, nkv))
     q = qk.narrow(1, 0, nh).view(1, nh, 1, hd)
     y = attend(attn.decode_kernel, q, keys, values, gqa=nh != nkv, scale=attn.scale)  # (1, nh, 1, hd)
-    return _project(attn.wo, y.view(1, nh * hd))
+    return _project(attn.wo, y.reshape(1, nh * hd))  # a view where the layout allows
 
 
 def _gated_mlp(mlp, h: torch.Tensor) -> torch.Tensor:
